@@ -1,0 +1,74 @@
+"""Error types shared by every layer.
+
+Each error carries a stable ``code`` so the CLI, the API and the audit log
+can report the same failure the same way, and callers can branch on it
+without parsing messages.
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base of every error the appliance reports to a user."""
+
+    code = "appliance_error"
+
+
+class ConfigError(ApplianceError):
+    """The configuration or an HSM profile is missing or invalid."""
+
+    code = "config_error"
+
+
+class HsmError(ApplianceError):
+    """A token operation failed; nothing was signed or created."""
+
+    code = "hsm_error"
+
+
+class HsmLoginError(HsmError):
+    """The token refused the PIN; the pool stops so the PIN is not retried into a lockout."""
+
+    code = "hsm_login_failed"
+
+
+class HsmUnavailableError(HsmError):
+    """The token stayed unreachable after the bounded retries."""
+
+    code = "hsm_unavailable"
+
+
+class KeyNotFoundError(HsmError):
+    """No key, or more than one key, matched a lookup."""
+
+    code = "key_not_found"
+
+
+class KeyExistsError(HsmError):
+    """An object with the requested label already exists in the token."""
+
+    code = "key_exists"
+
+
+class KeyPolicyError(HsmError):
+    """A key does not have the attributes or shape the appliance requires."""
+
+    code = "key_policy"
+
+
+class SignatureCheckError(HsmError):
+    """A signature produced by the token did not verify; it is never released."""
+
+    code = "signature_check_failed"
+
+
+class SelfTestError(ApplianceError):
+    """A known-answer or token self-test failed."""
+
+    code = "selftest_failed"
+
+
+class AuditError(ApplianceError):
+    """The audit log could not be written or does not verify."""
+
+    code = "audit_error"

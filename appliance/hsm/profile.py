@@ -1,0 +1,167 @@
+"""Typed schema of an HSM profile (``hsm_profiles/*.yaml``).
+
+A profile says how to reach one token: which PKCS#11 module, which token,
+where its PIN comes from and what the appliance may do with it. Unknown keys
+are rejected so a misspelt setting fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from appliance.errors import ConfigError
+
+KeyType = Literal["rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384", "ec-p521"]
+ALL_KEY_TYPES: tuple[KeyType, ...] = (
+    "rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384", "ec-p521",
+)
+Mechanism = Literal[
+    "ECDSA",
+    "SHA256_RSA_PKCS", "SHA384_RSA_PKCS", "SHA512_RSA_PKCS",
+    "SHA256_RSA_PKCS_PSS", "SHA384_RSA_PKCS_PSS", "SHA512_RSA_PKCS_PSS",
+]
+ALL_MECHANISMS: tuple[Mechanism, ...] = (
+    "ECDSA",
+    "SHA256_RSA_PKCS", "SHA384_RSA_PKCS", "SHA512_RSA_PKCS",
+    "SHA256_RSA_PKCS_PSS", "SHA384_RSA_PKCS_PSS", "SHA512_RSA_PKCS_PSS",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PinSource(_Strict):
+    """Where the user PIN is read from. Exactly one source; a literal PIN is not a source."""
+
+    file: Path | None = None
+    env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    credential: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.@-]+$")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PinSource:
+        given = [s for s in (self.file, self.env, self.credential) if s is not None]
+        if len(given) != 1:
+            raise ValueError("pin: give exactly one of 'file', 'env' or 'credential'")
+        return self
+
+    def describe(self) -> str:
+        """Where the PIN lives, for messages; never the PIN itself."""
+        if self.file is not None:
+            return f"file {self.file}"
+        if self.env is not None:
+            return f"environment variable {self.env}"
+        return f"systemd credential {self.credential}"
+
+
+class TokenSelector(_Strict):
+    label: str | None = Field(default=None, max_length=32)
+    serial: str | None = Field(default=None, max_length=16)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> TokenSelector:
+        if self.label is None and self.serial is None:
+            raise ValueError("token: give 'label' or 'serial'")
+        return self
+
+
+class HsmProfile(_Strict):
+    """One token the appliance signs with."""
+
+    name: str = Field(max_length=64)
+    module: Path
+    token: TokenSelector
+    pin: PinSource
+    pool_size: int = Field(default=4, ge=1, le=64)
+    max_retries: int = Field(default=3, ge=0, le=10)
+    retry_delay_seconds: float = Field(default=0.2, ge=0, le=30)
+    allowed_key_types: tuple[KeyType, ...] = ALL_KEY_TYPES
+    allowed_mechanisms: tuple[Mechanism, ...] = ALL_MECHANISMS
+    module_env: dict[str, str] = Field(default_factory=dict)
+
+    def resolve(self, base: Path) -> HsmProfile:
+        """Make relative paths absolute against ``base`` (the file that named them)."""
+        pin = self.pin
+        if pin.file is not None and not pin.file.is_absolute():
+            pin = pin.model_copy(update={"file": base / pin.file})
+        env = {
+            k: v.replace("${profile_dir}", str(base)) for k, v in self.module_env.items()
+        }
+        module = self.module if self.module.is_absolute() else base / self.module
+        return self.model_copy(update={"pin": pin, "module_env": env, "module": module})
+
+
+def load_profile(path: Path) -> HsmProfile:
+    """Read and validate a profile file; relative paths resolve against its folder."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read HSM profile {path}: {exc.strerror}") from exc
+    return parse_profile(text, path.parent.resolve(), source=str(path))
+
+
+def parse_profile(text: str, base: Path, source: str = "<profile>") -> HsmProfile:
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        raise ConfigError(f"{source}: expected exactly one YAML mapping")
+    try:
+        return HsmProfile.model_validate(docs[0]).resolve(base)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid HSM profile: {_summarise(exc)}") from exc
+
+
+def _summarise(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+MAX_PIN_BYTES = 256
+
+
+def read_pin(source: PinSource) -> str:
+    """Read the PIN from its source. The value is returned, never logged or put in a message."""
+    if source.file is not None:
+        raw = _read_secret_file(source.file)
+    elif source.env is not None:
+        value = os.environ.get(source.env)
+        if value is None:
+            raise ConfigError(f"PIN source {source.describe()} is not set")
+        raw = value
+    else:
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not creds:
+            raise ConfigError(
+                f"PIN source {source.describe()}: CREDENTIALS_DIRECTORY is not set "
+                "(run under systemd with LoadCredential=)"
+            )
+        raw = _read_secret_file(Path(creds) / str(source.credential))
+    pin = raw.rstrip("\r\n")
+    if not pin:
+        raise ConfigError(f"PIN source {source.describe()} is empty")
+    if len(pin.encode()) > MAX_PIN_BYTES:
+        raise ConfigError(f"PIN source {source.describe()} is longer than {MAX_PIN_BYTES} bytes")
+    return pin
+
+
+def _read_secret_file(path: Path) -> str:
+    try:
+        st = path.stat()
+        if st.st_size > MAX_PIN_BYTES + 2:
+            raise ConfigError(f"PIN file {path} is too large")
+        if st.st_mode & 0o077:
+            raise ConfigError(
+                f"PIN file {path} is readable by group or others (mode {st.st_mode & 0o777:o}); "
+                "chmod 600 it"
+            )
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read PIN file {path}: {exc.strerror}") from exc
