@@ -72,3 +72,9 @@ class AuditError(ApplianceError):
     """The audit log could not be written or does not verify."""
 
     code = "audit_error"
+
+
+class DatabaseError(ApplianceError):
+    """The database refused or failed a transaction; nothing of it was kept."""
+
+    code = "database_error"

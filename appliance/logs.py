@@ -45,7 +45,8 @@ class JsonFormatter(logging.Formatter):
             if _SECRET_FIELD.search(key):
                 out[key] = "[REDACTED]"
                 continue
-            out[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+            plain = isinstance(value, (str, int, float, bool, type(None)))
+            out[key] = value if plain else str(value)
         if record.exc_info and record.exc_info[0] is not None:
             out["error_type"] = record.exc_info[0].__name__
             out["error"] = redact_text(str(record.exc_info[1]))

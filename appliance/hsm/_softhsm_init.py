@@ -18,7 +18,7 @@ CK_ULONG = ctypes.c_ulong
 
 
 class _TokenInfo(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012 - ctypes needs the list
+    _fields_ = [
         ("label", ctypes.c_char * 32), ("manufacturerID", ctypes.c_char * 32),
         ("model", ctypes.c_char * 16), ("serialNumber", ctypes.c_char * 16),
         ("flags", CK_ULONG), ("ulMaxSessionCount", CK_ULONG),

@@ -9,6 +9,7 @@ key pair, so lookups by label can never pick the wrong key.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -129,7 +130,7 @@ def generate_keypair(pool: SessionPool, label: str, key_type: str) -> KeyInfo:
         if list(session.get_objects({Attribute.LABEL: label})):
             raise KeyExistsError(f"an object labelled {label!r} already exists in the token")
         key_id = session.generate_random(128)
-        private_template = {
+        private_template: dict[Any, Any] = {
             Attribute.TOKEN: True,
             Attribute.PRIVATE: True,
             Attribute.SENSITIVE: True,
@@ -140,7 +141,7 @@ def generate_keypair(pool: SessionPool, label: str, key_type: str) -> KeyInfo:
             Attribute.DERIVE: False,
             Attribute.MODIFIABLE: False,
         }
-        public_template = {
+        public_template: dict[Any, Any] = {
             Attribute.TOKEN: True,
             Attribute.PRIVATE: False,
             Attribute.VERIFY: True,
@@ -171,10 +172,8 @@ def generate_keypair(pool: SessionPool, label: str, key_type: str) -> KeyInfo:
             _pairwise_test(session, priv, info)
         except BaseException:
             for obj in (priv, pub):
-                try:
+                with contextlib.suppress(p11e.PKCS11Error):
                     obj.destroy()
-                except p11e.PKCS11Error:
-                    pass
             raise
         return info
 
@@ -186,7 +185,9 @@ def list_keys(pool: SessionPool) -> list[KeyInfo]:
 
     def work(ps: PooledSession) -> list[KeyInfo]:
         out = []
-        for priv in ps.session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}):
+        # One search at a time per session (PKCS#11): finish listing before the next lookup.
+        privs = list(ps.session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}))
+        for priv in privs:
             label, key_id = priv[Attribute.LABEL], priv[Attribute.ID]
             pubs = list(ps.session.get_objects(
                 {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: key_id}
@@ -326,4 +327,20 @@ def _pairwise_test(session: Any, priv: Any, info: KeyInfo) -> None:
             )
             key.verify(der, message, ec.ECDSA(hashes.SHA256()))
     except Exception as exc:
-        raise KeyPolicyError(f"pairwise sign/verify test of {info.label!r} failed: {exc!r}") from exc
+        raise KeyPolicyError(
+            f"pairwise sign/verify test of {info.label!r} failed: {exc!r}"
+        ) from exc
+
+
+def destroy_keypair(pool: SessionPool, info: KeyInfo) -> None:
+    """Destroy both objects of a key pair (only for undoing a generation that was not recorded)."""
+
+    def work(ps: PooledSession) -> None:
+        for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+            for obj in list(ps.session.get_objects(
+                {Attribute.CLASS: cls, Attribute.ID: info.id, Attribute.LABEL: info.label}
+            )):
+                obj.destroy()
+        ps.cache.clear()
+
+    pool.run(work, retry=False)

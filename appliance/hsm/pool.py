@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -52,6 +52,7 @@ _DEVICE_FAULTS: tuple[type[Exception], ...] = (
     p11e.TokenNotPresent,
     p11e.TokenNotRecognised,
 )
+_OPEN_FAULTS: tuple[type[Exception], ...] = (*_DEVICE_FAULTS, p11e.SessionCount)
 _LOGIN_FAULTS: tuple[type[Exception], ...] = (
     p11e.PinIncorrect,
     p11e.PinInvalid,
@@ -265,7 +266,7 @@ class SessionPool:
             )
             log.error("token login failed", extra={"fault": type(exc).__name__})
             raise self._login_error from exc
-        except _DEVICE_FAULTS + (p11e.SessionCount,) as exc:
+        except _OPEN_FAULTS as exc:
             raise HsmUnavailableError(
                 f"cannot open a session on token {self._token.label!r}: {type(exc).__name__}"
             ) from exc
@@ -297,7 +298,5 @@ class SessionPool:
 
 
 def _quiet_close(session: Any) -> None:
-    try:
+    with suppress(p11e.PKCS11Error):
         session.close()
-    except p11e.PKCS11Error:
-        pass

@@ -16,7 +16,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as apad
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    NoDigestInfo,
+    Prehashed,
+    encode_dss_signature,
+)
 from pkcs11 import MGF, Mechanism
 
 from appliance.errors import KeyPolicyError, SignatureCheckError
@@ -107,7 +111,9 @@ class TokenECPrivateKey(_TokenKeyMixin, ec.EllipticCurvePrivateKey):
         self._public = info.public_key
 
     def sign(
-        self, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm
+        self,
+        data: bytes | bytearray | memoryview,
+        signature_algorithm: ec.EllipticCurveSignatureAlgorithm,
     ) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise KeyPolicyError("only ECDSA signatures are supported")
@@ -165,8 +171,10 @@ class TokenRSAPrivateKey(_TokenKeyMixin, rsa.RSAPrivateKey):
         self,
         data: bytes,
         padding: apad.AsymmetricPadding,
-        algorithm: hashes.HashAlgorithm | Prehashed,
+        algorithm: hashes.HashAlgorithm | Prehashed | NoDigestInfo,
     ) -> bytes:
+        if isinstance(algorithm, NoDigestInfo):
+            raise KeyPolicyError("raw RSA signatures without a DigestInfo are not allowed")
         name = _hash_name(algorithm)
         _cls, v15_mech, pss_mech, hash_mech, mgf = _HASHES[name]
         data = bytes(data)
@@ -200,12 +208,12 @@ class TokenRSAPrivateKey(_TokenKeyMixin, rsa.RSAPrivateKey):
         return sig
 
     def _salt_length(self, padding: apad.PSS, name: str) -> int:
-        digest_len = _HASHES[name][0].digest_size
+        digest_len = _HASHES[name][0]().digest_size
         salt = padding._salt_length
         if isinstance(salt, apad._DigestLength):
-            return int(digest_len)
+            return digest_len
         if isinstance(salt, apad._MaxLength):
-            return int((self.key_size + 7) // 8 - digest_len - 2)
+            return (self.key_size + 7) // 8 - digest_len - 2
         if isinstance(salt, int):
             return salt
         raise KeyPolicyError("PSS salt length AUTO is only for verification")

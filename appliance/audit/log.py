@@ -1,0 +1,173 @@
+"""Appending to the audit log, in the caller's transaction.
+
+``append`` takes the caller's session, so the record commits with the change
+it describes or not at all. Writers take the node's head row first (``SELECT
+... FOR UPDATE`` on PostgreSQL; SQLite transactions start ``BEGIN IMMEDIATE``),
+so concurrent threads and processes line up behind one another and the chain
+never forks; the unique (node, seq) constraint backs that up.
+"""
+
+from __future__ import annotations
+
+import time as _time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from appliance import logs
+from appliance.audit.record import (
+    GENESIS,
+    MAX_DETAILS_BYTES,
+    OUTCOMES,
+    canonical,
+    checkpoint_payload,
+    record_hash,
+    utc_now,
+)
+from appliance.audit.signer import CheckpointSigner
+from appliance.errors import ApplianceError, AuditError
+from appliance.store.models import AuditCheckpoint, AuditEvent, AuditHead
+
+log = logs.get("audit")
+MAX_FIELD = 256
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who caused an event and in what role (operator, auditor, service, system...)."""
+
+    name: str
+    role: str
+
+
+class AuditLog:
+    def __init__(
+        self,
+        node_id: str,
+        signer: CheckpointSigner | None = None,
+        checkpoint_every: int = 0,
+        checkpoint_interval_seconds: int = 0,
+    ) -> None:
+        self.node_id = node_id
+        self.signer = signer
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval_seconds = checkpoint_interval_seconds
+
+    def append(
+        self,
+        session: Session,
+        event_type: str,
+        actor: Actor,
+        *,
+        outcome: str = "success",
+        object_ids: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
+        auto_checkpoint: bool = True,
+    ) -> AuditEvent:
+        if outcome not in OUTCOMES:
+            raise AuditError(f"outcome must be one of {OUTCOMES}")
+        for name, value in (("event_type", event_type), ("actor", actor.name),
+                            ("role", actor.role)):
+            if not value or len(value) > MAX_FIELD:
+                raise AuditError(f"audit {name} must be 1..{MAX_FIELD} characters")
+        objects_text = canonical(object_ids or {})
+        details_text = canonical(details or {})
+        if len(details_text.encode()) + len(objects_text.encode()) > MAX_DETAILS_BYTES:
+            raise AuditError(f"audit details larger than {MAX_DETAILS_BYTES} bytes")
+        head = self._lock_head(session)
+        fields: dict[str, Any] = {
+            "node_id": self.node_id, "seq": head.seq + 1, "time": utc_now(),
+            "actor": actor.name, "role": actor.role, "event_type": event_type,
+            "outcome": outcome, "object_ids": objects_text, "details": details_text,
+            "prev_hash": head.hash,
+        }
+        fields["hash"] = record_hash(fields)
+        event = AuditEvent(**fields)
+        session.add(event)
+        head.seq, head.hash = event.seq, event.hash
+        session.flush()
+        if auto_checkpoint and self.signer is not None and self._checkpoint_due(session, event.seq):
+            self._auto_checkpoint(session)
+        return event
+
+    def checkpoint(self, session: Session, actor: Actor) -> AuditCheckpoint:
+        """Sign the current head with the audit key now, and record that it was done."""
+        if self.signer is None:
+            raise AuditError("no audit key configured for checkpoints")
+        head = self._lock_head(session)
+        if head.seq == 0:
+            raise AuditError("the audit log is empty; nothing to checkpoint")
+        when = utc_now()
+        algorithm, signature = self.signer.sign(
+            checkpoint_payload(self.node_id, head.seq, head.hash, when)
+        )
+        cp = AuditCheckpoint(
+            node_id=self.node_id, seq=head.seq, head_hash=head.hash, time=when,
+            key_label=self.signer.label, spki_sha256=self.signer.spki_sha256,
+            algorithm=algorithm, signature=signature,
+        )
+        session.add(cp)
+        session.flush()
+        self.append(
+            session, "audit.checkpoint", actor,
+            object_ids={"checkpoint_seq": cp.seq, "key_label": cp.key_label},
+            details={"head_hash": cp.head_hash, "algorithm": algorithm},
+            auto_checkpoint=False,
+        )
+        return cp
+
+    # -- internals --------------------------------------------------------
+
+    def _lock_head(self, session: Session) -> AuditHead:
+        stmt = (
+            select(AuditHead)
+            .where(AuditHead.node_id == self.node_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        head = session.scalars(stmt).one_or_none()
+        if head is None:
+            dialect = session.get_bind().dialect.name
+            values = {"node_id": self.node_id, "seq": 0, "hash": GENESIS}
+            if dialect == "postgresql":
+                session.execute(
+                    postgresql.insert(AuditHead).values(**values).on_conflict_do_nothing()
+                )
+            else:
+                session.execute(sqlite.insert(AuditHead).values(**values).on_conflict_do_nothing())
+            head = session.scalars(stmt).one()
+        return head
+
+    def _checkpoint_due(self, session: Session, seq: int) -> bool:
+        last = session.execute(
+            select(AuditCheckpoint.seq, AuditCheckpoint.time)
+            .where(AuditCheckpoint.node_id == self.node_id)
+            .order_by(AuditCheckpoint.seq.desc()).limit(1)
+        ).first()
+        last_seq = last[0] if last else 0
+        if self.checkpoint_every and seq - last_seq >= self.checkpoint_every:
+            return True
+        if self.checkpoint_interval_seconds and last is not None:
+            age = _time.time() - datetime.strptime(last[1], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+            return age >= self.checkpoint_interval_seconds
+        return False
+
+    def _auto_checkpoint(self, session: Session) -> None:
+        """A due checkpoint is best effort: a token hiccup must not undo the audited change."""
+        try:
+            with session.begin_nested():
+                self.checkpoint(session, Actor("appliance", "system"))
+        except (ApplianceError, OSError) as exc:
+            log.warning("automatic audit checkpoint failed; will retry on a later event",
+                        extra={"fault": type(exc).__name__})
+
+
+def count_events(session: Session, node_id: str | None = None) -> int:
+    stmt = select(func.count()).select_from(AuditEvent)
+    if node_id is not None:
+        stmt = stmt.where(AuditEvent.node_id == node_id)
+    return int(session.scalar(stmt) or 0)

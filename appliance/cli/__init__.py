@@ -1,0 +1,1 @@
+"""The ``appliance`` command: one click group per module."""

@@ -1,0 +1,73 @@
+"""What every command shares: where the configuration is, and the lazily opened appliance."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from appliance import config
+from appliance.runtime import Appliance
+
+
+@dataclass
+class CliContext:
+    config_path: Path | None
+    data_dir: Path | None
+    _app: Appliance | None = field(default=None, repr=False)
+
+    def app(self) -> Appliance:
+        if self._app is None:
+            path = config.locate(self.config_path, self.data_dir)
+            self._app = Appliance(config.load(path))
+        return self._app
+
+    def close(self) -> None:
+        if self._app is not None:
+            self._app.close()
+
+
+pass_ctx = click.make_pass_decorator(CliContext)
+
+
+def emit_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """A plain aligned table for people; ``--json`` is for programs."""
+    if not rows:
+        click.echo("(none)")
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for r in rows:
+        click.echo("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def _set_dir(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.find_object(CliContext).data_dir = value  # type: ignore[union-attr]
+
+
+def _set_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.find_object(CliContext).config_path = value  # type: ignore[union-attr]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def location_options(fn: F) -> F:
+    """``--dir`` / ``--config`` accepted after the subcommand too (``appliance init --dir D``)."""
+    fn = click.option("--config", type=click.Path(path_type=Path), expose_value=False,
+                      callback=_set_config, help="Configuration file.")(fn)
+    fn = click.option("--dir", type=click.Path(path_type=Path), expose_value=False,
+                      callback=_set_dir, help="Data directory holding appliance.yaml.")(fn)
+    return fn

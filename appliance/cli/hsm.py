@@ -1,0 +1,92 @@
+"""``appliance hsm``: token keys and self-tests."""
+
+from __future__ import annotations
+
+import click
+
+from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx, table
+from appliance.hsm import keys, selftest
+from appliance.hsm.profile import ALL_KEY_TYPES
+from appliance.ops import keys as key_ops
+from appliance.runtime import cli_actor
+
+
+@click.group()
+def hsm() -> None:
+    """The PKCS#11 token."""
+
+
+@hsm.command()
+@click.option("--label", required=True, help="Label of the new key pair (must be unused).")
+@click.option("--type", "key_type", required=True, type=click.Choice(ALL_KEY_TYPES),
+              help="Algorithm and size or curve.")
+@click.option("--json", "as_json", is_flag=True, help="Print the key as JSON.")
+@location_options
+@pass_ctx
+def genkey(ctx: CliContext, label: str, key_type: str, as_json: bool) -> None:
+    """Generate a sign-only, non-extractable key pair in the token."""
+    info = key_ops.generate(ctx.app(), label, key_type, cli_actor())
+    if as_json:
+        emit_json(info.as_dict())
+        return
+    click.echo(f"generated {info.spec.name} key {info.label!r}")
+    click.echo(f"  CKA_ID       {info.id.hex()}")
+    click.echo(f"  SPKI SHA-256 {info.spki_sha256}")
+
+
+@hsm.command("keys")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@location_options
+@pass_ctx
+def list_keys(ctx: CliContext, as_json: bool) -> None:
+    """List the key pairs in the token with their protection attributes."""
+    rows = [k.as_dict() for k in keys.list_keys(ctx.app().pool)]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        r["size/curve"] = r["curve"] or r["key_size"]
+    table(rows, ["label", "id", "key_type", "size/curve", "sensitive", "extractable",
+                 "always_sensitive", "never_extractable"])
+
+
+@hsm.command("selftest")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@location_options
+@pass_ctx
+def selftest_cmd(ctx: CliContext, as_json: bool) -> None:
+    """Known-answer tests and a token sign/verify. Exit 0 if all pass, 1 otherwise."""
+    checks = selftest.run(ctx.app().pool)
+    ok = all(c.ok for c in checks)
+    if as_json:
+        emit_json({"ok": ok, "checks": [c.__dict__ for c in checks]})
+    else:
+        for c in checks:
+            suffix = f"  {c.detail}" if c.detail else ""
+            click.echo(f"{'PASS' if c.ok else 'FAIL'}  {c.name}{suffix}")
+        click.echo("self-test passed" if ok else "self-test FAILED")
+    ctx.close()
+    raise SystemExit(0 if ok else 1)
+
+
+@hsm.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@location_options
+@pass_ctx
+def info(ctx: CliContext, as_json: bool) -> None:
+    """The token the profile selects."""
+    app = ctx.app()
+    token = app.pool.token
+    out = {
+        "profile": app.settings.hsm_profile.name,
+        "module": str(app.settings.hsm_profile.module),
+        "label": token.label,
+        "serial": key_ops._serial(token),
+        "manufacturer": token.manufacturer_id,
+        "model": token.model,
+    }
+    if as_json:
+        emit_json(out)
+    else:
+        for k, v in out.items():
+            click.echo(f"{k:13}{v}")

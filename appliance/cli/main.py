@@ -1,0 +1,57 @@
+"""Entry point: global options, logging, and turning errors into messages and exit codes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from appliance import __version__, logs
+from appliance.cli.audit import audit
+from appliance.cli.context import CliContext
+from appliance.cli.db import db
+from appliance.cli.hsm import hsm
+from appliance.cli.init import init_cmd
+from appliance.errors import ApplianceError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="Configuration file (default: $APPLIANCE_CONFIG, or DIR/appliance.yaml).")
+@click.option("--dir", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Data directory holding appliance.yaml.")
+@click.option("--log-level", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Operational log level (JSON lines on stderr).")
+@click.version_option(__version__, prog_name="appliance")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, data_dir: Path | None,
+        log_level: str) -> None:
+    """The signing appliance: a certificate authority whose keys live in a PKCS#11 token."""
+    logs.configure(log_level)
+    obj = CliContext(config_path, data_dir)
+    ctx.obj = obj
+    ctx.call_on_close(obj.close)
+
+
+cli.add_command(init_cmd)
+cli.add_command(db)
+cli.add_command(hsm)
+cli.add_command(audit)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ApplianceError as exc:
+        click.echo(f"error [{exc.code}]: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

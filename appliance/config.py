@@ -1,0 +1,124 @@
+"""The appliance configuration file (``appliance.yaml``) and how it is found.
+
+Found at ``--config PATH``, else ``$APPLIANCE_CONFIG``, else ``DIR/appliance.yaml``
+with ``--dir DIR``. Relative paths inside it resolve against its folder, so a
+data directory can be moved as a whole. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from appliance.errors import ConfigError
+from appliance.hsm.profile import HsmProfile, load_profile
+
+CONFIG_NAME = "appliance.yaml"
+MAX_CONFIG_BYTES = 1_000_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseConfig(_Strict):
+    url: str = "sqlite:///appliance.db"
+    pool_size: int = Field(default=5, ge=1, le=100)
+    busy_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+
+
+class HsmConfig(_Strict):
+    profile: Path = Path("hsm.yaml")
+
+
+class AuditConfig(_Strict):
+    key_label: str = Field(default="audit-key", min_length=1, max_length=64)
+    checkpoint_every: int = Field(default=1000, ge=0, le=1_000_000)
+    checkpoint_interval_seconds: int = Field(default=3600, ge=0, le=86_400 * 7)
+
+
+class LoggingConfig(_Strict):
+    level: str = Field(default="INFO", pattern=r"^(?i:debug|info|warning|error)$")
+
+
+class ApplianceConfig(_Strict):
+    node_id: str = Field(default="node-1", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    database: DatabaseConfig = DatabaseConfig()
+    hsm: HsmConfig = HsmConfig()
+    audit: AuditConfig = AuditConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+class Settings:
+    """A loaded configuration plus the folder its relative paths are read against."""
+
+    def __init__(self, config: ApplianceConfig, base_dir: Path, path: Path | None = None) -> None:
+        self.config = config
+        self.base_dir = base_dir
+        self.path = path
+        self._profile: HsmProfile | None = None
+
+    @property
+    def node_id(self) -> str:
+        return self.config.node_id
+
+    @property
+    def database_url(self) -> str:
+        """The database URL; ``APPLIANCE_DATABASE_URL`` overrides the file (for tests and ops)."""
+        url = os.environ.get("APPLIANCE_DATABASE_URL") or self.config.database.url
+        return resolve_sqlite_url(url, self.base_dir)
+
+    @property
+    def hsm_profile(self) -> HsmProfile:
+        if self._profile is None:
+            path = self.config.hsm.profile
+            self._profile = load_profile(path if path.is_absolute() else self.base_dir / path)
+        return self._profile
+
+
+def resolve_sqlite_url(url: str, base: Path) -> str:
+    """Make a relative ``sqlite:///file`` URL absolute against ``base``."""
+    m = re.match(r"^sqlite(\+\w+)?:///(?!/)(.+)$", url)
+    if m and m.group(2) != ":memory:":
+        return f"sqlite{m.group(1) or ''}:///{(base / m.group(2)).resolve()}"
+    return url
+
+
+def locate(config: Path | None, directory: Path | None) -> Path:
+    if config is not None:
+        return config
+    env = os.environ.get("APPLIANCE_CONFIG")
+    if env:
+        return Path(env)
+    if directory is not None:
+        return directory / CONFIG_NAME
+    raise ConfigError(
+        "no configuration: pass --config PATH or --dir DIR, or set APPLIANCE_CONFIG"
+    )
+
+
+def load(path: Path) -> Settings:
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        raise ConfigError(f"{path}: expected exactly one YAML mapping")
+    try:
+        cfg = ApplianceConfig.model_validate(docs[0])
+    except ValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{path}: invalid configuration: {details}") from exc
+    return Settings(cfg, path.parent.resolve(), path)

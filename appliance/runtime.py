@@ -1,0 +1,99 @@
+"""One process's view of the appliance: configuration, token pool, database, audit log.
+
+Everything is opened lazily, in the process that uses it, so a server can
+load this before forking workers without sharing token sessions or database
+connections across processes. The token's self-tests run once per process
+before the first signing operation.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import threading
+from typing import Any
+
+from appliance import logs
+from appliance.audit.log import Actor, AuditLog
+from appliance.audit.signer import CheckpointSigner
+from appliance.config import Settings
+from appliance.errors import KeyNotFoundError
+from appliance.hsm import keys, selftest
+from appliance.hsm.pool import SessionPool
+from appliance.hsm.signer import token_private_key
+from appliance.store.db import Database
+
+log = logs.get("runtime")
+
+
+def cli_actor(role: str = "operator") -> Actor:
+    """The person at this terminal, as the audit log names them."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return Actor(f"cli:{user}@{socket.gethostname()}", role)
+
+
+class Appliance:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pool: SessionPool | None = None
+        self._db: Database | None = None
+        self._selftested = False
+        self._lock = threading.Lock()
+
+    @property
+    def node_id(self) -> str:
+        return self.settings.node_id
+
+    @property
+    def pool(self) -> SessionPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = SessionPool(self.settings.hsm_profile)
+            return self._pool
+
+    def signing_pool(self) -> SessionPool:
+        """The pool, after the power-on self-tests have passed in this process."""
+        pool = self.pool
+        if not self._selftested:
+            selftest.require(pool)
+            self._selftested = True
+        return pool
+
+    @property
+    def db(self) -> Database:
+        with self._lock:
+            if self._db is None:
+                cfg = self.settings.config.database
+                self._db = Database(self.settings.database_url, cfg.busy_timeout_seconds,
+                                    cfg.pool_size)
+            return self._db
+
+    def audit_log(self, *, signing: bool = False) -> AuditLog:
+        """The audit log of this node; with ``signing`` it can sign checkpoints."""
+        cfg = self.settings.config.audit
+        signer = self.checkpoint_signer() if signing else None
+        return AuditLog(self.node_id, signer, cfg.checkpoint_every,
+                        cfg.checkpoint_interval_seconds)
+
+    def checkpoint_signer(self) -> CheckpointSigner:
+        label = self.settings.config.audit.key_label
+        pool = self.signing_pool()
+        try:
+            info = keys.find_key(pool, label)
+        except KeyNotFoundError as exc:
+            raise KeyNotFoundError(
+                f"{exc}; create it with: appliance hsm genkey --label {label} --type ec-p256"
+            ) from exc
+        return CheckpointSigner(token_private_key(pool, info))
+
+    def audit_public_key(self) -> Any:
+        return keys.find_key(self.pool, self.settings.config.audit.key_label).public_key
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        if self._db is not None:
+            self._db.dispose()

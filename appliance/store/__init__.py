@@ -1,0 +1,1 @@
+"""Persistent state: SQLAlchemy 2 typed models, engines, sessions, Alembic migrations."""

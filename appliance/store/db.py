@@ -1,0 +1,75 @@
+"""Engines and transactions.
+
+SQLite runs in WAL mode and every transaction starts with ``BEGIN IMMEDIATE``:
+writers queue on the database lock instead of failing later when a read
+snapshot turns out to be stale, which is what keeps concurrent audit writers
+(threads or processes) in one chain. PostgreSQL takes a row lock instead
+(see :mod:`appliance.audit.log`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from appliance.errors import ConfigError, DatabaseError
+
+
+def make_engine(url: str, busy_timeout: float = 30.0, pool_size: int = 5) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"timeout": busy_timeout, "check_same_thread": False},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith(("postgresql", "postgres")):
+        if url.startswith("postgres://"):
+            url = "postgresql+psycopg://" + url[len("postgres://"):]
+        elif url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        return create_engine(url, pool_size=pool_size, pool_pre_ping=True)
+    raise ConfigError(f"unsupported database URL scheme in {url.split(':', 1)[0]!r}")
+
+
+class Database:
+    """An engine plus a session factory; one per process (create after fork)."""
+
+    def __init__(self, url: str, busy_timeout: float = 30.0, pool_size: int = 5) -> None:
+        self.url = url
+        self.engine = make_engine(url, busy_timeout, pool_size)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work commits together at the end, or not at all."""
+        with self.sessions() as session:
+            try:
+                with session.begin():
+                    yield session
+            except OperationalError as exc:
+                raise DatabaseError(f"database error: {exc.orig!r}") from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,52 @@
+"""Schema migrations with Alembic, driven from code (no alembic.ini to ship or find)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from appliance.store.db import Database
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def upgrade(db: Database, revision: str = "head") -> str:
+    """Bring the schema to ``revision``; returns the revision now in place."""
+    cfg = _config()
+    with db.engine.connect() as conn:
+        if conn.in_transaction():
+            conn.commit()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        conn.commit()
+    return current(db) or ""
+
+
+def current(db: Database) -> str | None:
+    with db.engine.connect() as conn:
+        rev = MigrationContext.configure(conn).get_current_revision()
+        conn.rollback()
+        return rev
+
+
+def head() -> str:
+    rev = ScriptDirectory.from_config(_config()).get_current_head()
+    return rev or ""
+
+
+def revision(db: Database, message: str) -> None:
+    """Autogenerate a new migration from the models (developer tool)."""
+    cfg = _config()
+    with db.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.revision(cfg, message=message, autogenerate=True)

@@ -1,0 +1,112 @@
+"""Typed models. Each role adds its tables here (or in a module imported here)
+and a migration under ``migrations/versions``; every table hangs off ``Base``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class HsmKey(Base):
+    """A key pair the appliance generated or adopted in its token (public facts only)."""
+
+    __tablename__ = "hsm_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label: Mapped[str] = mapped_column(String(64), unique=True)
+    ck_id: Mapped[str] = mapped_column(String(128))
+    key_type: Mapped[str] = mapped_column(String(16))
+    spki_sha256: Mapped[str] = mapped_column(String(64))
+    spki_der: Mapped[bytes] = mapped_column(LargeBinary)
+    token_label: Mapped[str] = mapped_column(String(32))
+    token_serial: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Authority(Base):
+    """A CA the appliance can sign with: its certificate and the token key behind it."""
+
+    __tablename__ = "authorities"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("hsm_keys.id"))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("authorities.id"), nullable=True)
+    subject: Mapped[str] = mapped_column(Text)
+    certificate_der: Mapped[bytes] = mapped_column(LargeBinary)
+    fingerprint_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEvent(Base):
+    """One record of the hash-chained audit log. Rows are only ever inserted."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (UniqueConstraint("node_id", "seq", name="uq_audit_events_node_seq"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    time: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(128), index=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    object_ids: Mapped[str] = mapped_column(Text)
+    details: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The newest record of each node's chain; the row writers lock to append in order."""
+
+    __tablename__ = "audit_heads"
+
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Base):
+    """A signature by the audit key over (node, sequence, head hash)."""
+
+    __tablename__ = "audit_checkpoints"
+    __table_args__ = (UniqueConstraint("node_id", "seq", name="uq_audit_checkpoints_node_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    time: Mapped[str] = mapped_column(String(40))
+    key_label: Mapped[str] = mapped_column(String(64))
+    spki_sha256: Mapped[str] = mapped_column(String(64))
+    algorithm: Mapped[str] = mapped_column(String(32))
+    signature: Mapped[bytes] = mapped_column(LargeBinary)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install what the appliance and its tests need on a Debian machine (run as root):
+# Debian packages (SoftHSM v2, OpenSC's pkcs11-tool, OpenSSL, ...) and the Python
+# package with its test extras in ./.venv. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v softhsm2-util >/dev/null 2>&1 || need_pkgs+=(softhsm2)
+command -v pkcs11-tool  >/dev/null 2>&1 || need_pkgs+=(opensc)
+command -v openssl      >/dev/null 2>&1 || need_pkgs+=(openssl)
+command -v git          >/dev/null 2>&1 || need_pkgs+=(git)
+command -v pg_isready   >/dev/null 2>&1 || need_pkgs+=(postgresql-client)
+command -v redis-cli    >/dev/null 2>&1 || need_pkgs+=(redis-tools)
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+  need_pkgs+=(python3 python3-venv python3-dev)
+elif ! "$PY" -m venv --help >/dev/null 2>&1; then
+  need_pkgs+=(python3-venv)
+fi
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "installed: $(.venv/bin/appliance --version)"
