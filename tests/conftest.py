@@ -68,29 +68,42 @@ def make_token(directory: Path, conf: Path, label: str) -> TestToken:
     return tok
 
 
+SPARE_TOKENS = 6
+
+
+@dataclass
+class TokenStore:
+    directory: Path
+    conf: Path
+    main: TestToken
+    spares: list[TestToken]
+
+
 @pytest.fixture(scope="session")
-def softhsm_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """One SoftHSM store per test session. Every token of the session lives in it, because
-    SoftHSM reads its configuration once per process."""
+def softhsm_store(tmp_path_factory: pytest.TempPathFactory) -> TokenStore:
+    """One SoftHSM store per test session, with every token made up front: SoftHSM reads
+    its tokens once, at C_Initialize, so a token made later is invisible to this process."""
     directory = tmp_path_factory.mktemp("softhsm")
     conf = softhsm.write_config(directory)
     os.environ["SOFTHSM2_CONF"] = str(conf)
-    return directory, conf
+    main = make_token(directory, conf, "test-main")
+    spares = [make_token(directory, conf, f"spare-{i}") for i in range(SPARE_TOKENS)]
+    return TokenStore(directory, conf, main, spares)
 
 
 @pytest.fixture(scope="session")
-def token(softhsm_dir: tuple[Path, Path]) -> TestToken:
-    directory, conf = softhsm_dir
-    return make_token(directory, conf, "test-main")
+def token(softhsm_store: TokenStore) -> TestToken:
+    return softhsm_store.main
 
 
 @pytest.fixture(scope="session")
-def new_token(softhsm_dir: tuple[Path, Path]):  # type: ignore[no-untyped-def]
-    """A factory for extra tokens (each test that wrecks a token's state gets its own)."""
-    directory, conf = softhsm_dir
+def new_token(softhsm_store: TokenStore):  # type: ignore[no-untyped-def]
+    """Hands out a fresh token of its own to each test that wrecks a token's state."""
 
-    def factory(prefix: str = "t") -> TestToken:
-        return make_token(directory, conf, f"{prefix}-{secrets.token_hex(4)}")
+    def factory(_purpose: str = "") -> TestToken:
+        if not softhsm_store.spares:
+            raise RuntimeError("no spare test tokens left; raise SPARE_TOKENS")
+        return softhsm_store.spares.pop()
 
     return factory
 

@@ -151,9 +151,15 @@ class AuditLog:
         last_seq = last[0] if last else 0
         if self.checkpoint_every and seq - last_seq >= self.checkpoint_every:
             return True
-        if self.checkpoint_interval_seconds and last is not None:
-            age = _time.time() - datetime.strptime(last[1], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
-            return age >= self.checkpoint_interval_seconds
+        if self.checkpoint_interval_seconds:
+            # before the first checkpoint, the unsigned stretch starts at the node's first record
+            since = last[1] if last is not None else session.scalar(
+                select(AuditEvent.time)
+                .where(AuditEvent.node_id == self.node_id, AuditEvent.seq == 1)
+            )
+            if since is not None:
+                age = _time.time() - datetime.strptime(since, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+                return age >= self.checkpoint_interval_seconds
         return False
 
     def _auto_checkpoint(self, session: Session) -> None:

@@ -123,10 +123,11 @@ def _verify_node(session: Session, node: str, public_key: PublicKey | None,
         expected_seq = rec.seq + 1
 
     head = session.get(AuditHead, node)
-    if not broken and head is not None and (head.seq != last_seq or head.hash != last_hash):
-        bad(head.seq, None, "head",
-            f"the log of {node} ends at record {last_seq} but its head says record {head.seq} "
-            "(truncated or rewritten)")
+    head_seq, head_hash = (head.seq, head.hash) if head is not None else (0, GENESIS)
+    if not broken and (head_seq != last_seq or head_hash != last_hash):
+        says = f"its head says record {head_seq}" if head is not None else "its head is missing"
+        bad(head_seq, None, "head",
+            f"the log of {node} ends at record {last_seq} but {says} (truncated or rewritten)")
 
     for cp in checkpoints:
         if public_key is None:

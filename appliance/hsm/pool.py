@@ -6,9 +6,10 @@ borrows a whole session and gives it back.
 
 Why these rules:
 
-* The module is loaded and sessions are opened in the process that uses them.
-  A process forked after the parent loaded the module re-initialises it
-  (PKCS#11 requires ``C_Initialize`` in the child) and starts with no sessions.
+* The module is loaded (for multi-threaded use, see :mod:`appliance.hsm.module`)
+  and sessions are opened in the process that uses them. A process forked
+  after the parent loaded the module re-initialises it and starts with no
+  sessions.
 * Login state belongs to the application, not to one session. The pool logs in
   on the first session only and opens the rest without a PIN, so closing one of
   them never calls ``C_Logout`` (which would log out every session).
@@ -30,11 +31,11 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import pkcs11
 from pkcs11 import exceptions as p11e
 
 from appliance import logs
-from appliance.errors import ConfigError, HsmError, HsmLoginError, HsmUnavailableError
+from appliance.errors import HsmError, HsmLoginError, HsmUnavailableError
+from appliance.hsm.module import find_token, startup_lock
 from appliance.hsm.profile import HsmProfile, read_pin
 
 T = TypeVar("T")
@@ -52,6 +53,11 @@ _DEVICE_FAULTS: tuple[type[Exception], ...] = (
     p11e.TokenNotPresent,
     p11e.TokenNotRecognised,
 )
+# Objects looked up earlier are gone (token re-initialised, key deleted): look them up again.
+_STALE_OBJECT_FAULTS: tuple[type[Exception], ...] = (
+    p11e.ObjectHandleInvalid,
+    p11e.KeyHandleInvalid,
+)
 _OPEN_FAULTS: tuple[type[Exception], ...] = (*_DEVICE_FAULTS, p11e.SessionCount)
 _LOGIN_FAULTS: tuple[type[Exception], ...] = (
     p11e.PinIncorrect,
@@ -61,48 +67,6 @@ _LOGIN_FAULTS: tuple[type[Exception], ...] = (
     p11e.PinExpired,
     p11e.UserPinNotInitialized,
 )
-
-_libs: dict[str, tuple[int, Any]] = {}
-_libs_lock = threading.Lock()
-
-
-def load_module(profile: HsmProfile) -> Any:
-    """The PKCS#11 module of ``profile``, initialised in this process."""
-    path = str(profile.module)
-    with _libs_lock:
-        cached = _libs.get(path)
-        if cached is not None:
-            pid, lib = cached
-            if pid != os.getpid():
-                lib.reinitialize()
-                _libs[path] = (os.getpid(), lib)
-            return lib
-        if not profile.module.exists():
-            raise ConfigError(f"PKCS#11 module {path} does not exist")
-        for key, value in profile.module_env.items():
-            os.environ[key] = value
-        try:
-            lib = pkcs11.lib(path)
-        except p11e.PKCS11Error as exc:
-            raise HsmError(f"cannot load PKCS#11 module {path}: {exc!r}") from exc
-        _libs[path] = (os.getpid(), lib)
-        return lib
-
-
-def find_token(profile: HsmProfile) -> Any:
-    lib = load_module(profile)
-    selector: dict[str, str] = {}
-    if profile.token.label is not None:
-        selector["token_label"] = profile.token.label
-    if profile.token.serial is not None:
-        selector["token_serial"] = profile.token.serial
-    try:
-        return lib.get_token(**selector)
-    except p11e.NoSuchToken as exc:
-        raise HsmError(f"no token matches {selector} in {profile.module}") from exc
-    except p11e.MultipleTokensReturned as exc:
-        raise HsmError(f"more than one token matches {selector}; select by serial") from exc
-
 
 @dataclass(eq=False)
 class PooledSession:
@@ -141,7 +105,8 @@ class SessionPool:
         self._ensure_process()
         with self._lock:
             if self._token is None:
-                self._token = find_token(self.profile)
+                with startup_lock(self.profile):
+                    self._token = find_token(self.profile)
             return self._token
 
     @property
@@ -162,13 +127,21 @@ class SessionPool:
                 time.sleep(self.profile.retry_delay_seconds * attempt)
             try:
                 with self._borrow() as ps:
-                    return fn(ps)
-            except _SESSION_FAULTS + _DEVICE_FAULTS as exc:
+                    try:
+                        return fn(ps)
+                    except _STALE_OBJECT_FAULTS:
+                        ps.cache.clear()
+                        raise
+            except (*_SESSION_FAULTS, *_DEVICE_FAULTS, *_STALE_OBJECT_FAULTS) as exc:
                 last = exc
                 log.warning(
-                    "token fault, replacing session",
+                    "token fault, retrying",
                     extra={"fault": type(exc).__name__, "attempt": attempt + 1},
                 )
+            except p11e.PKCS11Error as exc:
+                raise HsmError(
+                    f"token operation failed: {type(exc).__name__} {exc}".strip()
+                ) from exc
         raise HsmUnavailableError(
             f"token {self.profile.token.label or self.profile.token.serial} unavailable after "
             f"{attempts} attempt(s): {type(last).__name__}"
@@ -243,20 +216,25 @@ class SessionPool:
 
     def _open_session(self) -> PooledSession:
         """Open one session; called with the lock held so sessions open one at a time."""
-        if self._token is None:
-            self._token = find_token(self.profile)
         try:
             if not self._logged_in:
                 pin = read_pin(self.profile.pin)
                 try:
-                    session = self._token.open(rw=True, user_pin=pin)
-                except p11e.UserAlreadyLoggedIn:
-                    session = self._token.open(rw=True)
+                    with startup_lock(self.profile):
+                        if self._token is None:
+                            self._token = find_token(self.profile)
+                        try:
+                            session = self._token.open(rw=True, user_pin=pin)
+                        except p11e.UserAlreadyLoggedIn:
+                            session = self._token.open(rw=True)
                 finally:
                     del pin
                 self._login_session = session
                 self._logged_in = True
             else:
+                if self._token is None:
+                    with startup_lock(self.profile):
+                        self._token = find_token(self.profile)
                 session = self._token.open(rw=True)
         except _LOGIN_FAULTS as exc:
             self._login_error = HsmLoginError(

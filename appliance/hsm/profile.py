@@ -7,7 +7,9 @@ are rejected so a misspelt setting fails loudly instead of being ignored.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -83,6 +85,17 @@ class HsmProfile(_Strict):
     allowed_key_types: tuple[KeyType, ...] = ALL_KEY_TYPES
     allowed_mechanisms: tuple[Mechanism, ...] = ALL_MECHANISMS
     module_env: dict[str, str] = Field(default_factory=dict)
+    # Processes take this lock (flock) while they initialise the module, find the token and
+    # log in: SoftHSM fails when several processes do that at the same instant.
+    startup_lock: Path | None = None
+
+    def startup_lock_path(self) -> Path:
+        if self.startup_lock is not None:
+            return self.startup_lock
+        ident = hashlib.sha256(
+            f"{self.module}|{self.token.label}|{self.token.serial}".encode()
+        ).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"appliance-pkcs11-{ident}.lock"
 
     def resolve(self, base: Path) -> HsmProfile:
         """Make relative paths absolute against ``base`` (the file that named them)."""
@@ -93,7 +106,12 @@ class HsmProfile(_Strict):
             k: v.replace("${profile_dir}", str(base)) for k, v in self.module_env.items()
         }
         module = self.module if self.module.is_absolute() else base / self.module
-        return self.model_copy(update={"pin": pin, "module_env": env, "module": module})
+        lock = self.startup_lock
+        if lock is not None and not lock.is_absolute():
+            lock = base / lock
+        return self.model_copy(
+            update={"pin": pin, "module_env": env, "module": module, "startup_lock": lock}
+        )
 
 
 def load_profile(path: Path) -> HsmProfile:

@@ -1,0 +1,123 @@
+"""Loading a PKCS#11 module so that many threads may call it.
+
+python-pkcs11 initialises modules with ``C_Initialize(NULL)``, which (PKCS#11
+v2.40 §5.4) tells the module the application will not call it from several
+threads at once; SoftHSM then runs without its mutexes and crashes under a
+multi-threaded pool. The subclass below initialises the module itself with
+``CKF_OS_LOCKING_OK`` through ``ctypes`` (the same loaded library, so
+python-pkcs11 then talks to a module that locks). A process forked after the
+module was initialised finalises it and initialises it again, as PKCS#11
+requires of a child process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pkcs11 import exceptions as p11e
+from pkcs11._pkcs11 import lib as _Pkcs11Lib
+
+from appliance.errors import ConfigError, HsmError
+from appliance.hsm.profile import HsmProfile
+
+CKF_OS_LOCKING_OK = 0x00000002
+CKR_OK = 0x0
+CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191
+CKR_CRYPTOKI_NOT_INITIALIZED = 0x190
+
+
+class _InitArgs(ctypes.Structure):
+    _fields_ = [
+        ("CreateMutex", ctypes.c_void_p),
+        ("DestroyMutex", ctypes.c_void_p),
+        ("LockMutex", ctypes.c_void_p),
+        ("UnlockMutex", ctypes.c_void_p),
+        ("flags", ctypes.c_ulong),
+        ("pReserved", ctypes.c_void_p),
+    ]
+
+
+class ThreadSafeModule(_Pkcs11Lib):
+    """A python-pkcs11 ``lib`` whose module is initialised for OS locking."""
+
+    _c: ctypes.CDLL
+    _init_pid: int
+
+    def initialize(self) -> None:
+        c = ctypes.CDLL(self.so)
+        self._c = c
+        if getattr(self, "_init_pid", None) not in (None, os.getpid()):
+            # Forked child: the parent's module state is not ours; start over.
+            c.C_Finalize(None)
+        args = _InitArgs(None, None, None, None, CKF_OS_LOCKING_OK, None)
+        rv = c.C_Initialize(ctypes.byref(args))
+        if rv not in (CKR_OK, CKR_CRYPTOKI_ALREADY_INITIALIZED):
+            raise HsmError(f"C_Initialize of {self.so} failed: CKR 0x{rv:08x}")
+        self._init_pid = os.getpid()
+
+
+_modules: dict[str, tuple[int, Any]] = {}
+_modules_lock = threading.Lock()
+
+
+def load_module(profile: HsmProfile) -> Any:
+    """The PKCS#11 module of ``profile``, initialised (for threads) in this process."""
+    path = str(profile.module)
+    with _modules_lock:
+        cached = _modules.get(path)
+        if cached is not None:
+            pid, module = cached
+            if pid != os.getpid():
+                module.initialize()
+                _modules[path] = (os.getpid(), module)
+            return module
+        if not profile.module.exists():
+            raise ConfigError(f"PKCS#11 module {path} does not exist")
+        for key, value in profile.module_env.items():
+            os.environ[key] = value
+        try:
+            module = ThreadSafeModule(path)
+        except p11e.PKCS11Error as exc:
+            raise HsmError(f"cannot load PKCS#11 module {path}: {exc!r}") from exc
+        # Loaded modules live as long as the process: python-pkcs11's deallocator cannot
+        # run on a subclass at interpreter exit, and the OS reclaims everything then.
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(module))
+        _modules[path] = (os.getpid(), module)
+        return module
+
+
+@contextmanager
+def startup_lock(profile: HsmProfile) -> Iterator[None]:
+    """Hold the profile's cross-process start-up lock (see ``HsmProfile.startup_lock``)."""
+    path = profile.startup_lock_path()
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot open token start-up lock {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def find_token(profile: HsmProfile) -> Any:
+    """The one token the profile selects, or a clear error."""
+    module = load_module(profile)
+    selector: dict[str, str] = {}
+    if profile.token.label is not None:
+        selector["token_label"] = profile.token.label
+    if profile.token.serial is not None:
+        selector["token_serial"] = profile.token.serial
+    try:
+        return module.get_token(**selector)
+    except p11e.NoSuchToken as exc:
+        raise HsmError(f"no token matches {selector} in {profile.module}") from exc
+    except p11e.MultipleTokensReturned as exc:
+        raise HsmError(f"more than one token matches {selector}; select by serial") from exc
