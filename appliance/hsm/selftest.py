@@ -130,8 +130,11 @@ def run(pool: SessionPool | None) -> list[Check]:
 
 
 def require(pool: SessionPool | None) -> list[Check]:
-    """Run the checks and refuse to go on if any failed."""
-    checks = run(pool)
+    """Run the checks and refuse to go on if any failed. Token errors (a refused PIN, an
+    unreachable token) propagate as themselves, so the caller reports the real cause."""
+    checks = software_checks()
+    if pool is not None:
+        checks += token_checks(pool)
     failed = [c for c in checks if not c.ok]
     if failed:
         summary = "; ".join(f"{c.name}: {c.detail}" for c in failed)

@@ -32,6 +32,17 @@ def upgrade(db: Database, revision: str = "head") -> str:
     return current(db) or ""
 
 
+def downgrade(db: Database, revision: str) -> None:
+    """Take the schema back to ``revision`` ("base" drops every table)."""
+    cfg = _config()
+    with db.engine.connect() as conn:
+        if conn.in_transaction():
+            conn.commit()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+        conn.commit()
+
+
 def current(db: Database) -> str | None:
     with db.engine.connect() as conn:
         rev = MigrationContext.configure(conn).get_current_revision()
