@@ -6,6 +6,7 @@ import click
 
 from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx, table
 from appliance.hsm import keys, selftest
+from appliance.hsm.module import token_text
 from appliance.hsm.profile import ALL_KEY_TYPES
 from appliance.ops import keys as key_ops
 from appliance.runtime import cli_actor
@@ -81,7 +82,7 @@ def info(ctx: CliContext, as_json: bool) -> None:
         "profile": app.settings.hsm_profile.name,
         "module": str(app.settings.hsm_profile.module),
         "label": token.label,
-        "serial": key_ops._serial(token),
+        "serial": token_text(token.serial),
         "manufacturer": token.manufacturer_id,
         "model": token.model,
     }

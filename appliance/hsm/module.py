@@ -108,16 +108,42 @@ def startup_lock(profile: HsmProfile) -> Iterator[None]:
 
 
 def find_token(profile: HsmProfile) -> Any:
-    """The one token the profile selects, or a clear error."""
+    """The one token the profile selects, or a clear error.
+
+    Slots are walked here rather than with python-pkcs11's ``get_token``, which
+    gives up on the first slot that errors: one broken slot (a removed token, a
+    wiped store) must not hide the token we want.
+    """
     module = load_module(profile)
-    selector: dict[str, str] = {}
-    if profile.token.label is not None:
-        selector["token_label"] = profile.token.label
-    if profile.token.serial is not None:
-        selector["token_serial"] = profile.token.serial
+    want_label, want_serial = profile.token.label, profile.token.serial
+    matches, broken = [], []
     try:
-        return module.get_token(**selector)
-    except p11e.NoSuchToken as exc:
-        raise HsmError(f"no token matches {selector} in {profile.module}") from exc
-    except p11e.MultipleTokensReturned as exc:
-        raise HsmError(f"more than one token matches {selector}; select by serial") from exc
+        slots = module.get_slots(token_present=True)
+    except p11e.PKCS11Error as exc:
+        raise HsmError(f"cannot list the slots of {profile.module}: {type(exc).__name__}") from exc
+    for slot in slots:
+        try:
+            token = slot.get_token()
+            label, serial = token.label, token_text(token.serial)
+        except p11e.PKCS11Error as exc:
+            broken.append(f"slot {slot.slot_id}: {type(exc).__name__}")
+            continue
+        if want_label is not None and label != want_label:
+            continue
+        if want_serial is not None and serial != want_serial:
+            continue
+        matches.append(token)
+    wanted = {"label": want_label, "serial": want_serial}
+    if len(matches) > 1:
+        raise HsmError(f"more than one token matches {wanted}; select by serial")
+    if not matches:
+        extra = f" (unreadable: {', '.join(broken)})" if broken else ""
+        raise HsmError(f"no token matches {wanted} in {profile.module}{extra}")
+    return matches[0]
+
+
+def token_text(value: Any) -> str:
+    """A token string attribute (label, serial) as clean text; some modules give bytes."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return str(value).strip()

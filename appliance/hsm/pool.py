@@ -191,8 +191,13 @@ class SessionPool:
             healthy = True
             raise
         finally:
-            if healthy:
+            if healthy and not self._closed:
                 self._idle.put(ps)
+            elif healthy:
+                with self._lock:
+                    self._count -= 1
+                if ps.session is not self._login_session:
+                    _quiet_close(ps.session)
 
     def _take(self) -> PooledSession:
         try:

@@ -13,6 +13,7 @@ from appliance import logs
 from appliance.audit.log import Actor
 from appliance.errors import ApplianceError, HsmLoginError
 from appliance.hsm import keys
+from appliance.hsm.module import token_text
 from appliance.runtime import Appliance
 from appliance.store.models import HsmKey
 
@@ -33,7 +34,7 @@ def generate(app: Appliance, label: str, key_type: str, actor: Actor) -> keys.Ke
             s.add(HsmKey(
                 label=info.label, ck_id=info.id.hex(), key_type=info.spec.name,
                 spki_sha256=info.spki_sha256, spki_der=info.spki_der,
-                token_label=str(token.label), token_serial=_serial(token),
+                token_label=str(token.label), token_serial=token_text(token.serial),
                 created_at=datetime.now(UTC),
             ))
             audit.append(
@@ -41,7 +42,7 @@ def generate(app: Appliance, label: str, key_type: str, actor: Actor) -> keys.Ke
                 object_ids={"label": info.label, "ck_id": info.id.hex()},
                 details={
                     "key_type": info.spec.name, "spki_sha256": info.spki_sha256,
-                    "token_label": str(token.label), "token_serial": _serial(token),
+                    "token_label": str(token.label), "token_serial": token_text(token.serial),
                     "sensitive": info.sensitive, "always_sensitive": info.always_sensitive,
                     "extractable": info.extractable,
                     "never_extractable": info.never_extractable,
@@ -69,10 +70,3 @@ def record_failure(app: Appliance, what: str, actor: Actor, exc: ApplianceError,
             )
     except ApplianceError as audit_exc:
         log.error("could not audit a failure", extra={"fault": audit_exc.code})
-
-
-def _serial(token: object) -> str:
-    serial = getattr(token, "serial", b"")
-    if isinstance(serial, bytes):
-        serial = serial.decode("ascii", "replace")
-    return str(serial).strip()
