@@ -11,14 +11,13 @@ import os
 import re
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from appliance import strict_yaml
 from appliance.errors import ConfigError
 from appliance.hsm.profile import HsmProfile, load_profile
 
 CONFIG_NAME = "appliance.yaml"
-MAX_CONFIG_BYTES = 1_000_000
 
 
 class _Strict(BaseModel):
@@ -102,23 +101,6 @@ def locate(config: Path | None, directory: Path | None) -> Path:
 
 
 def load(path: Path) -> Settings:
-    try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
-    try:
-        docs = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if len(docs) != 1 or not isinstance(docs[0], dict):
-        raise ConfigError(f"{path}: expected exactly one YAML mapping")
-    try:
-        cfg = ApplianceConfig.model_validate(docs[0])
-    except ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"{path}: invalid configuration: {details}") from exc
+    text = strict_yaml.read_text(path, "configuration")
+    cfg = strict_yaml.parse(text, ApplianceConfig, str(path), "configuration")
     return Settings(cfg, path.parent.resolve(), path)

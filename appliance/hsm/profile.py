@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from appliance import strict_yaml
 from appliance.errors import ConfigError
 
 KeyType = Literal["rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384", "ec-p521"]
@@ -116,30 +116,12 @@ class HsmProfile(_Strict):
 
 def load_profile(path: Path) -> HsmProfile:
     """Read and validate a profile file; relative paths resolve against its folder."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read HSM profile {path}: {exc.strerror}") from exc
+    text = strict_yaml.read_text(path, "HSM profile")
     return parse_profile(text, path.parent.resolve(), source=str(path))
 
 
 def parse_profile(text: str, base: Path, source: str = "<profile>") -> HsmProfile:
-    try:
-        docs = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
-    if len(docs) != 1 or not isinstance(docs[0], dict):
-        raise ConfigError(f"{source}: expected exactly one YAML mapping")
-    try:
-        return HsmProfile.model_validate(docs[0]).resolve(base)
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: invalid HSM profile: {_summarise(exc)}") from exc
-
-
-def _summarise(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
-    )
+    return strict_yaml.parse(text, HsmProfile, source, "HSM profile").resolve(base)
 
 
 MAX_PIN_BYTES = 256

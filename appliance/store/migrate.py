@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -20,27 +21,25 @@ def _config() -> Config:
     return cfg
 
 
-def upgrade(db: Database, revision: str = "head") -> str:
-    """Bring the schema to ``revision``; returns the revision now in place."""
+def _run(db: Database, action: Callable[[Config, str], None], revision: str) -> None:
     cfg = _config()
     with db.engine.connect() as conn:
         if conn.in_transaction():
             conn.commit()
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+        action(cfg, revision)
         conn.commit()
+
+
+def upgrade(db: Database, revision: str = "head") -> str:
+    """Bring the schema to ``revision``; returns the revision now in place."""
+    _run(db, command.upgrade, revision)
     return current(db) or ""
 
 
 def downgrade(db: Database, revision: str) -> None:
     """Take the schema back to ``revision`` ("base" drops every table)."""
-    cfg = _config()
-    with db.engine.connect() as conn:
-        if conn.in_transaction():
-            conn.commit()
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, revision)
-        conn.commit()
+    _run(db, command.downgrade, revision)
 
 
 def current(db: Database) -> str | None:
