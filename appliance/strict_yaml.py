@@ -39,7 +39,9 @@ def parse(text: str, model: type[M], source: str, what: str) -> M:
     try:
         return model.model_validate(docs[0])
     except ValidationError as exc:
-        raise ConfigError(f"{source}: invalid {what}: {summarise(exc)}") from exc
+        # ``from None``: pydantic's own text quotes input values, which may be a PIN someone
+        # wrote in the wrong place; our summary names fields and problems only.
+        raise ConfigError(f"{source}: invalid {what}: {summarise(exc)}") from None
 
 
 def summarise(exc: ValidationError) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,13 +24,22 @@ from typing import Any
 from pkcs11 import exceptions as p11e
 from pkcs11._pkcs11 import lib as _Pkcs11Lib
 
+from appliance import logs
 from appliance.errors import ConfigError, HsmError
 from appliance.hsm.profile import HsmProfile
 
+log = logs.get("hsm.module")
 CKF_OS_LOCKING_OK = 0x00000002
 CKR_OK = 0x0
 CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191
 CKR_CRYPTOKI_NOT_INITIALIZED = 0x190
+CKR_USER_ALREADY_LOGGED_IN = 0x100
+CKU_USER = 1
+# C_Login return values that mean "this PIN is wrong or unusable": never retry them.
+LOGIN_REFUSALS = {
+    0xA0: "CKR_PIN_INCORRECT", 0xA1: "CKR_PIN_INVALID", 0xA2: "CKR_PIN_LEN_RANGE",
+    0xA3: "CKR_PIN_EXPIRED", 0xA4: "CKR_PIN_LOCKED", 0x102: "CKR_USER_PIN_NOT_INITIALIZED",
+}
 
 
 class _InitArgs(ctypes.Structure):
@@ -57,9 +67,25 @@ class ThreadSafeModule(_Pkcs11Lib):
             c.C_Finalize(None)
         args = _InitArgs(None, None, None, None, CKF_OS_LOCKING_OK, None)
         rv = c.C_Initialize(ctypes.byref(args))
-        if rv not in (CKR_OK, CKR_CRYPTOKI_ALREADY_INITIALIZED):
+        if rv == CKR_CRYPTOKI_ALREADY_INITIALIZED:
+            log.warning("PKCS#11 module was already initialised by other code in this "
+                        "process; it may not be running with OS locking",
+                        extra={"module": self.so})
+        elif rv != CKR_OK:
             raise HsmError(f"C_Initialize of {self.so} failed: CKR 0x{rv:08x}")
         self._init_pid = os.getpid()
+
+    def login_user(self, session_handle: int, pin: str) -> int:
+        """``C_Login(CKU_USER)`` on an open session; returns the CKR code.
+
+        Done here rather than by python-pkcs11's ``Token.open(user_pin=...)``,
+        which leaks the session when the PIN is refused and marks the session
+        as one whose ``close()`` logs the whole application out.
+        """
+        data = pin.encode("utf-8")
+        rv: int = self._c.C_Login(ctypes.c_ulong(session_handle), ctypes.c_ulong(CKU_USER),
+                                  ctypes.c_char_p(data), ctypes.c_ulong(len(data)))
+        return rv
 
 
 _modules: dict[str, tuple[int, Any]] = {}
@@ -97,7 +123,14 @@ def startup_lock(profile: HsmProfile) -> Iterator[None]:
     """Hold the profile's cross-process start-up lock (see ``HsmProfile.startup_lock``)."""
     path = profile.startup_lock_path()
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(path.parent)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise ConfigError(
+                f"token start-up lock folder {path.parent} must be a directory owned by this "
+                "user and writable by no one else"
+            )
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise ConfigError(f"cannot open token start-up lock {path}: {exc.strerror}") from exc
     try:

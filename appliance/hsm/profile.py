@@ -90,12 +90,20 @@ class HsmProfile(_Strict):
     startup_lock: Path | None = None
 
     def startup_lock_path(self) -> Path:
+        """The lock file: as configured, else in this user's private runtime folder
+        (``$RUNTIME_DIRECTORY`` under systemd, ``$XDG_RUNTIME_DIR``, or a 0700 folder of
+        the user's own in the temp dir); never a guessable name in a shared folder."""
         if self.startup_lock is not None:
             return self.startup_lock
         ident = hashlib.sha256(
             f"{self.module}|{self.token.label}|{self.token.serial}".encode()
         ).hexdigest()[:16]
-        return Path(tempfile.gettempdir()) / f"appliance-pkcs11-{ident}.lock"
+        runtime = os.environ.get("RUNTIME_DIRECTORY") or os.environ.get("XDG_RUNTIME_DIR")
+        if runtime:
+            folder = Path(runtime.split(":")[0])
+        else:
+            folder = Path(tempfile.gettempdir()) / f"appliance-{os.geteuid()}"
+        return folder / f"pkcs11-{ident}.lock"
 
     def resolve(self, base: Path) -> HsmProfile:
         """Make relative paths absolute against ``base`` (the file that named them)."""

@@ -56,6 +56,7 @@ def init(directory: Path, actor: Actor, node_id: str = "node-1",
             "pin": {"file": "secrets/user.pin"},
             "pool_size": 4,
             "module_env": {"SOFTHSM2_CONF": "${profile_dir}/softhsm/softhsm2.conf"},
+            "startup_lock": "softhsm/startup.lock",
         }
         (directory / "hsm.yaml").write_text(
             "# HSM profile of this data directory (SoftHSM v2, made by `appliance init`).\n"
