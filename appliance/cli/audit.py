@@ -6,11 +6,10 @@ import sys
 from pathlib import Path
 
 import click
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from appliance.audit import export, verify
 from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx
+from appliance.cli.keys import load_public_key
 from appliance.runtime import cli_actor
 
 
@@ -41,13 +40,8 @@ def checkpoint(ctx: CliContext) -> None:
 def verify_cmd(ctx: CliContext, public_key_path: Path | None, as_json: bool) -> None:
     """Check every record and checkpoint. Exit 0 if intact, 1 naming the first bad record."""
     app = ctx.app()
-    if public_key_path is not None:
-        key = serialization.load_pem_public_key(public_key_path.read_bytes())
-        if not isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
-            raise click.UsageError("the audit public key must be EC or RSA")
-        public_key = key
-    else:
-        public_key = app.audit_public_key()
+    public_key = (load_public_key(public_key_path) if public_key_path is not None
+                  else app.audit_public_key())
     with app.db.sessions() as s:
         report = verify.verify(s, public_key)
     if as_json:

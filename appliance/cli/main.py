@@ -9,10 +9,13 @@ import click
 
 from appliance import __version__, logs
 from appliance.cli.audit import audit
+from appliance.cli.authority import authority
+from appliance.cli.ceremony import ceremony
 from appliance.cli.context import CliContext
 from appliance.cli.db import db
 from appliance.cli.hsm import hsm
 from appliance.cli.init import init_cmd
+from appliance.cli.quickstart import quickstart_cmd
 from appliance.errors import ApplianceError
 
 
@@ -39,6 +42,9 @@ cli.add_command(init_cmd)
 cli.add_command(db)
 cli.add_command(hsm)
 cli.add_command(audit)
+cli.add_command(ceremony)
+cli.add_command(authority)
+cli.add_command(quickstart_cmd)
 
 
 def main() -> None:

@@ -54,7 +54,11 @@ class Authority(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
-    key_id: Mapped[int] = mapped_column(ForeignKey("hsm_keys.id"))
+    # "root", "intermediate" (issuing or policy CA), "cross" (a cross-certificate for an
+    # existing CA key), "ocsp" (delegated OCSP responder), "external-root" (an outside root
+    # that signed an imported intermediate; no key of ours).
+    kind: Mapped[str] = mapped_column(String(16), default="intermediate")
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("hsm_keys.id"), nullable=True)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("authorities.id"), nullable=True)
     subject: Mapped[str] = mapped_column(Text)
     certificate_der: Mapped[bytes] = mapped_column(LargeBinary)
@@ -62,6 +66,24 @@ class Authority(Base):
     not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(16), default="active")
+    serial_hex: Mapped[str] = mapped_column(String(42), default="")
+    ceremony: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Crl(Base):
+    """Every CRL an authority signed; ``number`` strictly increases per authority."""
+
+    __tablename__ = "crls"
+    __table_args__ = (UniqueConstraint("authority_id", "number", name="uq_crls_authority_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"))
+    number: Mapped[int] = mapped_column(BigInteger)
+    this_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    entries: Mapped[int] = mapped_column(Integer)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -1,0 +1,1 @@
+"""Scripted key ceremonies: strict YAML scripts, plan/dry-run, execution, signed transcripts."""

@@ -1,0 +1,330 @@
+"""The ceremony script schema (YAML, ``version: 1``).
+
+Strict on purpose: an unknown or misspelt key, a wrong type or a second YAML
+document fails validation before any PKCS#11 session is opened, because a
+ceremony that silently ignored ``path_lenght: 0`` would sign the wrong CA.
+
+A reference (``key:``, ``issuer:``, ``subject_authority:``) names an earlier
+step of the same script by its ``id``; a name that is not an earlier step's id
+means something that already exists: a token key label (``key:``) or a
+registered authority (``issuer:``, ``subject_authority:``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from appliance.hsm.profile import KeyType
+
+Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")]
+Ref = Annotated[str, Field(min_length=1, max_length=64)]
+AuthorityName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+Oid = Annotated[str, Field(pattern=r"^[0-2](\.(0|[1-9][0-9]*)){1,20}$")]
+Url = Annotated[str, Field(pattern=r"^https?://[^\s]{1,500}$")]
+Hash = Literal["sha256", "sha384", "sha512"]
+KeyUsageName = Literal[
+    "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+    "key_agreement", "key_cert_sign", "crl_sign",
+]
+EkuName = Literal[
+    "server_auth", "client_auth", "code_signing", "email_protection", "time_stamping",
+    "ocsp_signing",
+]
+SubjectAttr = Literal["C", "ST", "L", "O", "OU", "CN", "serialNumber", "DC", "emailAddress"]
+RevocationReason = Literal[
+    "unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
+    "cessationOfOperation", "privilegeWithdrawn", "aACompromise",
+]
+
+YEAR = 365.25
+ROOT_MAX_DAYS = int(25 * YEAR)
+SUBORDINATE_MAX_DAYS = int(8 * YEAR)
+OCSP_SIGNER_MAX_DAYS = 825
+MAX_STEPS = 50
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Validity(_Strict):
+    """UTC instants; ``not_before`` defaults to the moment of signing (whole seconds)."""
+
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+    days: int | None = Field(default=None, ge=1, le=40 * 366)
+
+    @model_validator(mode="after")
+    def _one_end(self) -> Validity:
+        if (self.not_after is None) == (self.days is None):
+            raise ValueError("validity: give exactly one of 'not_after' or 'days'")
+        for name in ("not_before", "not_after"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise ValueError(f"validity.{name} must carry a time zone (use Z for UTC)")
+        return self
+
+    def resolve(self, now: datetime) -> tuple[datetime, datetime]:
+        start = (self.not_before or now).astimezone(UTC).replace(microsecond=0)
+        if self.not_after is not None:
+            end = self.not_after.astimezone(UTC).replace(microsecond=0)
+        else:
+            assert self.days is not None
+            end = start + timedelta(days=self.days)
+        if end <= start:
+            raise ValueError("validity ends before it starts")
+        return start, end
+
+
+class NameConstraints(_Strict):
+    permitted_dns: list[str] = Field(default_factory=list, max_length=100)
+    excluded_dns: list[str] = Field(default_factory=list, max_length=100)
+    permitted_ip: list[str] = Field(default_factory=list, max_length=100)
+    excluded_ip: list[str] = Field(default_factory=list, max_length=100)
+    permitted_email: list[str] = Field(default_factory=list, max_length=100)
+    excluded_email: list[str] = Field(default_factory=list, max_length=100)
+    permitted_uri: list[str] = Field(default_factory=list, max_length=100)
+    excluded_uri: list[str] = Field(default_factory=list, max_length=100)
+
+    @field_validator("permitted_ip", "excluded_ip")
+    @classmethod
+    def _cidr(cls, values: list[str]) -> list[str]:
+        for v in values:
+            ipaddress.ip_network(v, strict=True)
+        return values
+
+    @field_validator("permitted_dns", "excluded_dns", "permitted_uri", "excluded_uri")
+    @classmethod
+    def _domains(cls, values: list[str]) -> list[str]:
+        for v in values:
+            if not re.fullmatch(r"\.?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9-]{1,63}", v):
+                raise ValueError(f"{v!r} is not a lowercase DNS name")
+        return values
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> NameConstraints:
+        if not any(getattr(self, f) for f in type(self).model_fields):
+            raise ValueError("name_constraints: give at least one permitted or excluded name")
+        return self
+
+
+class Quorum(_Strict):
+    """Dual control: this step runs only after ``required`` distinct officers of
+    ``officers`` have authenticated in this run."""
+
+    required: int = Field(ge=1, le=16)
+    officers: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]] = Field(
+        min_length=1, max_length=32
+    )
+
+    @model_validator(mode="after")
+    def _enough(self) -> Quorum:
+        if len(set(self.officers)) != len(self.officers):
+            raise ValueError("quorum.officers lists an officer twice")
+        if self.required > len(self.officers):
+            raise ValueError("quorum.required is larger than the number of officers")
+        return self
+
+
+class _Step(_Strict):
+    id: Id
+    quorum: Quorum | None = None
+
+
+class _Signed(_Step):
+    """What every step that signs something can say about the signature."""
+
+    signature_hash: Hash | None = None
+    rsa_padding: Literal["pkcs1v15", "pss"] = "pkcs1v15"
+    skip_lints: list[Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=list, max_length=50
+    )
+
+
+class _Certificate(_Signed):
+    subject: dict[SubjectAttr, Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        min_length=1
+    )
+    validity: Validity
+    serial_bits: int = Field(default=127, ge=64, le=159)
+    key_usage: list[KeyUsageName] | None = None
+    extended_key_usage: list[EkuName | Oid] | None = None
+    policies: list[Oid] = Field(default_factory=list, max_length=20)
+    crl_urls: list[Url] = Field(default_factory=list, max_length=5)
+    ocsp_urls: list[Url] = Field(default_factory=list, max_length=5)
+    ca_issuers_urls: list[Url] = Field(default_factory=list, max_length=5)
+    max_validity_days: int | None = Field(default=None, ge=1, le=40 * 366)
+
+    @field_validator("subject")
+    @classmethod
+    def _country(cls, subject: dict[str, str]) -> dict[str, str]:
+        if "C" in subject and not re.fullmatch(r"[A-Z]{2}", subject["C"]):
+            raise ValueError("subject.C must be a two-letter upper-case country code")
+        return subject
+
+
+class KeyStep(_Step):
+    type: Literal["key"]
+    label: Annotated[str, Field(min_length=1, max_length=64)]
+    key_type: KeyType
+
+
+class RootStep(_Certificate):
+    type: Literal["root"]
+    key: Ref
+    authority: AuthorityName
+    path_length: int | None = Field(default=None, ge=0, le=10)
+    name_constraints: NameConstraints | None = None
+
+    @model_validator(mode="after")
+    def _no_eku(self) -> RootStep:
+        if self.extended_key_usage:
+            raise ValueError("a root certificate carries no extended key usage")
+        return self
+
+
+class IntermediateStep(_Certificate):
+    type: Literal["intermediate"]
+    key: Ref
+    issuer: Ref
+    authority: AuthorityName
+    path_length: int | None = Field(default=0, ge=0, le=10)
+    name_constraints: NameConstraints | None = None
+
+
+class CrossStep(_Certificate):
+    """A certificate for an existing CA's subject and key, signed by another CA."""
+
+    type: Literal["cross-certificate"]
+    subject_authority: Ref
+    issuer: Ref
+    authority: AuthorityName
+    subject: dict[SubjectAttr, Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=dict
+    )
+    path_length: int | None = Field(default=None, ge=0, le=10)
+    name_constraints: NameConstraints | None = None
+
+    @model_validator(mode="after")
+    def _subject_is_copied(self) -> CrossStep:
+        if self.subject:
+            raise ValueError("cross-certificate: the subject is copied from subject_authority")
+        return self
+
+
+class OcspSignerStep(_Certificate):
+    type: Literal["ocsp-signer"]
+    key: Ref
+    issuer: Ref
+    authority: AuthorityName
+
+
+class CsrStep(_Signed):
+    type: Literal["csr"]
+    key: Ref
+    subject: dict[SubjectAttr, Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        min_length=1
+    )
+
+
+class ImportStep(_Step):
+    """Bring in a certificate an outside CA signed for a key in our token."""
+
+    type: Literal["import"]
+    key: Ref
+    authority: AuthorityName
+    certificate: Annotated[str, Field(min_length=1, max_length=1000)]
+    root: Annotated[str, Field(min_length=1, max_length=1000)]
+    chain: list[Annotated[str, Field(min_length=1, max_length=1000)]] = Field(
+        default_factory=list, max_length=8
+    )
+    csr: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+    subject: dict[SubjectAttr, Annotated[str, Field(min_length=1, max_length=64)]] | None = None
+
+    @model_validator(mode="after")
+    def _expected_subject(self) -> ImportStep:
+        if (self.csr is None) == (self.subject is None):
+            raise ValueError("import: give exactly one of 'csr' (the CSR we made) or 'subject'")
+        return self
+
+
+class RevokedEntry(_Strict):
+    serial: Annotated[str, Field(pattern=r"^(0x)?[0-9a-fA-F]{1,40}$")]
+    reason: RevocationReason = "unspecified"
+    revoked_at: datetime | None = None
+
+
+class CrlStep(_Signed):
+    """An offline CRL (for CA certificates) signed by a CA key."""
+
+    type: Literal["crl"]
+    issuer: Ref
+    next_update_days: int = Field(default=365, ge=1, le=366)
+    revoked: list[RevokedEntry] = Field(default_factory=list, max_length=10_000)
+    revoke_authorities: list[AuthorityName] = Field(default_factory=list, max_length=100)
+    crl_url: Url | None = None
+
+
+Step = Annotated[
+    KeyStep | RootStep | IntermediateStep | CrossStep | OcspSignerStep | CsrStep | ImportStep
+    | CrlStep,
+    Field(discriminator="type"),
+]
+CERTIFICATE_STEPS = (RootStep, IntermediateStep, CrossStep, OcspSignerStep, ImportStep)
+
+
+class Ceremony(_Strict):
+    version: Literal[1]
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+    description: Annotated[str, Field(max_length=2000)] = ""
+    operators: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        min_length=1, max_length=20
+    )
+    witnesses: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list, max_length=20
+    )
+    officers: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")],
+        Annotated[str, Field(pattern=r"^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")],
+    ] = Field(default_factory=dict, max_length=32)
+    steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS)
+
+    @model_validator(mode="after")
+    def _references(self) -> Ceremony:
+        seen: dict[str, str] = {}
+        authorities: set[str] = set()
+        for step in self.steps:
+            if step.id in seen:
+                raise ValueError(f"step id {step.id!r} is used twice")
+            if step.quorum is not None:
+                unknown = [o for o in step.quorum.officers if o not in self.officers]
+                if unknown:
+                    raise ValueError(f"step {step.id}: quorum names officers with no verifier: "
+                                     f"{', '.join(unknown)}")
+            for field in ("key", "issuer", "subject_authority"):
+                ref = getattr(step, field, None)
+                if ref is not None and ref in seen:
+                    _check_ref_kind(step.id, field, ref, seen[ref])
+            name = getattr(step, "authority", None)
+            if name is not None:
+                if name in authorities:
+                    raise ValueError(f"authority name {name!r} is registered twice")
+                authorities.add(name)
+            seen[step.id] = step.type
+        return self
+
+
+_KEY_MAKERS = {"key"}
+_CA_MAKERS = {"root", "intermediate", "cross-certificate", "import"}
+
+
+def _check_ref_kind(step_id: str, field: str, ref: str, ref_type: str) -> None:
+    if field == "key" and ref_type not in _KEY_MAKERS:
+        raise ValueError(f"step {step_id}: key {ref!r} is a {ref_type} step, not a key step")
+    if field in ("issuer", "subject_authority") and ref_type not in _CA_MAKERS:
+        raise ValueError(f"step {step_id}: {field} {ref!r} is a {ref_type} step, not a CA")

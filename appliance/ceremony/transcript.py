@@ -1,0 +1,104 @@
+"""The ceremony transcript: what happened, signed with the audit key.
+
+An auditor checks it later with ``appliance ceremony verify``: the signature
+(over the canonical JSON of everything but the signature itself), the hash of
+the script kept beside it, and the hash of every output file in the folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from appliance.audit.record import canonical
+from appliance.audit.signer import CheckpointSigner, verify_signature
+from appliance.ceremony.schema import Ceremony
+from appliance.ceremony.script import LoadedScript
+from appliance.hsm.keys import PublicKey
+from appliance.hsm.signer import spki_der
+
+FORMAT = "appliance-ceremony-transcript/1"
+MAX_TRANSCRIPT_BYTES = 10_000_000
+
+
+def build(script: LoadedScript, c: Ceremony, token: dict[str, str],
+          steps: list[dict[str, Any]], outputs: dict[str, str], node_id: str, first_seq: int,
+          last_seq: int, started: datetime, finished: datetime, status: str,
+          error: str | None) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "ceremony": c.name,
+        "description": c.description,
+        "status": status,
+        "error": error,
+        "script": {"file": "script.yaml", "source": str(script.path), "sha256": script.sha256},
+        "operators": c.operators,
+        "witnesses": c.witnesses,
+        "token": token,
+        "started": _iso(started),
+        "finished": _iso(finished),
+        "steps": steps,
+        "outputs": dict(sorted(outputs.items())),
+        "audit": {"node_id": node_id, "first_seq": first_seq, "last_seq": last_seq},
+    }
+
+
+def sign(doc: dict[str, Any], signer: CheckpointSigner) -> dict[str, Any]:
+    algorithm, sig = signer.sign(canonical(doc).encode())
+    return {**doc, "signature": {"algorithm": algorithm, "key_label": signer.label,
+                                 "spki_sha256": signer.spki_sha256,
+                                 "value": base64.b64encode(sig).decode()}}
+
+
+def dumps(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def verify(path: Path, public_key: PublicKey) -> tuple[dict[str, Any] | None, list[str]]:
+    """The transcript and every problem found (an empty list means it verifies)."""
+    try:
+        if path.stat().st_size > MAX_TRANSCRIPT_BYTES:
+            return None, [f"{path} is larger than {MAX_TRANSCRIPT_BYTES} bytes"]
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        return None, [f"cannot read {path}: {exc}"]
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        return None, [f"{path} is not a ceremony transcript"]
+    problems = []
+    sig = doc.pop("signature", None)
+    if not isinstance(sig, dict):
+        problems.append("the transcript is not signed")
+    else:
+        expected = hashlib.sha256(spki_der(public_key)).hexdigest()
+        try:
+            value = base64.b64decode(sig.get("value", ""), validate=True)
+        except ValueError:
+            value = b""
+        if sig.get("spki_sha256") != expected or not verify_signature(
+                public_key, str(sig.get("algorithm")), canonical(doc).encode(), value):
+            problems.append("the signature does not verify with the audit key (edited?)")
+    folder = path.parent
+    files = {"script.yaml": doc.get("script", {}).get("sha256"), **doc.get("outputs", {})}
+    for name, digest in files.items():
+        target = folder / name
+        if "/" in name or name.startswith("."):
+            problems.append(f"suspicious output name {name!r}")
+            continue
+        try:
+            actual = hashlib.sha256(target.read_bytes()).hexdigest()
+        except OSError:
+            problems.append(f"{name} is missing")
+            continue
+        if actual != digest:
+            problems.append(f"{name} does not match its recorded SHA-256 (changed)")
+    if sig is not None:
+        doc["signature"] = sig
+    return doc, problems
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,108 @@
+"""``appliance ceremony``: run, dry-run and verify key ceremonies."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from appliance.ceremony import plan, quorum, transcript
+from appliance.ceremony import script as script_mod
+from appliance.ceremony.runner import CeremonyRunner
+from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx
+from appliance.cli.keys import load_public_key
+from appliance.runtime import Appliance, cli_actor
+
+
+@click.group()
+def ceremony() -> None:
+    """Key ceremonies."""
+
+
+def terminal_authenticator(request: quorum.QuorumRequest) -> list[tuple[str, str]]:
+    """Each officer types their name and secret. From a terminal the secret is not echoed;
+    from a pipe (automation, tests) names and secrets are read as alternate lines."""
+    presented = []
+    tty = sys.stdin.isatty()
+    for i in range(request.required):
+        prompt = f"officer {i + 1} of {request.required} for step {request.step_id}"
+        if tty:
+            name = input(f"{prompt}, name: ").strip()
+            secret = getpass.getpass(f"secret for {name}: ")
+        else:
+            name = sys.stdin.readline().strip()
+            secret = sys.stdin.readline().rstrip("\n")
+            click.echo(f"{prompt}: {name}")
+        presented.append((name, secret))
+    return presented
+
+
+def run_ceremony(app: Appliance, path: Path, out: Path | None) -> Path:
+    """Print the plan, then run every step; returns the signed transcript's path."""
+    loaded = script_mod.load(path)
+    for line in plan.describe(loaded):
+        click.echo(line)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    record = out or app.settings.base_dir / "ceremonies" / f"{stamp}-{loaded.ceremony.name}"
+    runner = CeremonyRunner(app, loaded, record, cli_actor(), terminal_authenticator, click.echo)
+    result = runner.run()
+    click.echo(f"ceremony complete; record and signed transcript in {record}")
+    return result
+
+
+@ceremony.command("run")
+@click.argument("script", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Print the plan; touch neither token nor files.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Ceremony record folder (default DATA/ceremonies/<UTC time>-<name>).")
+@location_options
+@pass_ctx
+def run_cmd(ctx: CliContext, script: Path, dry_run: bool, out: Path | None) -> None:
+    """Run a ceremony script (plan first, then each step)."""
+    if dry_run:
+        loaded = script_mod.load(script)
+        for line in plan.describe(loaded):
+            click.echo(line)
+        click.echo("dry run: nothing was created, signed or written")
+        return
+    run_ceremony(ctx.app(), script, out)
+
+
+@ceremony.command("verify")
+@click.argument("transcript_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--public-key", "public_key_path", type=click.Path(exists=True, path_type=Path),
+              help="PEM of the audit public key (to verify without the token).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@location_options
+@pass_ctx
+def verify_cmd(ctx: CliContext, transcript_path: Path, public_key_path: Path | None,
+               as_json: bool) -> None:
+    """Check a transcript's signature and every file it lists. Exit 0 if intact, else 1."""
+    key = (load_public_key(public_key_path) if public_key_path is not None
+           else ctx.app().audit_public_key())
+    doc, problems = transcript.verify(transcript_path, key)
+    if as_json:
+        emit_json({"ok": not problems, "problems": problems,
+                   "ceremony": doc.get("ceremony") if doc else None})
+    else:
+        for p in problems:
+            click.echo(f"BAD  {p}")
+        name = doc.get("ceremony") if doc else "?"
+        click.echo(f"transcript of {name}: {'verified' if not problems else 'NOT VALID'}")
+    ctx.close()
+    raise SystemExit(0 if not problems else 1)
+
+
+@ceremony.command("officer-verifier")
+def officer_verifier() -> None:
+    """Make the verifier that goes into a script's ``officers:`` for one officer's secret."""
+    if sys.stdin.isatty():
+        secret = getpass.getpass("officer secret: ")
+        if getpass.getpass("again: ") != secret:
+            raise click.ClickException("the two secrets differ")
+    else:
+        secret = sys.stdin.readline().rstrip("\n")
+    click.echo(quorum.make_verifier(secret))
