@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
 # Bring the appliance up on its embedded defaults in ./data (or $APPLIANCE_DATA):
-# SoftHSM token with random PINs, SQLite database, the audit key, a passing
-# self-test and a first signed audit checkpoint. Safe to run again: an existing
-# data directory is reused, never overwritten.
+# SoftHSM token with random PINs, SQLite database, the audit key, and the
+# quickstart ceremony's hierarchy (P-256 root, issuing CA, OCSP signer), then a
+# passing self-test, a signed audit checkpoint and a verified audit log. Safe to
+# run again: an existing data directory is reused, never overwritten.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install.sh
 DATA=${APPLIANCE_DATA:-./data}
 A=".venv/bin/appliance"
 if [ ! -f "$DATA/appliance.yaml" ]; then
-  "$A" init --dir "$DATA"
-  "$A" --dir "$DATA" hsm genkey --label audit-key --type ec-p256
+  "$A" quickstart --dir "$DATA"
 fi
 "$A" --dir "$DATA" db upgrade
 "$A" --dir "$DATA" hsm selftest
 "$A" --dir "$DATA" audit checkpoint
 "$A" --dir "$DATA" audit verify
-"$A" --dir "$DATA" hsm keys
+"$A" --dir "$DATA" authority list
 echo
 echo "The appliance is up in $DATA. Use it with:"
 echo "  export PATH=\"$PWD/.venv/bin:\$PATH\" APPLIANCE_CONFIG=\"$(cd "$DATA" && pwd)/appliance.yaml\""
