@@ -6,11 +6,15 @@ as it is signed. So every such object is linted first, with pkilint's Python
 API (no subprocess: nothing to find on ``PATH``, no text output to parse, and
 the findings keep their codes and node paths).
 
-Validators are built once, lazily, under a lock, and reused: building them
-costs far more than linting one object, and pkilint 0.13's validators keep no
-per-call state (every decoded node, and every cached property, lives in the
-per-call ``Document``). Linting is therefore safe from several threads at
-once; ``tests/unit/test_pkilint_gate.py`` exercises that.
+pkilint is imported on first use, not with this module: it costs about half
+a second (its ETSI profile loads every ISO 639 language), which every CLI
+command that merely imports the ceremony code would otherwise pay.
+
+Validators are built once, lazily, under a lock, and reused: building one
+costs far more than a lint (a CA/B Forum validator ~170 ms, a lint ~3 ms),
+and pkilint 0.13's validators keep no per-call state (every decoded node and
+every cached property lives in the per-call ``Document``). Linting is
+therefore safe from several threads at once; the unit tests exercise that.
 
 Input that pkilint cannot decode does not raise: it comes back as a FATAL
 ``itu.invalid_asn1_syntax`` finding (pkilint's own code for a value that
@@ -26,12 +30,6 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
-
-from pkilint import document as pkilint_document
-from pkilint import finding_filter, loader, pkix
-from pkilint.cabf import cabf_crl, serverauth
-from pkilint.cabf.serverauth import serverauth_constants
-from pkilint.pkix import certificate, crl, extension, name, ocsp
 
 from appliance.errors import ApplianceError
 
@@ -60,8 +58,9 @@ CrlProfile = Literal["pkix", "br"]
 # pkilint's code for "this value does not decode"; reused for a top-level failure so a caller
 # sees one code for undecodable input wherever in the structure it is.
 _CODE_UNDECODABLE: Final = "itu.invalid_asn1_syntax"
-# Our own check that the certificate is the kind the caller means to issue (see _kind_findings).
+# Our own checks, for what pkilint's RFC 5280 profile does not catch (see _appliance_findings).
 _CODE_KIND_MISMATCH: Final = "appliance.certificate_kind_mismatch"
+_CODE_CA_SUBJECT_EMPTY: Final = "appliance.ca_certificate_subject_empty"
 _OID_KP_OCSP_SIGNING: Final = "1.3.6.1.5.5.7.3.9"
 
 
@@ -96,6 +95,11 @@ class LintError(ApplianceError):
         listed = "; ".join(str(f) for f in self.findings)
         super().__init__(f"{what} does not lint clean: {listed}")
 
+    def __reduce__(self) -> tuple[type[LintError], tuple[str, list[Finding]]]:
+        # The default would call LintError(message) and lose the findings (e.g. across a
+        # process pool).
+        return (LintError, (self.what, self.findings))
+
 
 # --- validator construction (once per configuration) ---------------------------------------
 
@@ -116,6 +120,8 @@ def _cached(key: tuple[str, ...], build: Callable[[], Any]) -> Any:
 
 
 def _pkix_certificate_validator() -> Any:
+    from pkilint.pkix import certificate, extension, name
+
     # As pkilint/bin/lint_pkix_cert.py builds it.
     return certificate.create_pkix_certificate_validator_container(
         certificate.create_decoding_validators(
@@ -132,6 +138,9 @@ def _pkix_certificate_validator() -> Any:
 
 
 def _serverauth_validator(cert_type: Any) -> Any:
+    from pkilint.cabf import serverauth
+    from pkilint.pkix import certificate
+
     # As pkilint/bin/lint_cabf_serverauth_cert.py builds it (validity period start: the
     # document's own notBefore, the CLI's default).
     return certificate.create_pkix_certificate_validator_container(
@@ -142,6 +151,10 @@ def _serverauth_validator(cert_type: Any) -> Any:
 
 def _crl_validator(kind: CrlKind, profile: CrlProfile) -> Any:
     # As pkilint/bin/lint_crl.py builds it.
+    from pkilint import pkix
+    from pkilint.cabf import cabf_crl
+    from pkilint.pkix import crl, extension, name
+
     crl_type = crl.CertificateRevocationListType[kind.upper()]
     validity_additional: list[Any] = []
     doc_additional: list[Any] = []
@@ -164,6 +177,9 @@ def _crl_validator(kind: CrlKind, profile: CrlProfile) -> Any:
 
 def _ocsp_response_validator() -> Any:
     # As pkilint/bin/lint_ocsp_response.py builds it.
+    from pkilint import pkix
+    from pkilint.pkix import extension, name, ocsp
+
     return ocsp.create_pkix_ocsp_response_validator_container(
         [
             ocsp.create_response_decoder(),
@@ -186,8 +202,15 @@ def _checked_der(der: bytes) -> bytes:
     return data
 
 
-def _load(load: Callable[..., Any], der: bytes, root_node: str) -> tuple[Any, list[Finding]]:
+def _load(what: str, der: bytes, root_node: str) -> tuple[Any, list[Finding]]:
     """Decode, or turn the decoding failure into a FATAL finding (see the module docstring)."""
+    from pkilint import loader
+
+    load: Callable[..., Any] = {
+        "certificate": loader.load_der_certificate,
+        "crl": loader.load_der_crl,
+        "ocsp_response": loader.load_der_ocsp_response,
+    }[what]
     try:
         return load(der, "lint"), []
     except ValueError as e:
@@ -209,14 +232,21 @@ def _findings(results: Iterable[Any]) -> list[Finding]:
     ]
 
 
-def _kind_findings(doc: Any, kind: CertKind) -> list[Finding]:
-    """Check the certificate is the kind the caller means to issue.
+def _appliance_findings(doc: Any, kind: CertKind) -> list[Finding]:
+    """Two RFC 5280 requirements that pkilint 0.13's RFC 5280 profile does not check.
 
-    pkilint's RFC 5280 profile judges a certificate by what it claims to be: a
-    "root" without basicConstraints cA is, to pkilint, a clean end-entity
-    certificate. The ceremony knows what it is making, so a mismatch is an ERROR.
+    pkilint judges a certificate by what it claims to be: a "root" without
+    basicConstraints cA is, to pkilint, a clean end-entity certificate. The
+    ceremony knows what it is making, so a mismatch with ``kind`` is an ERROR.
+    And RFC 5280 4.1.2.6 requires a CA certificate's subject to be a
+    non-empty name (path validation chains on it), which pkilint lets pass.
     """
+    findings: list[Finding] = []
     is_ca = bool(doc.is_ca)
+    if is_ca and not doc.root.navigate("tbsCertificate.subject.rdnSequence").children:
+        findings.append(Finding(_CODE_CA_SUBJECT_EMPTY, "ERROR",
+                                "a CA certificate must have a non-empty subject (RFC 5280 4.1.2.6)",
+                                "certificate.tbsCertificate.subject"))
     self_issued = bool(doc.is_self_issued)
     problem: str | None = None
     if kind == "root" and not (is_ca and self_issued):
@@ -229,24 +259,22 @@ def _kind_findings(doc: Any, kind: CertKind) -> list[Finding]:
         problem = "an OCSP signer must be a non-CA certificate with the id-kp-OCSPSigning EKU"
     elif kind == "leaf" and is_ca:
         problem = "a leaf must not be a CA certificate"
-    if problem is None:
-        return []
-    return [
-        Finding(
+    if problem is not None:
+        findings.append(Finding(
             _CODE_KIND_MISMATCH,
             "ERROR",
             f"linted as {kind!r}: {problem} (cA={is_ca}, self-issued={self_issued})",
             "certificate",
-        )
-    ]
+        ))
+    return findings
 
 
 def lint_certificate(der: bytes, kind: CertKind, *, tls_type: str | None = None) -> list[Finding]:
     """All pkilint findings (every severity) for a DER certificate.
 
     ``root``, ``intermediate``, ``ocsp-signer`` and ``leaf`` use pkilint's RFC
-    5280 profile (as ``lint_pkix_cert``) plus the kind check of
-    ``_kind_findings``; ``tls-server`` uses the CA/Browser Forum TLS Baseline
+    5280 profile (as ``lint_pkix_cert``) plus the two checks of
+    ``_appliance_findings``; ``tls-server`` uses the CA/Browser Forum TLS Baseline
     Requirements profile (as ``lint_cabf_serverauth_cert``), with the
     certificate type detected from the certificate unless ``tls_type`` names
     one (pkilint's option spelling, e.g. ``"DV-FINAL-CERTIFICATE"``), and with
@@ -257,13 +285,16 @@ def lint_certificate(der: bytes, kind: CertKind, *, tls_type: str | None = None)
     if tls_type is not None and kind != "tls-server":
         raise ValueError("tls_type applies only to kind 'tls-server'")
     data = _checked_der(der)
-    doc, fatal = _load(loader.load_der_certificate, data, "certificate")
+    doc, fatal = _load("certificate", data, "certificate")
     if doc is None:
         return fatal
 
     if kind != "tls-server":
         validator = _cached(("pkix-certificate",), _pkix_certificate_validator)
-        return _findings(validator.validate(doc.root)) + _kind_findings(doc, kind)
+        return _findings(validator.validate(doc.root)) + _appliance_findings(doc, kind)
+
+    from pkilint import finding_filter
+    from pkilint.cabf import serverauth
 
     cert_type = _serverauth_type(doc, tls_type)
     if isinstance(cert_type, Finding):
@@ -279,6 +310,10 @@ def lint_certificate(der: bytes, kind: CertKind, *, tls_type: str | None = None)
 
 
 def _serverauth_type(doc: Any, tls_type: str | None) -> Any:
+    from pkilint import document as pkilint_document
+    from pkilint.cabf import serverauth
+    from pkilint.cabf.serverauth import serverauth_constants
+
     certificate_type = serverauth_constants.CertificateType
     if tls_type is not None:
         try:
@@ -316,7 +351,7 @@ def lint_crl(
     if not issuer_is_ca:
         raise ValueError("pkilint lints only CRLs issued by the CA itself (issuer_is_ca=True)")
     data = _checked_der(der)
-    doc, fatal = _load(loader.load_der_crl, data, "certificateList")
+    doc, fatal = _load("crl", data, "certificateList")
     if doc is None:
         return fatal
     validator = _cached(("crl", kind, profile), lambda: _crl_validator(kind, profile))
@@ -326,7 +361,7 @@ def lint_crl(
 def lint_ocsp_response(der: bytes) -> list[Finding]:
     """All pkilint findings for a DER OCSPResponse, as ``lint_ocsp_response``."""
     data = _checked_der(der)
-    doc, fatal = _load(loader.load_der_ocsp_response, data, "oCSPResponse")
+    doc, fatal = _load("ocsp_response", data, "oCSPResponse")
     if doc is None:
         return fatal
     validator = _cached(("ocsp-response",), _ocsp_response_validator)
