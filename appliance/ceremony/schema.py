@@ -298,6 +298,7 @@ class Ceremony(_Strict):
     def _references(self) -> Ceremony:
         seen: dict[str, str] = {}
         authorities: set[str] = set()
+        all_ids = {step.id for step in self.steps}
         for step in self.steps:
             if step.id in seen:
                 raise ValueError(f"step id {step.id!r} is used twice")
@@ -310,6 +311,11 @@ class Ceremony(_Strict):
                 ref = getattr(step, field, None)
                 if ref is not None and ref in seen:
                     _check_ref_kind(step.id, field, ref, seen[ref])
+                elif ref is not None and ref in all_ids:
+                    # Not "something that already exists": the script means its own step,
+                    # which has not run yet when this one does.
+                    raise ValueError(f"step {step.id}: {field} {ref!r} names a step that does "
+                                     "not come before it (steps run in order)")
             name = getattr(step, "authority", None)
             if name is not None:
                 if name in authorities:
