@@ -242,10 +242,15 @@ class CeremonyRunner:
 
     def _import(self, step: s.ImportStep) -> StepResult:
         key = self._resolve_key(step.key)
-        cert = _load_cert(self.script.resolve_path(step.certificate))
-        chain = [_load_cert(self.script.resolve_path(p)) for p in step.chain]
-        root = _load_cert(self.script.resolve_path(step.root))
-        problems = check_import(self.app, key, cert, chain, root, self._expected_subject(step))
+        try:
+            cert = _load_cert(self.script.resolve_path(step.certificate))
+            chain = [_load_cert(self.script.resolve_path(p)) for p in step.chain]
+            root = _load_cert(self.script.resolve_path(step.root))
+            expected = self._expected_subject(step)
+        except xb.CeremonyError as exc:
+            self._audit_refusal(step, "ceremony.import.refused", str(exc))
+            raise
+        problems = check_import(self.app, key, cert, chain, root, expected)
         if problems:
             self._audit_refusal(step, "ceremony.import.refused", "; ".join(problems))
             raise xb.CeremonyError(f"import {step.id} refused: " + "; ".join(problems))
@@ -607,8 +612,8 @@ def _summary(result: StepResult) -> str:
 
 
 def _cap(step: Any, default: int) -> int:
-    """The default cap, unless the script sets its own (recorded in the signed script)."""
-    cap: int = step.max_validity_days or default
+    """The default cap, or a lower one the script sets; a script can never raise it."""
+    cap: int = min(step.max_validity_days or default, default)
     return cap
 
 

@@ -25,7 +25,10 @@ Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")]
 Ref = Annotated[str, Field(min_length=1, max_length=64)]
 AuthorityName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 Oid = Annotated[str, Field(pattern=r"^[0-2](\.(0|[1-9][0-9]*)){1,20}$")]
-Url = Annotated[str, Field(pattern=r"^https?://[^\s]{1,500}$")]
+# A host with a dot (or an IP literal): relying parties and pkilint reject one-label hosts.
+Url = Annotated[str, Field(
+    pattern=r"^https?://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?(/\S{0,500})?$"
+)]
 Hash = Literal["sha256", "sha384", "sha512"]
 KeyUsageName = Literal[
     "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",

@@ -95,6 +95,9 @@ def verify(path: Path, public_key: PublicKey) -> tuple[dict[str, Any] | None, li
             continue
         if actual != digest:
             problems.append(f"{name} does not match its recorded SHA-256 (changed)")
+    for extra in sorted(p.name for p in folder.iterdir()
+                        if p.name not in files and p.name != path.name):
+        problems.append(f"{extra} is in the record folder but not in the transcript")
     if sig is not None:
         doc["signature"] = sig
     return doc, problems
