@@ -743,6 +743,8 @@ TAMPERING = {
     "script": (lambda rec: (rec / "script.yaml").write_text(
         (rec / "script.yaml").read_text().replace("days: 3650", "days: 3651")),
         "script.yaml does not match its recorded SHA-256"),
+    "extra_file": (lambda rec: (rec / "rogue.pem").write_text("planted\n"),
+                   "rogue.pem is in the record folder but not in the transcript"),
 }
 
 
@@ -795,3 +797,24 @@ def test_failed_ceremony_leaves_a_signed_transcript(fresh_base: Path, clone: Clo
     assert failed["event_type"] == "ceremony.failed" and failed["outcome"] == "failure"
     assert "exceeds the cap" in failed["details"]["error"]
     assert by_seq[t["audit"]["first_seq"]]["event_type"] == "ceremony.started"
+
+
+# -- the OCSP signer rotation example -----------------------------------------------------
+
+
+def test_ocsp_signer_rotation_example(qs_base: Path, clone: Clone, tmp_path: Path) -> None:
+    d = clone(qs_base)
+    out = tmp_path / "rec"
+    run_ceremony(d, CEREMONIES / "ocsp-signer.yaml", out, check=True)
+    rows = authorities(d)
+    assert rows["issuing-ocsp-2"]["kind"] == "ocsp"
+    assert rows["issuing-ocsp-2"]["parent"] == "issuing"
+    rec = quickstart_record(d)
+    _verify_ok("-x509_strict", "-CAfile", str(rec / "root.pem"), "-untrusted",
+               str(rec / "issuing.pem"), str(out / "ocsp-2.pem"))
+    text = cert_text(out / "ocsp-2.pem")
+    assert "OCSP Signing" in text and "OCSP No Check" in text and "CA:FALSE" in text
+    days = (_cert(out / "ocsp-2.pem").not_valid_after_utc
+            - _cert(out / "ocsp-2.pem").not_valid_before_utc).days
+    assert days == 365
+    assert cli(d, "ceremony", "verify", str(out / "transcript.json")).returncode == 0
