@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,6 +41,37 @@ class AuditConfig(_Strict):
     checkpoint_interval_seconds: int = Field(default=3600, ge=0, le=86_400 * 7)
 
 
+Duration = Annotated[str, Field(pattern=r"^(\d{1,7}[smhd])+$")]
+
+
+class ClaimsConfig(_Strict):
+    """Authority-wide defaults; each provisioner may override any of them."""
+
+    min_duration: Duration = "5m"
+    max_duration: Duration = "24h"
+    default_duration: Duration = "24h"
+    disable_renewal: bool = False
+    allow_renewal_after_expiry: bool = False
+    renewal_grace: Duration | None = None
+
+
+class ServiceConfig(_Strict):
+    """``appliance serve``: the HTTPS API and the plain-HTTP CRL/OCSP listener."""
+
+    api_listen: str = Field(default="127.0.0.1:8443", pattern=r"^[\w.:\[\]-]+:\d{1,5}$")
+    http_listen: str = Field(default="127.0.0.1:8080", pattern=r"^[\w.:\[\]-]+:\d{1,5}$")
+    workers: int = Field(default=2, ge=1, le=64)
+    threads: int = Field(default=4, ge=1, le=64)
+    timeout_seconds: int = Field(default=30, ge=1, le=600)
+    # Where relying parties fetch CRLs and OCSP: goes into issued certificates.
+    public_base_url: str = Field(default="http://127.0.0.1:8080", pattern=r"^https?://\S+$")
+    # The hostname clients use for the API (the TLS certificate's name, token audiences).
+    api_hostname: str = Field(default="127.0.0.1", max_length=253)
+    issuing_authority: str = Field(default="issuing", max_length=64)
+    max_request_bytes: int = Field(default=65_536, ge=1024, le=1_048_576)
+    rate_limit_per_minute: int = Field(default=1200, ge=0, le=1_000_000)
+
+
 class LoggingConfig(_Strict):
     level: str = Field(default="INFO", pattern=r"^(?i:debug|info|warning|error)$")
 
@@ -50,6 +82,8 @@ class ApplianceConfig(_Strict):
     hsm: HsmConfig = HsmConfig()
     audit: AuditConfig = AuditConfig()
     logging: LoggingConfig = LoggingConfig()
+    claims: ClaimsConfig = ClaimsConfig()
+    service: ServiceConfig = ServiceConfig()
 
 
 class Settings:

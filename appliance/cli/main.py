@@ -15,7 +15,11 @@ from appliance.cli.context import CliContext
 from appliance.cli.db import db
 from appliance.cli.hsm import hsm
 from appliance.cli.init import init_cmd
+from appliance.cli.inventory import inventory
+from appliance.cli.policy import policy
+from appliance.cli.provisioner import provisioner, token_cmd
 from appliance.cli.quickstart import quickstart_cmd
+from appliance.cli.serve import serve_cmd
 from appliance.errors import ApplianceError
 
 
@@ -45,6 +49,11 @@ cli.add_command(audit)
 cli.add_command(ceremony)
 cli.add_command(authority)
 cli.add_command(quickstart_cmd)
+cli.add_command(provisioner)
+cli.add_command(token_cmd)
+cli.add_command(serve_cmd)
+cli.add_command(policy)
+cli.add_command(inventory)
 
 
 def main() -> None:

@@ -10,7 +10,9 @@ from appliance import config
 from appliance.cli.ceremony import run_ceremony
 from appliance.cli.context import CliContext, location_options, pass_ctx
 from appliance.ops import keys as key_ops
+from appliance.ops import provisioners as prov_ops
 from appliance.ops.init import init
+from appliance.provisioners.settings import ProvisionerSettings
 from appliance.runtime import Appliance, cli_actor
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "ceremony" / "quickstart.yaml"
@@ -34,5 +36,9 @@ def quickstart_cmd(ctx: CliContext, script: Path) -> None:
         info = key_ops.generate(app, app.settings.config.audit.key_label, "ec-p256", actor)
         click.echo(f"audit key {info.label!r} generated ({info.spki_sha256[:16]}...)")
         run_ceremony(app, script, None)
+        if script == QUICKSTART:
+            prov_ops.add(app, "admin", "jwk", ProvisionerSettings(), actor)
+            click.echo(f"provisioner 'admin' (jwk) added; token-signing key "
+                       f"{prov_ops.key_path(app, 'admin')}")
     finally:
         app.close()

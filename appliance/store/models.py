@@ -132,3 +132,110 @@ class AuditCheckpoint(Base):
     spki_sha256: Mapped[str] = mapped_column(String(64))
     algorithm: Mapped[str] = mapped_column(String(32))
     signature: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Provisioner(Base):
+    """Who may ask for certificates, how they authenticate, and their claims."""
+
+    __tablename__ = "provisioners"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    type: Mapped[str] = mapped_column(String(16))
+    # Claims and options as JSON (durations in seconds, template, policy flags...).
+    config: Mapped[str] = mapped_column(Text)
+    # Public credential only: a JWK (jwk) or trusted root PEMs (x5c). Never a private key.
+    credential: Mapped[str] = mapped_column(Text)
+    authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class NamePolicy(Base):
+    """A name policy of the authority (provisioner_id NULL) or of one provisioner."""
+
+    __tablename__ = "name_policies"
+    __table_args__ = (UniqueConstraint("level", "provisioner_id", name="uq_name_policies_level"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    level: Mapped[str] = mapped_column(String(16))
+    provisioner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("provisioners.id", ondelete="CASCADE"), nullable=True)
+    source: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Template(Base):
+    __tablename__ = "templates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    source: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class InventoryRecord(Base):
+    """A host, service, person or device, with the names that belong to it."""
+
+    __tablename__ = "inventory_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    owner: Mapped[str] = mapped_column(String(256))
+    metadata_json: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class InventoryIdentifier(Base):
+    __tablename__ = "inventory_identifiers"
+    __table_args__ = (UniqueConstraint("type", "value", name="uq_inventory_identifiers_value"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    record_id: Mapped[int] = mapped_column(
+        ForeignKey("inventory_records.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(8))
+    value: Mapped[str] = mapped_column(String(512))
+
+
+class Certificate(Base):
+    """Every certificate the CA issues. The row (and its serial) exists before signing."""
+
+    __tablename__ = "certificates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    serial_hex: Mapped[str] = mapped_column(String(42), unique=True)
+    authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"), index=True)
+    provisioner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("provisioners.id", ondelete="SET NULL"), nullable=True)
+    provisioner_name: Mapped[str] = mapped_column(String(64))
+    requester: Mapped[str] = mapped_column(String(256))
+    template: Mapped[str] = mapped_column(String(64))
+    inventory_record_id: Mapped[int | None] = mapped_column(
+        ForeignKey("inventory_records.id", ondelete="SET NULL"), nullable=True)
+    # "reserved" -> "issued" (or "failed"); later "revoked".
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    sans: Mapped[str] = mapped_column(Text, default="[]")
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    not_after: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True)
+    der: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    fingerprint_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    renewed_from: Mapped[str | None] = mapped_column(String(42), nullable=True)
+    reserved_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    issued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revocation_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class UsedToken(Base):
+    """One-time token ids already spent; the primary key makes a replay fail in any worker."""
+
+    __tablename__ = "used_tokens"
+
+    jti: Mapped[str] = mapped_column(String(256), primary_key=True)
+    provisioner_id: Mapped[int] = mapped_column(
+        ForeignKey("provisioners.id", ondelete="CASCADE"))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,60 @@
+"""``appliance policy``: name policies of the authority and of provisioners."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx
+from appliance.ops import policies
+from appliance.runtime import cli_actor
+
+
+def _target(authority: bool, provisioner: str | None) -> tuple[str, str | None]:
+    if authority == (provisioner is not None):
+        raise click.UsageError("give exactly one of --authority or --provisioner NAME")
+    return ("authority", None) if authority else ("provisioner", provisioner)
+
+
+@click.group()
+def policy() -> None:
+    """Name policies (allow/deny of DNS names, IPs, emails, URIs, common names)."""
+
+
+@policy.command("set")
+@click.option("--authority", is_flag=True, help="The authority-wide policy.")
+@click.option("--provisioner", default=None, help="The policy of this provisioner.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@location_options
+@pass_ctx
+def set_cmd(ctx: CliContext, authority: bool, provisioner: str | None, file: Path) -> None:
+    level, name = _target(authority, provisioner)
+    policies.set_policy(ctx.app(), level, name, file.read_text(encoding="utf-8"), cli_actor())
+    click.echo(f"policy set for {name or 'the authority'}")
+
+
+@policy.command("show")
+@click.option("--authority", is_flag=True)
+@click.option("--provisioner", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@location_options
+@pass_ctx
+def show_cmd(ctx: CliContext, authority: bool, provisioner: str | None, as_json: bool) -> None:
+    level, name = _target(authority, provisioner)
+    p = policies.get_policy(ctx.app(), level, name)
+    if as_json:
+        emit_json(p.model_dump(mode="json"))
+    else:
+        click.echo(p.to_yaml(), nl=False)
+
+
+@policy.command("remove")
+@click.option("--authority", is_flag=True)
+@click.option("--provisioner", default=None)
+@location_options
+@pass_ctx
+def remove_cmd(ctx: CliContext, authority: bool, provisioner: str | None) -> None:
+    level, name = _target(authority, provisioner)
+    policies.remove_policy(ctx.app(), level, name, cli_actor())
+    click.echo(f"policy removed from {name or 'the authority'}")

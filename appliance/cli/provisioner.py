@@ -1,0 +1,179 @@
+"""``appliance provisioner`` and ``appliance token``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from appliance import durations
+from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx, table
+from appliance.ops import policies as policy_ops
+from appliance.ops import provisioners as prov_ops
+from appliance.policy.names import parse_policy
+from appliance.provisioners import tokens
+from appliance.provisioners.settings import Claims, ProvisionerSettings, sign_audience
+from appliance.runtime import cli_actor
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return durations.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def claim_options(fn: Any) -> Any:
+    for opt in reversed([
+        click.option("--min-duration", callback=_duration, help="Shortest certificate (e.g. 5m)."),
+        click.option("--max-duration", callback=_duration, help="Longest certificate (e.g. 24h)."),
+        click.option("--default-duration", callback=_duration, help="When none is asked for."),
+        click.option("--disable-renewal/--enable-renewal", default=None),
+        click.option("--allow-renewal-after-expiry/--deny-renewal-after-expiry", default=None),
+        click.option("--renewal-grace", callback=_duration,
+                     help="How long after expiry renewal stays possible (unset: no limit)."),
+        click.option("--template", default=None, help="Template name for this provisioner."),
+        click.option("--require-inventory/--no-require-inventory", default=None,
+                     help="Only names that belong to an inventory record get certificates."),
+        click.option("--allow-template-data/--no-template-data", default=None,
+                     help="Let requesters pass templateData to the template."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _settings_changes(kw: dict[str, Any]) -> dict[str, Any]:
+    claims = {k: kw[k] for k in ("min_duration", "max_duration", "default_duration",
+                                 "disable_renewal", "allow_renewal_after_expiry",
+                                 "renewal_grace") if kw.get(k) is not None}
+    out: dict[str, Any] = {k: kw[k] for k in ("template", "require_inventory",
+                                              "allow_template_data") if kw.get(k) is not None}
+    if claims:
+        out["claims"] = claims
+    return out
+
+
+@click.group()
+def provisioner() -> None:
+    """Provisioners: who may request certificates, and with which claims."""
+
+
+@provisioner.command("add")
+@click.argument("name")
+@click.option("--type", "ptype", type=click.Choice(["jwk", "x5c"]), required=True)
+@click.option("--root", "root_pem", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="x5c: PEM file of the roots whose certificates may authenticate.")
+@click.option("--authority", default=None,
+              help="CA that issues (default: service.issuing_authority).")
+@click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False,
+                                                          path_type=Path),
+              help="Name policy file for this provisioner.")
+@claim_options
+@location_options
+@pass_ctx
+def add_cmd(ctx: CliContext, /, name: str, ptype: str, root_pem: Path | None,
+            authority: str | None, policy_file: Path | None, **kw: Any) -> None:
+    """Add a provisioner (a jwk one gets a token-signing key in DATA/secrets/)."""
+    changes = _settings_changes(kw)
+    settings = ProvisionerSettings.model_validate(
+        {**changes, "claims": Claims.model_validate(changes.get("claims", {}))})
+    app = ctx.app()
+    policy_text = policy_file.read_text(encoding="utf-8") if policy_file else None
+    if policy_text is not None:
+        parse_policy(policy_text, str(policy_file))  # a bad policy refuses the whole add
+    prov_ops.add(app, name, ptype, settings, cli_actor(), authority=authority,
+                 roots_pem=root_pem.read_bytes() if root_pem else None)
+    if policy_text is not None:
+        policy_ops.set_policy(app, "provisioner", name, policy_text, cli_actor())
+    click.echo(f"provisioner {name!r} ({ptype}) added")
+    if ptype == "jwk":
+        click.echo(f"  token-signing key: {prov_ops.key_path(app, name)} (mode 0600)")
+
+
+@provisioner.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@location_options
+@pass_ctx
+def list_cmd(ctx: CliContext, as_json: bool) -> None:
+    app = ctx.app()
+    with app.db.sessions() as db:
+        rows = prov_ops.list_all(app, db)
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        r["max"] = r["claims"]["max_duration"]
+        r["after expiry"] = r["claims"]["allow_renewal_after_expiry"]
+    table(rows, ["name", "type", "authority", "template", "max", "after expiry",
+                 "require_inventory"])
+
+
+@provisioner.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@location_options
+@pass_ctx
+def show_cmd(ctx: CliContext, name: str, as_json: bool) -> None:
+    app = ctx.app()
+    with app.db.sessions() as db:
+        out = prov_ops.describe(app, db, prov_ops.get(db, name))
+    if as_json:
+        emit_json(out)
+    else:
+        for k, v in out.items():
+            click.echo(f"{k:20}{v}")
+
+
+@provisioner.command("update")
+@click.argument("name")
+@claim_options
+@location_options
+@pass_ctx
+def update_cmd(ctx: CliContext, /, name: str, **kw: Any) -> None:
+    changes = _settings_changes(kw)
+    if not changes:
+        raise click.UsageError("nothing to change")
+    prov_ops.update(ctx.app(), name, changes, cli_actor())
+    click.echo(f"provisioner {name!r} updated")
+
+
+@provisioner.command("remove")
+@click.argument("name")
+@location_options
+@pass_ctx
+def remove_cmd(ctx: CliContext, name: str) -> None:
+    prov_ops.remove(ctx.app(), name, cli_actor())
+    click.echo(f"provisioner {name!r} removed")
+
+
+@click.command("token")
+@click.argument("name")
+@click.option("--san", "sans", multiple=True, required=True, help="A name for the certificate.")
+@click.option("--not-after", callback=_duration, default=None,
+              help="Ask for a certificate of this lifetime (e.g. 24h).")
+@click.option("--lifetime", callback=_duration, default="5m", show_default=True,
+              help="How long the token itself is valid.")
+@location_options
+@pass_ctx
+def token_cmd(ctx: CliContext, name: str, sans: tuple[str, ...], not_after: int | None,
+              lifetime: int) -> None:
+    """Print a one-time token of a jwk provisioner for these SANs."""
+    app = ctx.app()
+    path = prov_ops.key_path(app, name)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), None)
+    except OSError as exc:
+        raise click.ClickException(f"no token-signing key for {name!r} at {path}: "
+                                   f"{exc.strerror}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise click.ClickException(f"{path} is not an EC key")
+    svc = app.settings.config.service
+    token = tokens.mint(key, provisioner=name, audience=sign_audience(svc.api_hostname,
+                                                                      svc.api_listen),
+                        sans=list(sans), lifetime=lifetime, cert_lifetime=not_after)
+    click.echo(token)

@@ -1,0 +1,81 @@
+"""``appliance serve``: the HTTPS API and the plain-HTTP listener, each its own gunicorn.
+
+Two process groups because TLS is per gunicorn arbiter, and because the
+relying-party listener (CRLs, OCSP) must keep answering whatever the API is
+doing. If either group dies, the other is stopped and serve exits non-zero,
+so a supervisor (systemd) restarts the whole appliance.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+import click
+
+from appliance.cli.context import CliContext, location_options, pass_ctx
+from appliance.hsm import selftest
+from appliance.ops import tls
+from appliance.store import migrate
+
+
+def gunicorn_command(entry: str, bind: str, workers: int, threads: int, timeout: int,
+                     tls_files: tls.TlsFiles | None) -> list[str]:
+    cmd = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
+           "--threads", str(threads), "--worker-class", "gthread", "--timeout", str(timeout),
+           "--graceful-timeout", "10", "--keep-alive", "5", "--limit-request-line", "8190",
+           "--limit-request-fields", "100", "--limit-request-field_size", "8190",
+           "--log-level", "warning", "--no-control-socket"]
+    if tls_files is not None:
+        cmd += ["--certfile", str(tls_files.certificate), "--keyfile", str(tls_files.key),
+                "--ca-certs", str(tls_files.roots), "--cert-reqs", "1"]
+    return [*cmd, entry]
+
+
+@click.command("serve")
+@location_options
+@pass_ctx
+def serve_cmd(ctx: CliContext) -> None:
+    """Serve the API (HTTPS) and CRLs/CA certificates (HTTP) until stopped."""
+    app = ctx.app()
+    svc = app.settings.config.service
+    migrate.upgrade(app.db)
+    selftest.require(app.pool)
+    files = tls.issue_api_certificate(app)
+    config_path = str(app.settings.path)
+    app.close()  # nothing token- or database-bound crosses into the workers
+    env = dict(os.environ, APPLIANCE_CONFIG=config_path)
+    env.pop("SOFTHSM2_CONF", None)
+    groups = [
+        subprocess.Popen(gunicorn_command("appliance.web.wsgi:api_app()", svc.api_listen,
+                                          svc.workers, svc.threads, svc.timeout_seconds, files),
+                         env=env),
+        subprocess.Popen(gunicorn_command("appliance.web.wsgi:public_app()", svc.http_listen,
+                                          1, 8, svc.timeout_seconds, None), env=env),
+    ]
+    click.echo(f"serving the API on https://{svc.api_listen} and CRLs/CA certificates on "
+               f"http://{svc.http_listen}", err=True)
+
+    def stop(_sig: int, _frame: FrameType | None) -> None:
+        for p in groups:
+            if p.poll() is None:
+                p.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    code = 0
+    while all(p.poll() is None for p in groups):
+        time.sleep(0.2)
+    stop(signal.SIGTERM, None)
+    for p in groups:
+        try:
+            rc = p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait()
+        code = code or (rc if rc not in (0, -signal.SIGTERM) else 0)
+    raise SystemExit(code)

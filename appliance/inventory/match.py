@@ -1,0 +1,68 @@
+"""Finding the inventory record a request's names belong to.
+
+Identifiers are stored normalised (DNS and email domains lowercase, IPs in
+canonical form) so a lookup is an exact match on (type, value).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from appliance.errors import ApplianceError
+from appliance.store.models import InventoryIdentifier, InventoryRecord
+
+IDENTIFIER_TYPES = ("dns", "ip", "email", "uri", "cn")
+
+
+class InventoryError(ApplianceError):
+    code = "inventory_refused"
+
+
+@dataclass(frozen=True)
+class Match:
+    record: InventoryRecord
+    unmatched: list[tuple[str, str]]
+
+    def template_view(self) -> dict[str, Any]:
+        return {"name": self.record.name, "kind": self.record.kind, "owner": self.record.owner,
+                "metadata": json.loads(self.record.metadata_json)}
+
+
+def normalise(kind: str, value: str) -> str:
+    if kind not in IDENTIFIER_TYPES:
+        raise InventoryError(f"unknown identifier type {kind!r}")
+    value = value.strip()
+    if kind == "dns":
+        return value.lower().rstrip(".")
+    if kind == "ip":
+        return str(ipaddress.ip_address(value))
+    if kind == "email" and "@" in value:
+        local, _, domain = value.rpartition("@")
+        return f"{local}@{domain.lower()}"
+    return value
+
+
+def find(db: Session, names: list[tuple[str, str]]) -> Match | None:
+    """The one record the names point to (None if none does); names of two records refuse."""
+    keys = [(k, normalise(k, v)) for k, v in names]
+    if not keys:
+        return None
+    rows = db.execute(
+        select(InventoryIdentifier.type, InventoryIdentifier.value, InventoryIdentifier.record_id)
+        .where(tuple_(InventoryIdentifier.type, InventoryIdentifier.value).in_(keys))
+    ).all()
+    records = {r.record_id for r in rows}
+    if not records:
+        return None
+    if len(records) > 1:
+        raise InventoryError("the requested names belong to more than one inventory record")
+    matched = {(r.type, r.value) for r in rows}
+    record = db.get(InventoryRecord, records.pop())
+    assert record is not None
+    return Match(record, [k for k in keys if k not in matched])

@@ -1,0 +1,1 @@
+"""The one issuance pipeline every certificate goes through."""

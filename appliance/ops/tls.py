@@ -1,0 +1,84 @@
+"""The API's TLS certificate, issued at every start by the appliance's own issuing CA.
+
+Its key is a software key in the data directory (mode 0600), never a CA key;
+the certificate goes through the same issuance pipeline (template
+``tls-server``, policy, lint, audit) as any other.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from sqlalchemy import select
+
+from appliance.issuance.pipeline import Issuer, ProvisionerContext, SignRequest
+from appliance.ops import authorities as authz
+from appliance.provisioners.settings import EffectiveClaims, ProvisionerSettings
+from appliance.runtime import Appliance
+from appliance.store.models import Authority
+
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    certificate: Path
+    key: Path
+    roots: Path
+
+
+def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def issue_api_certificate(app: Appliance) -> TlsFiles:
+    svc = app.settings.config.service
+    folder = app.settings.base_dir / "tls"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = []
+    # No "localhost": a one-label name fails RFC 5280 linting (pkilint), and clients use the IP.
+    for name in dict.fromkeys([svc.api_hostname, "127.0.0.1"]):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            names.append(x509.DNSName(name))
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, svc.api_hostname)]))
+           .add_extension(x509.SubjectAlternativeName(names), critical=False)
+           .sign(key, hashes.SHA256()))
+    with app.db.sessions() as db:
+        ca = authz.get(db, svc.issuing_authority)
+        roots = db.scalars(select(Authority).where(Authority.kind == "root",
+                                                   Authority.status == "active")).all()
+        root_pem = b"".join(authz.certificate(r).public_bytes(serialization.Encoding.PEM)
+                            for r in roots)
+    ctx = ProvisionerContext(
+        id=None, name="appliance-tls", type="internal",
+        settings=ProvisionerSettings(template="tls-server"),
+        claims=EffectiveClaims(min_duration=3600, max_duration=90 * DAY,
+                               default_duration=30 * DAY, disable_renewal=True,
+                               allow_renewal_after_expiry=False, renewal_grace=None),
+        authority_id=ca.id)
+    issued = Issuer(app).issue(SignRequest(csr=csr, provisioner=ctx, requester="appliance:serve",
+                                           credential_names=None))
+    chain = [issued.certificate, *issued.chain[:-1]]  # the leaf and intermediates, not the root
+    files = TlsFiles(folder / "api.crt", folder / "api.key", folder / "roots.pem")
+    _write_private(files.key, key.private_bytes(serialization.Encoding.PEM,
+                                                serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption()))
+    _write_private(files.certificate, b"".join(c.public_bytes(serialization.Encoding.PEM)
+                                               for c in chain), 0o644)
+    _write_private(files.roots, root_pem, 0o644)
+    return files

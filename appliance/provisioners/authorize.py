@@ -1,0 +1,46 @@
+"""From a credential to a ``ProvisionerContext``: who asks, under which provisioner."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from appliance.issuance.pipeline import ProvisionerContext
+from appliance.provisioners import tokens
+from appliance.provisioners.settings import ProvisionerSettings, effective, sign_audience
+from appliance.runtime import Appliance
+from appliance.store.models import Provisioner, UsedToken
+
+
+def context(app: Appliance, row: Provisioner) -> ProvisionerContext:
+    settings = ProvisionerSettings.model_validate_json(row.config)
+    return ProvisionerContext(
+        id=row.id, name=row.name, type=row.type, settings=settings,
+        claims=effective(settings.claims, app.settings.config.claims),
+        authority_id=row.authority_id)
+
+
+def one_time_token(app: Appliance, ott: str, path: str = "/1.0/sign"
+                   ) -> tuple[ProvisionerContext, tokens.TokenClaims]:
+    """Verify a JWK provisioner's one-time token and spend it (a second use is refused)."""
+    name = tokens.unverified_issuer(ott)
+    with app.db.sessions() as db:
+        row = db.scalars(select(Provisioner).where(Provisioner.name == name)).one_or_none()
+        if row is None or row.type != "jwk":
+            raise tokens.TokenError("invalid token: unknown provisioner")
+        ctx = context(app, row)
+        jwk = json.loads(row.credential)
+    svc = app.settings.config.service
+    claims = tokens.verify(ott, jwk, provisioner=name,
+                           audience=sign_audience(svc.api_hostname, svc.api_listen, path))
+    try:
+        with app.db.transaction() as db:
+            db.add(UsedToken(jti=f"{name}:{claims.jti}", provisioner_id=ctx.id,
+                             expires_at=datetime.fromtimestamp(claims.expires_at, UTC),
+                             used_at=datetime.now(UTC)))
+    except IntegrityError:
+        raise tokens.TokenError("token already used") from None
+    return ctx, claims

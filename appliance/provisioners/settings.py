@@ -1,0 +1,84 @@
+"""A provisioner's settings and claims, and how they fall back to the authority's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from appliance import durations
+from appliance.config import ClaimsConfig
+
+ProvisionerType = Literal["jwk", "x5c"]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class Claims(BaseModel):
+    """Per-provisioner overrides (None = use the authority's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_duration: int | None = Field(default=None, ge=1)
+    max_duration: int | None = Field(default=None, ge=1)
+    default_duration: int | None = Field(default=None, ge=1)
+    disable_renewal: bool | None = None
+    allow_renewal_after_expiry: bool | None = None
+    renewal_grace: int | None = Field(default=None, ge=1)
+
+
+class ProvisionerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    claims: Claims = Claims()
+    template: str | None = Field(default=None, max_length=64)
+    require_inventory: bool = False
+    allow_template_data: bool = False
+
+
+@dataclass(frozen=True)
+class EffectiveClaims:
+    min_duration: int
+    max_duration: int
+    default_duration: int
+    disable_renewal: bool
+    allow_renewal_after_expiry: bool
+    renewal_grace: int | None  # None: unlimited
+
+    def as_dict(self) -> dict[str, object]:
+        def fmt(v: int | None) -> str | None:
+            return durations.format_seconds(v) if v is not None else None
+
+        return {"min_duration": fmt(self.min_duration), "max_duration": fmt(self.max_duration),
+                "default_duration": fmt(self.default_duration),
+                "disable_renewal": self.disable_renewal,
+                "allow_renewal_after_expiry": self.allow_renewal_after_expiry,
+                "renewal_grace": fmt(self.renewal_grace)}
+
+
+def effective(claims: Claims, authority: ClaimsConfig) -> EffectiveClaims:
+    def pick(mine: int | None, theirs: str | None) -> int | None:
+        if mine is not None:
+            return mine
+        return durations.parse(theirs) if theirs is not None else None
+
+    min_d = pick(claims.min_duration, authority.min_duration)
+    max_d = pick(claims.max_duration, authority.max_duration)
+    default_d = pick(claims.default_duration, authority.default_duration)
+    assert min_d is not None and max_d is not None and default_d is not None
+    return EffectiveClaims(
+        min_duration=min_d, max_duration=max_d, default_duration=min(max(default_d, min_d), max_d),
+        disable_renewal=(claims.disable_renewal if claims.disable_renewal is not None
+                         else authority.disable_renewal),
+        allow_renewal_after_expiry=(claims.allow_renewal_after_expiry
+                                    if claims.allow_renewal_after_expiry is not None
+                                    else authority.allow_renewal_after_expiry),
+        renewal_grace=pick(claims.renewal_grace, authority.renewal_grace),
+    )
+
+
+def sign_audience(api_hostname: str, api_listen: str, path: str = "/1.0/sign") -> str:
+    """The ``aud`` a one-time token must carry: the URL it will be presented to."""
+    port = api_listen.rsplit(":", 1)[1]
+    host = f"[{api_hostname}]" if ":" in api_hostname else api_hostname
+    return f"https://{host}:{port}{path}"

@@ -1,0 +1,117 @@
+"""One-time tokens (JWTs) of JWK provisioners: minting on the operator's side, checking
+on the CA's.
+
+Checks follow step-ca's: ES256 signature by the provisioner key, ``iss`` = the
+provisioner, ``aud`` = the sign URL, ``sub`` non-empty, ``nbf``/``exp``/``iat``
+with one minute of leeway, a lifetime of at most one day, and a ``jti`` that
+was never seen before (a primary key in the database, so a replay fails in
+every worker and node sharing the database).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+
+from appliance.errors import ApplianceError
+
+LEEWAY = 60
+MAX_TOKEN_LIFETIME = 86400
+MAX_TOKEN_BYTES = 8192
+ALGORITHM = "ES256"
+
+
+class TokenError(ApplianceError):
+    code = "unauthorized"
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    jti: str
+    subject: str
+    sans: tuple[str, ...]
+    expires_at: int
+    raw: dict[str, Any]
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def public_jwk(key: ec.EllipticCurvePublicKey) -> dict[str, Any]:
+    jwk: dict[str, Any] = json.loads(ECAlgorithm.to_jwk(key))
+    jwk["kid"] = _thumbprint(jwk)
+    jwk["alg"] = ALGORITHM
+    jwk["use"] = "sig"
+    return jwk
+
+
+def _thumbprint(jwk: dict[str, Any]) -> str:
+    """RFC 7638 thumbprint: the key id both sides can compute from the key alone."""
+    members = json.dumps({k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"),
+                         sort_keys=True)
+    return base64.urlsafe_b64encode(hashlib.sha256(members.encode()).digest()).rstrip(b"=").decode()
+
+
+def mint(key: ec.EllipticCurvePrivateKey, *, provisioner: str, audience: str,
+         sans: list[str], lifetime: int = 300, kid: str | None = None,
+         now: float | None = None, cert_lifetime: int | None = None) -> str:
+    if not sans:
+        raise TokenError("a token needs at least one SAN")
+    t = int(now if now is not None else time.time())
+    claims = {"iss": provisioner, "aud": audience, "sub": sans[0], "sans": sans,
+              "iat": t, "nbf": t, "exp": t + lifetime, "jti": secrets.token_urlsafe(24)}
+    if cert_lifetime is not None:
+        claims["cert_lifetime"] = cert_lifetime
+    headers = {"kid": kid or public_jwk(key.public_key())["kid"], "typ": "JWT"}
+    return jwt.encode(claims, key, algorithm=ALGORITHM, headers=headers)
+
+
+def unverified_issuer(token: str) -> str:
+    """The provisioner a token names, to find its key (nothing is trusted yet)."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise TokenError("token too large")
+    try:
+        iss = jwt.decode(token, options={"verify_signature": False}).get("iss")
+    except jwt.PyJWTError as exc:
+        raise TokenError(f"malformed token: {exc}") from None
+    if not isinstance(iss, str) or not iss:
+        raise TokenError("token has no issuer")
+    return iss
+
+
+def verify(token: str, jwk: dict[str, Any], *, provisioner: str, audience: str) -> TokenClaims:
+    if len(token) > MAX_TOKEN_BYTES:
+        raise TokenError("token too large")
+    try:
+        key = jwt.PyJWK(jwk, algorithm=ALGORITHM).key
+        claims = jwt.decode(
+            token, key, algorithms=[ALGORITHM], audience=audience, issuer=provisioner,
+            leeway=LEEWAY, options={"require": ["exp", "nbf", "iat", "jti", "sub", "iss", "aud"]},
+        )
+    except jwt.PyJWTError as exc:
+        raise TokenError(f"invalid token: {exc}") from None
+    if claims["exp"] - claims["iat"] > MAX_TOKEN_LIFETIME:
+        raise TokenError("token lifetime exceeds one day")
+    if claims["iat"] > time.time() + LEEWAY:
+        raise TokenError("token issued in the future")
+    sub, jti = claims["sub"], claims["jti"]
+    if not isinstance(sub, str) or not sub:
+        raise TokenError("token subject is empty")
+    if not isinstance(jti, str) or not 8 <= len(jti) <= 256:
+        raise TokenError("token id (jti) missing or malformed")
+    sans = claims.get("sans", [sub])
+    if not isinstance(sans, list) or not all(isinstance(s, str) and s for s in sans) or \
+            len(sans) > 100:
+        raise TokenError("token sans must be a list of names")
+    return TokenClaims(jti=jti, subject=sub, sans=tuple(sans), expires_at=int(claims["exp"]),
+                       raw=claims)

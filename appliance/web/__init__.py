@@ -1,0 +1,1 @@
+"""The HTTPS API (Flask): input bounds, authentication, JSON errors; no business rules."""

@@ -1,0 +1,94 @@
+"""``/1.0/*``: sign, roots, health, provisioners (request shapes follow step-ca's)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from flask import Blueprint, current_app, jsonify, request
+
+from appliance.issuance.pipeline import Issuer, SignRequest, load_csr
+from appliance.ops import authorities as authz
+from appliance.ops import provisioners as prov_ops
+from appliance.provisioners import authorize
+from appliance.runtime import Appliance
+from appliance.store.models import Authority
+from appliance.web.errors import ApiError
+
+bp = Blueprint("api", __name__, url_prefix="/1.0")
+
+
+def appliance() -> Appliance:
+    app: Appliance = current_app.extensions["appliance"]
+    return app
+
+
+def issuer() -> Issuer:
+    iss: Issuer = current_app.extensions["issuer"]
+    return iss
+
+
+def json_body() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_request", "the body must be a JSON object")
+    return data
+
+
+def _time(data: dict[str, Any], key: str) -> datetime | None:
+    value = data.get(key)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise ApiError(400, "bad_request", f"{key} must be an RFC 3339 time")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, "bad_request", f"{key} must be an RFC 3339 time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@bp.get("/health")
+def health() -> Any:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/roots")
+def roots() -> Any:
+    with appliance().db.sessions() as db:
+        rows = db.query(Authority).filter(Authority.kind == "root",
+                                          Authority.status == "active").all()
+        pems = [authz.certificate(r).public_bytes(serialization.Encoding.PEM).decode()
+                for r in rows]
+    return jsonify({"crts": pems})
+
+
+@bp.get("/provisioners")
+def provisioners() -> Any:
+    app = appliance()
+    with app.db.sessions() as db:
+        return jsonify({"provisioners": prov_ops.list_all(app, db, public=True)})
+
+
+@bp.post("/sign")
+def sign() -> Any:
+    data = json_body()
+    csr_text, ott = data.get("csr"), data.get("ott")
+    if not isinstance(csr_text, str) or not isinstance(ott, str):
+        raise ApiError(400, "bad_request", "csr and ott are required strings")
+    template_data = data.get("templateData")
+    if template_data is not None and not isinstance(template_data, dict):
+        raise ApiError(400, "bad_request", "templateData must be an object")
+    csr = load_csr(csr_text)
+    ctx, claims = authorize.one_time_token(appliance(), ott)
+    lifetime = claims.raw.get("cert_lifetime")
+    issued = issuer().issue(SignRequest(
+        csr=csr, provisioner=ctx, requester=f"{ctx.name}:{claims.subject}",
+        credential_names=list(claims.sans), token_claims=claims.raw,
+        not_before=_time(data, "notBefore"), not_after=_time(data, "notAfter"),
+        lifetime=lifetime if isinstance(lifetime, int) else None,
+        template_data=template_data))
+    chain = issued.chain_pem()
+    return jsonify({"crt": issued.pem(), "ca": chain[0], "certChain": [issued.pem(), *chain],
+                    "serial": issued.serial_hex}), 201

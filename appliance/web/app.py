@@ -1,0 +1,75 @@
+"""The Flask application: limits, security headers, per-client rate limit, JSON errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from flask import Flask, request
+
+from appliance.issuance.pipeline import Issuer
+from appliance.runtime import Appliance
+from appliance.web import api, errors
+from appliance.web.errors import ApiError
+
+SECURITY_HEADERS = {
+    "Strict-Transport-Security": "max-age=31536000",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+RATE_LIMITED = ("/1.0/sign", "/1.0/renew")
+
+
+class RateLimiter:
+    """A token bucket per client address (per worker process)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, per_minute / 6.0)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, client: str) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(client, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - last) * self.rate)
+            if tokens < 1:
+                self._buckets[client] = (tokens, now)
+                return False
+            self._buckets[client] = (tokens - 1, now)
+            if len(self._buckets) > 100_000:
+                self._buckets.clear()
+            return True
+
+
+def create_app(appliance: Appliance) -> Flask:
+    svc = appliance.settings.config.service
+    app = Flask("appliance")
+    app.config.update(MAX_CONTENT_LENGTH=svc.max_request_bytes, JSON_SORT_KEYS=False,
+                      PROPAGATE_EXCEPTIONS=False, TRAP_HTTP_EXCEPTIONS=False)
+    app.extensions["appliance"] = appliance
+    app.extensions["issuer"] = Issuer(appliance)
+    limiter = RateLimiter(svc.rate_limit_per_minute)
+
+    @app.before_request
+    def _limits() -> None:
+        if request.path in RATE_LIMITED and not limiter.allow(request.remote_addr or "?"):
+            raise ApiError(429, "rate_limited", "too many requests; slow down")
+
+    @app.after_request
+    def _headers(response: Any) -> Any:
+        for k, v in SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        response.headers.pop("Server", None)
+        return response
+
+    errors.install(app)
+    app.register_blueprint(api.bp)
+    return app

@@ -1,0 +1,67 @@
+"""The plain-HTTP listener for relying parties: CA certificates and CRLs.
+
+A bare WSGI function, not Flask: this path only looks bytes up. (The OCSP
+responder joins it with the revocation work.)
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import textwrap
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy import select
+
+from appliance.runtime import Appliance
+from appliance.store.models import Authority, Crl
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+_CA = re.compile(r"^/ca/([A-Za-z0-9][A-Za-z0-9._-]{0,63})\.(crt|pem)$")
+_CRL = re.compile(r"^/crl/([A-Za-z0-9][A-Za-z0-9._-]{0,63})\.crl$")
+
+
+def make_app(appliance: Appliance) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "")
+        if method not in ("GET", "HEAD"):
+            return _send(start_response, "405 Method Not Allowed", b"", "text/plain",
+                         [("Allow", "GET, HEAD")])
+        if path == "/health":
+            return _send(start_response, "200 OK", b"ok\n", "text/plain")
+        m = _CA.match(path)
+        if m:
+            with appliance.db.sessions() as db:
+                row = db.scalars(select(Authority).where(Authority.name == m.group(1))).first()
+                der = row.certificate_der if row is not None else None
+            if der is None:
+                return _send(start_response, "404 Not Found", b"", "text/plain")
+            if m.group(2) == "pem":
+                b64 = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
+                pem = f"-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n"
+                return _send(start_response, "200 OK", pem.encode(), "application/x-pem-file")
+            return _send(start_response, "200 OK", der, "application/pkix-cert")
+        m = _CRL.match(path)
+        if m:
+            with appliance.db.sessions() as db:
+                ca = db.scalars(select(Authority).where(Authority.name == m.group(1))).first()
+                crl = None if ca is None else db.scalars(
+                    select(Crl).where(Crl.authority_id == ca.id).order_by(Crl.number.desc())
+                    .limit(1)).first()
+                data = crl.der if crl is not None else None
+            if data is None:
+                return _send(start_response, "404 Not Found", b"", "text/plain")
+            return _send(start_response, "200 OK", data, "application/pkix-crl")
+        return _send(start_response, "404 Not Found", b"", "text/plain")
+
+    return app
+
+
+def _send(start_response: StartResponse, status: str, data: bytes, ctype: str,
+          extra: list[tuple[str, str]] | None = None) -> Iterable[bytes]:
+    headers = [("Content-Type", ctype), ("Content-Length", str(len(data))),
+               ("X-Content-Type-Options", "nosniff"), *(extra or [])]
+    start_response(status, headers)
+    return [data]
