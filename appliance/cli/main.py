@@ -20,6 +20,7 @@ from appliance.cli.policy import policy
 from appliance.cli.provisioner import provisioner, token_cmd
 from appliance.cli.quickstart import quickstart_cmd
 from appliance.cli.serve import serve_cmd
+from appliance.cli.template import template
 from appliance.errors import ApplianceError
 
 
@@ -54,6 +55,7 @@ cli.add_command(token_cmd)
 cli.add_command(serve_cmd)
 cli.add_command(policy)
 cli.add_command(inventory)
+cli.add_command(template)
 
 
 def main() -> None:
