@@ -19,6 +19,7 @@ from appliance.cli.inventory import inventory
 from appliance.cli.policy import policy
 from appliance.cli.provisioner import provisioner, token_cmd
 from appliance.cli.quickstart import quickstart_cmd
+from appliance.cli.renew import renew_cmd
 from appliance.cli.serve import serve_cmd
 from appliance.cli.template import template
 from appliance.errors import ApplianceError
@@ -56,6 +57,7 @@ cli.add_command(serve_cmd)
 cli.add_command(policy)
 cli.add_command(inventory)
 cli.add_command(template)
+cli.add_command(renew_cmd)
 
 
 def main() -> None:

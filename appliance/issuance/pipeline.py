@@ -71,7 +71,8 @@ class ProvisionerContext:
 
 @dataclass
 class SignRequest:
-    csr: x509.CertificateSigningRequest
+    # A CSR, or for a renewal the certificate being renewed (its key, subject and names).
+    csr: x509.CertificateSigningRequest | x509.Certificate
     provisioner: ProvisionerContext
     requester: str
     credential_names: list[str] | None  # names the credential authorizes; must equal the CSR's
@@ -126,8 +127,12 @@ class Issuer:
 
     def _issue(self, req: SignRequest, actor: Actor) -> Issued:
         csr = req.csr
-        _check_csr(csr)
-        csr_names = policy.Names.from_csr(csr)
+        if isinstance(csr, x509.Certificate):
+            _check_key(csr.public_key())
+            csr_names = policy.Names.from_certificate(csr)
+        else:
+            _check_csr(csr)
+            csr_names = policy.Names.from_csr(csr)
         if req.credential_names is not None:
             _check_names_match(csr_names, req.credential_names)
         signer = self._signer(req.provisioner.authority_id)
@@ -246,18 +251,20 @@ class Issuer:
     def _validity(self, req: SignRequest, issuer: x509.Certificate) -> tuple[datetime, datetime]:
         claims = req.provisioner.claims
         now = datetime.now(UTC).replace(microsecond=0)
+        # notBefore is backdated a little for clients with slow clocks; the lifetime counts
+        # from now, so even a certificate of a few seconds is valid when it arrives.
         start = (req.not_before or now - BACKDATE).astimezone(UTC)
         if req.not_after is not None:
             end = req.not_after.astimezone(UTC)
         else:
-            end = start + timedelta(seconds=req.lifetime or claims.default_duration)
-        duration = (end - start).total_seconds()
+            end = now + timedelta(seconds=req.lifetime or claims.default_duration)
+        duration = (end - max(start, now)).total_seconds()
         if end <= now:
             raise IssuanceError("the requested validity ends in the past")
-        if duration < claims.min_duration - BACKDATE.total_seconds():
+        if duration < claims.min_duration:
             raise IssuanceError(f"requested duration {int(duration)}s is below the minimum of "
                                 f"{claims.min_duration}s")
-        if duration > claims.max_duration + BACKDATE.total_seconds():
+        if duration > claims.max_duration:
             raise IssuanceError(f"requested duration {int(duration)}s exceeds the maximum of "
                                 f"{claims.max_duration}s")
         if start < issuer.not_valid_before_utc:
@@ -274,7 +281,9 @@ class Issuer:
                 provisioner_id=req.provisioner.id, provisioner_name=req.provisioner.name,
                 requester=req.requester[:256], template=template,
                 inventory_record_id=inventory_id, status="reserved",
-                renewed_from=req.renewal_of, reserved_at=datetime.now(UTC))
+                renewed_from=req.renewal_of, reserved_at=datetime.now(UTC),
+                request_context=json.dumps({"token": req.token_claims,
+                                            "data": req.template_data or {}}, default=str))
             db.add(row)
             db.flush()
             return row.id
@@ -330,7 +339,13 @@ class Issuer:
 def _check_csr(csr: x509.CertificateSigningRequest) -> None:
     if not csr.is_signature_valid:
         raise IssuanceError("the CSR signature does not verify")
-    key = csr.public_key()
+    _check_key(csr.public_key())
+    algo = csr.signature_hash_algorithm
+    if algo is None or algo.name not in ("sha256", "sha384", "sha512"):
+        raise IssuanceError("the CSR must be signed with SHA-256, SHA-384 or SHA-512")
+
+
+def _check_key(key: Any) -> None:
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < 2048 or key.key_size > 8192 or key.key_size % 8:
             raise IssuanceError(f"RSA key of {key.key_size} bits is not allowed")
@@ -341,9 +356,6 @@ def _check_csr(csr: x509.CertificateSigningRequest) -> None:
             raise IssuanceError(f"curve {key.curve.name} is not allowed")
     else:
         raise IssuanceError("only RSA and ECDSA keys are accepted")
-    algo = csr.signature_hash_algorithm
-    if algo is None or algo.name not in ("sha256", "sha384", "sha512"):
-        raise IssuanceError("the CSR must be signed with SHA-256, SHA-384 or SHA-512")
 
 
 def _flat_names(names: policy.Names) -> list[tuple[str, str]]:

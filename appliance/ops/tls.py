@@ -60,8 +60,11 @@ def issue_api_certificate(app: Appliance) -> TlsFiles:
            .sign(key, hashes.SHA256()))
     with app.db.sessions() as db:
         ca = authz.get(db, svc.issuing_authority)
-        roots = db.scalars(select(Authority).where(Authority.kind == "root",
-                                                   Authority.status == "active")).all()
+        # Trust anchors for the API's clients and for client certificates (mTLS renewal):
+        # our roots and our own CAs, so a client presenting only its leaf is verified too.
+        roots = db.scalars(select(Authority).where(
+            Authority.kind.in_(("root", "intermediate")), Authority.key_id.is_not(None),
+            Authority.status == "active")).all()
         root_pem = b"".join(authz.certificate(r).public_bytes(serialization.Encoding.PEM)
                             for r in roots)
     ctx = ProvisionerContext(

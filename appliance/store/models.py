@@ -223,6 +223,9 @@ class Certificate(Base):
     der: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     fingerprint_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     renewed_from: Mapped[str | None] = mapped_column(String(42), nullable=True)
+    # What the template saw besides the names (token claims, template data), so a renewal
+    # re-renders the provisioner's current template from the same inputs.
+    request_context: Mapped[str] = mapped_column(Text, default="{}")
     reserved_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     issued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -106,7 +106,7 @@ def sans_of(names: Sequence[x509.GeneralName]) -> tuple[SanValue, ...]:
     return tuple(out)
 
 
-def csr_sans(csr: x509.CertificateSigningRequest) -> tuple[SanValue, ...]:
+def csr_sans(csr: x509.CertificateSigningRequest | x509.Certificate) -> tuple[SanValue, ...]:
     try:
         ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
@@ -140,7 +140,8 @@ class CsrInfo:
     sans: tuple[SanValue, ...]
 
     @classmethod
-    def of(cls, csr: x509.CertificateSigningRequest) -> CsrInfo:
+    def of(cls, csr: x509.CertificateSigningRequest | x509.Certificate) -> CsrInfo:
+        """From a CSR, or from the certificate being renewed (same key, subject, SANs)."""
         key = csr.public_key()
         algorithm: str
         size: int | None = None
@@ -227,7 +228,8 @@ class TemplateInput:
     data: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_csr(cls, csr: x509.CertificateSigningRequest, *, provisioner: ProvisionerInfo,
+    def from_csr(cls, csr: x509.CertificateSigningRequest | x509.Certificate, *,
+                 provisioner: ProvisionerInfo,
                  authority: AuthorityInfo, not_before: datetime, not_after: datetime,
                  token: Mapping[str, Any] | None = None,
                  inventory: Mapping[str, Any] | None = None,
@@ -243,7 +245,7 @@ class TemplateInput:
                    data=data or {})
 
     @classmethod
-    def from_request(cls, *, csr: x509.CertificateSigningRequest,
+    def from_request(cls, *, csr: x509.CertificateSigningRequest | x509.Certificate,
                      provisioner: ProvisionerInfo | Mapping[str, Any],
                      authority: AuthorityInfo | Mapping[str, Any],
                      validity: Mapping[str, str | datetime],

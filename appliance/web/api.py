@@ -11,7 +11,7 @@ from flask import Blueprint, current_app, jsonify, request
 from appliance.issuance.pipeline import Issuer, SignRequest, load_csr
 from appliance.ops import authorities as authz
 from appliance.ops import provisioners as prov_ops
-from appliance.provisioners import authorize
+from appliance.provisioners import authorize, renewal
 from appliance.runtime import Appliance
 from appliance.store.models import Authority
 from appliance.web.errors import ApiError
@@ -89,6 +89,21 @@ def sign() -> Any:
         not_before=_time(data, "notBefore"), not_after=_time(data, "notAfter"),
         lifetime=lifetime if isinstance(lifetime, int) else None,
         template_data=template_data))
+    return _issued(issued)
+
+
+@bp.post("/renew")
+def renew() -> Any:
+    auth = request.headers.get("Authorization", "")
+    bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+    sock = request.environ.get("gunicorn.socket")
+    peer = sock.getpeercert(binary_form=True) if sock is not None and hasattr(
+        sock, "getpeercert") else None
+    grant = renewal.authenticate(appliance(), peer_der=peer, bearer=bearer)
+    return _issued(issuer().issue(grant.request))
+
+
+def _issued(issued: Any) -> Any:
     chain = issued.chain_pem()
     return jsonify({"crt": issued.pem(), "ca": chain[0], "certChain": [issued.pem(), *chain],
                     "serial": issued.serial_hex}), 201

@@ -179,7 +179,8 @@ def test_tls_server_rsa(ca: CA, rsa_key: rsa.RSAPrivateKey) -> None:
     assert cn_of(cert) == ["www.example.com"]
     assert sans_of(cert) == ["www.example.com", "example.com", "93.184.216.34"]
     assert not ext(cert, x509.SubjectAlternativeName).critical
-    assert list(ext(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert list(ext(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH,
+                                                           ExtendedKeyUsageOID.CLIENT_AUTH]
     assert ku_bits(cert) == {"digital_signature", "key_encipherment"}
     assert ext(cert, x509.KeyUsage).critical
     bc = ext(cert, x509.BasicConstraints)

@@ -94,6 +94,7 @@ def upgrade() -> None:
         sa.Column("der", sa.LargeBinary(), nullable=True),
         sa.Column("fingerprint_sha256", sa.String(length=64), nullable=True),
         sa.Column("renewed_from", sa.String(length=42), nullable=True),
+        sa.Column("request_context", sa.Text(), nullable=False),
         sa.Column("reserved_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("issued_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),

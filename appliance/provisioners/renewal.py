@@ -1,0 +1,134 @@
+"""Who may renew which certificate.
+
+A certificate authenticates its own renewal: by mutual TLS while it is valid
+(the TLS layer has checked it), or with a short JWT signed by its key that
+carries the certificate in the ``x5c`` header (the only way an expired
+certificate can authenticate). Either way the certificate must be exactly one
+this CA issued (DER compared with the stored copy), not revoked, its
+provisioner must still exist and allow renewal, and an expired one is renewed
+only where the provisioner allows it, within its grace period.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from appliance.errors import ApplianceError
+from appliance.issuance.pipeline import BACKDATE, ProvisionerContext, SignRequest
+from appliance.provisioners.authorize import context
+from appliance.provisioners.settings import sign_audience
+from appliance.provisioners.tokens import LEEWAY, MAX_TOKEN_BYTES, TokenError
+from appliance.runtime import Appliance
+from appliance.store.models import Certificate, Provisioner, UsedToken
+
+ALGORITHMS = ["ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
+MAX_TOKEN_LIFETIME = 3600
+
+
+class RenewalRefused(ApplianceError):
+    code = "forbidden"
+
+
+@dataclass(frozen=True)
+class RenewalGrant:
+    certificate: x509.Certificate
+    row_id: int
+    provisioner: ProvisionerContext
+    after_expiry: bool
+    request: SignRequest
+
+
+def _certificate_from_token(app: Appliance, token: str) -> tuple[x509.Certificate, str]:
+    if len(token) > MAX_TOKEN_BYTES:
+        raise TokenError("token too large")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise TokenError(f"malformed token: {exc}") from None
+    chain = header.get("x5c")
+    if not isinstance(chain, list) or not chain or not isinstance(chain[0], str):
+        raise TokenError("the renewal token must carry the certificate in its x5c header")
+    try:
+        cert = x509.load_der_x509_certificate(base64.b64decode(chain[0], validate=True))
+    except ValueError:
+        raise TokenError("the x5c certificate does not parse") from None
+    svc = app.settings.config.service
+    try:
+        claims = jwt.decode(
+            token, cert.public_key(), algorithms=ALGORITHMS,  # type: ignore[arg-type]
+            audience=sign_audience(svc.api_hostname, svc.api_listen, "/1.0/renew"),
+            leeway=LEEWAY, options={"require": ["exp", "nbf", "iat", "jti"]})
+    except jwt.PyJWTError as exc:
+        raise TokenError(f"invalid renewal token: {exc}") from None
+    if claims["exp"] - claims["iat"] > MAX_TOKEN_LIFETIME:
+        raise TokenError("renewal token lifetime exceeds one hour")
+    jti = claims["jti"]
+    if not isinstance(jti, str) or not 8 <= len(jti) <= 200:
+        raise TokenError("token id (jti) missing or malformed")
+    return cert, jti
+
+
+def authenticate(app: Appliance, *, peer_der: bytes | None, bearer: str | None) -> RenewalGrant:
+    jti = None
+    if bearer:
+        cert, jti = _certificate_from_token(app, bearer)
+    elif peer_der:
+        cert = x509.load_der_x509_certificate(peer_der)
+    else:
+        raise TokenError("renewal needs a client certificate (mTLS) or a Bearer token")
+    der = cert.public_bytes(serialization.Encoding.DER)
+    now = datetime.now(UTC)
+    with app.db.sessions() as db:
+        row = db.scalars(select(Certificate).where(
+            Certificate.serial_hex == f"{cert.serial_number:x}")).one_or_none()
+        if row is None or row.der != der:
+            raise TokenError("this certificate was not issued by this CA")
+        if row.status == "revoked":
+            raise RenewalRefused("the certificate is revoked")
+        if row.status != "issued":
+            raise RenewalRefused(f"the certificate is {row.status}")
+        prov = db.get(Provisioner, row.provisioner_id) if row.provisioner_id else None
+        if prov is None:
+            raise RenewalRefused(f"provisioner {row.provisioner_name} no longer exists")
+        ctx = context(app, prov)
+        stored = json.loads(row.request_context or "{}")
+        row_id, serial = row.id, row.serial_hex
+    if ctx.claims.disable_renewal:
+        raise RenewalRefused(f"provisioner {ctx.name} does not allow renewal")
+    not_after = cert.not_valid_after_utc
+    expired = now > not_after
+    if expired:
+        if not ctx.claims.allow_renewal_after_expiry:
+            raise RenewalRefused(
+                f"the certificate expired at {not_after:%Y-%m-%dT%H:%M:%SZ} and provisioner "
+                f"{ctx.name} does not allow renewal after expiry")
+        grace = ctx.claims.renewal_grace
+        if grace is not None and (now - not_after).total_seconds() > grace:
+            raise RenewalRefused(
+                f"the certificate expired at {not_after:%Y-%m-%dT%H:%M:%SZ}, more than "
+                f"{grace}s ago (provisioner {ctx.name}'s renewal grace)")
+    if jti is not None:
+        try:
+            with app.db.transaction() as db:
+                db.add(UsedToken(jti=f"renew:{serial}:{jti}", provisioner_id=ctx.id,
+                                 expires_at=now, used_at=now))
+        except IntegrityError:
+            raise TokenError("token already used") from None
+    # Keep the lifetime (less the notBefore backdating), within the provisioner's current maximum.
+    lifetime = int((cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds())
+    lifetime = max(ctx.claims.min_duration, min(lifetime - int(BACKDATE.total_seconds()),
+                                                ctx.claims.max_duration))
+    request = SignRequest(
+        csr=cert, provisioner=ctx, requester=f"renew:{serial}", credential_names=None,
+        token_claims=stored.get("token", {}), template_data=stored.get("data") or None,
+        lifetime=lifetime, renewal_of=serial, after_expiry=expired)
+    return RenewalGrant(cert, row_id, ctx, expired, request)
