@@ -65,4 +65,17 @@ def find(db: Session, names: list[tuple[str, str]]) -> Match | None:
     matched = {(r.type, r.value) for r in rows}
     record = db.get(InventoryRecord, records.pop())
     assert record is not None
-    return Match(record, [k for k in keys if k not in matched])
+    return Match(record, [k for k in keys if k not in matched
+                          and not (k[0] == "cn" and _cn_repeats_a_match(k[1], matched))])
+
+
+def _cn_repeats_a_match(cn: str, matched: set[tuple[str, str]]) -> bool:
+    """A subject CN that repeats one of the record's matched SANs (``CN=host`` beside
+    ``DNS:host``, as most CSRs have it) belongs to that record without a ``cn`` identifier."""
+    for kind in ("dns", "ip", "email", "uri"):
+        try:
+            if (kind, normalise(kind, cn)) in matched:
+                return True
+        except ValueError:
+            continue
+    return False

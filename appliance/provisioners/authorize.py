@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from appliance.issuance.pipeline import ProvisionerContext
-from appliance.provisioners import tokens
+from appliance.provisioners import tokens, x5c
 from appliance.provisioners.settings import ProvisionerSettings, effective, sign_audience
 from appliance.runtime import Appliance
 from appliance.store.models import Provisioner, UsedToken
@@ -25,17 +25,21 @@ def context(app: Appliance, row: Provisioner) -> ProvisionerContext:
 
 def one_time_token(app: Appliance, ott: str, path: str = "/1.0/sign"
                    ) -> tuple[ProvisionerContext, tokens.TokenClaims]:
-    """Verify a JWK provisioner's one-time token and spend it (a second use is refused)."""
+    """Verify a one-time token (JWK or x5c provisioner) and spend it: a second use is
+    refused in every worker and node sharing the database."""
     name = tokens.unverified_issuer(ott)
     with app.db.sessions() as db:
         row = db.scalars(select(Provisioner).where(Provisioner.name == name)).one_or_none()
-        if row is None or row.type != "jwk":
+        if row is None or row.type not in ("jwk", "x5c"):
             raise tokens.TokenError("invalid token: unknown provisioner")
         ctx = context(app, row)
-        jwk = json.loads(row.credential)
+        credential = row.credential
     svc = app.settings.config.service
-    claims = tokens.verify(ott, jwk, provisioner=name,
-                           audience=sign_audience(svc.api_hostname, svc.api_listen, path))
+    audience = sign_audience(svc.api_hostname, svc.api_listen, path)
+    if ctx.type == "jwk":
+        claims = tokens.verify(ott, json.loads(credential), provisioner=name, audience=audience)
+    else:
+        claims = x5c.verify(ott, credential, provisioner=name, audience=audience)
     try:
         with app.db.transaction() as db:
             db.add(UsedToken(jti=f"{name}:{claims.jti}", provisioner_id=ctx.id,

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from appliance.errors import ApplianceError
-from appliance.issuance.pipeline import BACKDATE, ProvisionerContext, SignRequest
+from appliance.issuance.pipeline import ProvisionerContext, SignRequest
 from appliance.provisioners.authorize import context
 from appliance.provisioners.settings import sign_audience
 from appliance.provisioners.tokens import LEEWAY, MAX_TOKEN_BYTES, TokenError
@@ -102,6 +102,9 @@ def authenticate(app: Appliance, *, peer_der: bytes | None, bearer: str | None) 
         ctx = context(app, prov)
         stored = json.loads(row.request_context or "{}")
         row_id, serial = row.id, row.serial_hex
+        issued_at = row.issued_at or row.reserved_at
+        if issued_at.tzinfo is None:
+            issued_at = issued_at.replace(tzinfo=UTC)
     if ctx.claims.disable_renewal:
         raise RenewalRefused(f"provisioner {ctx.name} does not allow renewal")
     not_after = cert.not_valid_after_utc
@@ -123,10 +126,10 @@ def authenticate(app: Appliance, *, peer_der: bytes | None, bearer: str | None) 
                                  expires_at=now, used_at=now))
         except IntegrityError:
             raise TokenError("token already used") from None
-    # Keep the lifetime (less the notBefore backdating), within the provisioner's current maximum.
-    lifetime = int((cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds())
-    lifetime = max(ctx.claims.min_duration, min(lifetime - int(BACKDATE.total_seconds()),
-                                                ctx.claims.max_duration))
+    # Keep the lifetime it was issued with (from issuance, not from the backdated notBefore),
+    # within the provisioner's current limits.
+    lifetime = round((cert.not_valid_after_utc - issued_at).total_seconds())
+    lifetime = max(ctx.claims.min_duration, min(lifetime, ctx.claims.max_duration))
     request = SignRequest(
         csr=cert, provisioner=ctx, requester=f"renew:{serial}", credential_names=None,
         token_claims=stored.get("token", {}), template_data=stored.get("data") or None,
