@@ -70,6 +70,9 @@ class ServiceConfig(_Strict):
     issuing_authority: str = Field(default="issuing", max_length=64)
     max_request_bytes: int = Field(default=65_536, ge=1024, le=1_048_576)
     rate_limit_per_minute: int = Field(default=1200, ge=0, le=1_000_000)
+    # Where serve writes the API's TLS key and certificate (relative: to this file's folder;
+    # under systemd use a path in the state directory, e.g. /var/lib/appliance/tls).
+    tls_dir: Path = Path("tls")
 
 
 class LoggingConfig(_Strict):

@@ -18,6 +18,9 @@ fi
 "$A" --dir "$DATA" audit verify
 "$A" --dir "$DATA" authority list
 echo
-echo "The appliance is up in $DATA. Use it with:"
+echo "The appliance is up in $DATA and now serves (Ctrl-C stops it). In another shell:"
 echo "  export PATH=\"$PWD/.venv/bin:\$PATH\" APPLIANCE_CONFIG=\"$(cd "$DATA" && pwd)/appliance.yaml\""
-echo "  appliance hsm keys; appliance audit verify"
+echo "  appliance token admin --san web.example.com      # a one-time token for /1.0/sign"
+echo "  curl --cacert $DATA/tls/roots.pem https://127.0.0.1:8443/1.0/health"
+[ "${APPLIANCE_NO_SERVE:-}" = 1 ] && exit 0
+exec "$A" --dir "$DATA" serve

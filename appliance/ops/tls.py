@@ -44,7 +44,7 @@ def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 def issue_api_certificate(app: Appliance) -> TlsFiles:
     svc = app.settings.config.service
-    folder = app.settings.base_dir / "tls"
+    folder = svc.tls_dir if svc.tls_dir.is_absolute() else app.settings.base_dir / svc.tls_dir
     folder.mkdir(mode=0o700, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = []
