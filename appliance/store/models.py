@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -202,6 +203,7 @@ class Certificate(Base):
     """Every certificate the CA issues. The row (and its serial) exists before signing."""
 
     __tablename__ = "certificates"
+    __table_args__ = (Index("ix_certificates_authority_status", "authority_id", "status"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     serial_hex: Mapped[str] = mapped_column(String(42), unique=True)
@@ -242,3 +244,24 @@ class UsedToken(Base):
         ForeignKey("provisioners.id", ondelete="CASCADE"))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OcspResponse(Base):
+    """The pre-signed OCSP response for one certificate: the truth the caches serve from.
+
+    One row per certificate (replaced on every re-signing); ``status`` mirrors the
+    certificate's at signing time, so a responder can refuse a cached answer that no
+    longer matches ``certificates.status``.
+    """
+
+    __tablename__ = "ocsp_responses"
+
+    certificate_id: Mapped[int] = mapped_column(
+        ForeignKey("certificates.id", ondelete="CASCADE"), primary_key=True)
+    authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"), index=True)
+    serial_hex: Mapped[str] = mapped_column(String(42), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+    this_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_update: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    produced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

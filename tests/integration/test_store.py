@@ -10,16 +10,17 @@ from appliance.store import migrate
 from appliance.store.db import Database
 
 TABLES = {"hsm_keys", "authorities", "audit_events", "audit_heads", "audit_checkpoints", "crls",
-          "provisioners", "certificates", "used_tokens", "templates", "inventory_records"}
+          "provisioners", "certificates", "used_tokens", "templates", "inventory_records",
+          "ocsp_responses"}
 
 
 def test_upgrade_creates_the_schema_and_is_idempotent(db_url: str) -> None:
     db = Database(db_url)
     try:
         assert migrate.current(db) is None
-        assert migrate.upgrade(db) == migrate.head() == "0003"
+        assert migrate.upgrade(db) == migrate.head() == "0004"
         assert set(inspect(db.engine).get_table_names()) >= TABLES
-        assert migrate.upgrade(db) == "0003"  # second run changes nothing
+        assert migrate.upgrade(db) == "0004"  # second run changes nothing
     finally:
         db.dispose()
 
