@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from appliance import strict_yaml
+from appliance import durations, strict_yaml
 from appliance.errors import ConfigError
 from appliance.hsm.profile import HsmProfile, load_profile
 
@@ -63,6 +63,12 @@ class ServiceConfig(_Strict):
     workers: int = Field(default=2, ge=1, le=64)
     threads: int = Field(default=4, ge=1, le=64)
     timeout_seconds: int = Field(default=30, ge=1, le=600)
+    # The plain-HTTP listener (OCSP, CRLs, CA certificates), keep-alive on: "uvicorn" (ASGI,
+    # httptools + uvloop; ~2.5x the requests/s of "gthread", the threaded WSGI worker).
+    # Two processes by default, so OCSP lookups use both cores of a small node.
+    http_server: Literal["uvicorn", "gthread"] = "uvicorn"
+    http_workers: int = Field(default=2, ge=1, le=64)
+    http_threads: int = Field(default=8, ge=1, le=64)  # gthread only
     # Where relying parties fetch CRLs and OCSP: goes into issued certificates.
     public_base_url: str = Field(default="http://127.0.0.1:8080", pattern=r"^https?://\S+$")
     # The hostname clients use for the API (the TLS certificate's name, token audiences).
@@ -73,6 +79,47 @@ class ServiceConfig(_Strict):
     # Where serve writes the API's TLS key and certificate (relative: to this file's folder;
     # under systemd use a path in the state directory, e.g. /var/lib/appliance/tls).
     tls_dir: Path = Path("tls")
+
+
+class RevocationConfig(_Strict):
+    """CRLs: nextUpdate at most 10 days after thisUpdate (BR); republished by the timer."""
+
+    crl_validity: Duration = "7d"
+    # Above this many entries only a sample is linted (pkilint's cost grows with entries).
+    crl_full_lint_max_entries: int = Field(default=10_000, ge=0, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> RevocationConfig:
+        if durations.parse(self.crl_validity) > 10 * 86400:
+            raise ValueError("revocation.crl_validity must be at most 10 days")
+        return self
+
+
+class OcspConfig(_Strict):
+    """OCSP pre-signing and the responder (see appliance/ocsp/)."""
+
+    # nextUpdate - thisUpdate of every signed response: 8 hours .. 10 days (BR).
+    validity: Duration = "4d"
+    # Certificates stay answerable for this long after they expire.
+    expired_grace: Duration = "1d"
+    # Optional shared response cache (and cross-node revocation epoch), e.g.
+    # redis://127.0.0.1:6379/0; keys start with redis_prefix.
+    redis_url: str | None = Field(default=None, pattern=r"^(redis|rediss|unix)://\S+$")
+    redis_prefix: str = Field(default="appliance:ocsp:", max_length=64)
+    # Responses each responder process keeps in memory (least recently used go first); an
+    # entry holds both CertID variants, ~2 KB with a delegated signer's certificate.
+    memory_entries: int = Field(default=20_000, ge=0, le=10_000_000)
+    # A cached "good" is re-read from the database at least this often even when no
+    # revocation was announced (bounds the damage of a revocation whose announcement was lost).
+    revalidate_seconds: int = Field(default=60, ge=1, le=86_400)
+    # Parallel pre-signing processes for large batches (each with its own token sessions).
+    presign_processes: int = Field(default=2, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> OcspConfig:
+        if not 8 * 3600 <= durations.parse(self.validity) <= 10 * 86400:
+            raise ValueError("ocsp.validity must be between 8h and 10d (BR)")
+        return self
 
 
 class LoggingConfig(_Strict):
@@ -87,6 +134,8 @@ class ApplianceConfig(_Strict):
     logging: LoggingConfig = LoggingConfig()
     claims: ClaimsConfig = ClaimsConfig()
     service: ServiceConfig = ServiceConfig()
+    revocation: RevocationConfig = RevocationConfig()
+    ocsp: OcspConfig = OcspConfig()
 
 
 class Settings:

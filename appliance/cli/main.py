@@ -16,10 +16,12 @@ from appliance.cli.db import db
 from appliance.cli.hsm import hsm
 from appliance.cli.init import init_cmd
 from appliance.cli.inventory import inventory
+from appliance.cli.ocsp import ocsp
 from appliance.cli.policy import policy
 from appliance.cli.provisioner import provisioner, token_cmd
 from appliance.cli.quickstart import quickstart_cmd
 from appliance.cli.renew import renew_cmd
+from appliance.cli.revocation import crl_group, revoke_cmd
 from appliance.cli.serve import serve_cmd
 from appliance.cli.template import template
 from appliance.errors import ApplianceError
@@ -58,6 +60,9 @@ cli.add_command(policy)
 cli.add_command(inventory)
 cli.add_command(template)
 cli.add_command(renew_cmd)
+cli.add_command(revoke_cmd)
+cli.add_command(crl_group)
+cli.add_command(ocsp)
 
 
 def main() -> None:

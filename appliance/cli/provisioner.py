@@ -153,15 +153,17 @@ def remove_cmd(ctx: CliContext, name: str) -> None:
 
 @click.command("token")
 @click.argument("name")
-@click.option("--san", "sans", multiple=True, required=True, help="A name for the certificate.")
+@click.option("--san", "sans", multiple=True, help="A name for the certificate.")
 @click.option("--not-after", callback=_duration, default=None,
               help="Ask for a certificate of this lifetime (e.g. 24h).")
 @click.option("--lifetime", callback=_duration, default="5m", show_default=True,
               help="How long the token itself is valid.")
+@click.option("--revoke", "revoke_serial", default=None,
+              help="A token to revoke this serial (POST /1.0/revoke) instead of to sign.")
 @location_options
 @pass_ctx
 def token_cmd(ctx: CliContext, name: str, sans: tuple[str, ...], not_after: int | None,
-              lifetime: int) -> None:
+              lifetime: int, revoke_serial: str | None) -> None:
     """Print a one-time token of a jwk provisioner for these SANs."""
     app = ctx.app()
     path = prov_ops.key_path(app, name)
@@ -173,7 +175,14 @@ def token_cmd(ctx: CliContext, name: str, sans: tuple[str, ...], not_after: int 
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise click.ClickException(f"{path} is not an EC key")
     svc = app.settings.config.service
-    token = tokens.mint(key, provisioner=name, audience=sign_audience(svc.api_hostname,
-                                                                      svc.api_listen),
-                        sans=list(sans), lifetime=lifetime, cert_lifetime=not_after)
+    if revoke_serial is not None:
+        token = tokens.mint(key, provisioner=name, audience=sign_audience(
+            svc.api_hostname, svc.api_listen, "/1.0/revoke"), sans=[revoke_serial],
+            lifetime=lifetime)
+    else:
+        if not sans:
+            raise click.UsageError("give --san (or --revoke SERIAL)")
+        token = tokens.mint(key, provisioner=name, audience=sign_audience(
+            svc.api_hostname, svc.api_listen), sans=list(sans), lifetime=lifetime,
+            cert_lifetime=not_after)
     click.echo(token)

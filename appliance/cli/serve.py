@@ -18,15 +18,16 @@ from types import FrameType
 import click
 
 from appliance.cli.context import CliContext, location_options, pass_ctx
+from appliance.config import ServiceConfig
 from appliance.hsm import selftest
 from appliance.ops import tls
 from appliance.store import migrate
 
 
 def gunicorn_command(entry: str, bind: str, workers: int, threads: int, timeout: int,
-                     tls_files: tls.TlsFiles | None) -> list[str]:
+                     tls_files: tls.TlsFiles | None, worker_class: str = "gthread") -> list[str]:
     cmd = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
-           "--threads", str(threads), "--worker-class", "gthread", "--timeout", str(timeout),
+           "--threads", str(threads), "--worker-class", worker_class, "--timeout", str(timeout),
            "--graceful-timeout", "10", "--keep-alive", "5", "--limit-request-line", "8190",
            "--limit-request-fields", "100", "--limit-request-field_size", "8190",
            "--log-level", "warning", "--no-control-socket"]
@@ -36,11 +37,22 @@ def gunicorn_command(entry: str, bind: str, workers: int, threads: int, timeout:
     return [*cmd, entry]
 
 
+def public_command(svc: ServiceConfig) -> list[str]:
+    """The plain-HTTP group: ASGI under gunicorn's uvicorn worker, or the WSGI app under
+    gthread; both keep connections alive (OCSP clients and CDNs reuse them)."""
+    if svc.http_server == "uvicorn":
+        return gunicorn_command("appliance.web.wsgi:public_asgi()", svc.http_listen,
+                                svc.http_workers, 1, svc.timeout_seconds, None,
+                                "uvicorn_worker.UvicornWorker")
+    return gunicorn_command("appliance.web.wsgi:public_app()", svc.http_listen,
+                            svc.http_workers, svc.http_threads, svc.timeout_seconds, None)
+
+
 @click.command("serve")
 @location_options
 @pass_ctx
 def serve_cmd(ctx: CliContext) -> None:
-    """Serve the API (HTTPS) and CRLs/CA certificates (HTTP) until stopped."""
+    """Serve the API (HTTPS) and OCSP/CRLs/CA certificates (HTTP) until stopped."""
     app = ctx.app()
     svc = app.settings.config.service
     migrate.upgrade(app.db)
@@ -54,10 +66,10 @@ def serve_cmd(ctx: CliContext) -> None:
         subprocess.Popen(gunicorn_command("appliance.web.wsgi:api_app()", svc.api_listen,
                                           svc.workers, svc.threads, svc.timeout_seconds, files),
                          env=env),
-        subprocess.Popen(gunicorn_command("appliance.web.wsgi:public_app()", svc.http_listen,
-                                          1, 8, svc.timeout_seconds, None), env=env),
+        # OCSP, CRLs, CA certificates: the OCSP responder is dispatched first in this app.
+        subprocess.Popen(public_command(svc), env=env),
     ]
-    click.echo(f"serving the API on https://{svc.api_listen} and CRLs/CA certificates on "
+    click.echo(f"serving the API on https://{svc.api_listen} and OCSP/CRLs/CA certificates on "
                f"http://{svc.http_listen}", err=True)
 
     def stop(_sig: int, _frame: FrameType | None) -> None:

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 
+from appliance import logs
 from appliance.audit.log import Actor
 from appliance.ceremony import x509build as xb
 from appliance.errors import ApplianceError, SignatureCheckError
@@ -40,6 +41,7 @@ from appliance.hsm import keys, rng
 from appliance.hsm.signer import TokenPrivateKey, token_private_key
 from appliance.inventory import match as inventory
 from appliance.lint import pkilint_gate
+from appliance.ocsp import presign as ocsp_presign
 from appliance.ops import authorities as authz
 from appliance.policy import names as policy
 from appliance.provisioners.settings import EffectiveClaims, ProvisionerSettings
@@ -48,6 +50,7 @@ from appliance.store.models import Authority, Certificate, HsmKey, NamePolicy, T
 from appliance.templates import build as template_build
 from appliance.templates import render as template_render
 
+log = logs.get("issuance")
 MAX_CSR_BYTES = 10_000
 BACKDATE = timedelta(seconds=60)
 ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
@@ -57,6 +60,12 @@ class IssuanceError(ApplianceError):
     """The request cannot be honoured as asked (a client error)."""
 
     code = "bad_request"
+
+
+class AuthorityUnavailable(ApplianceError):
+    """The issuing CA is out of service (revoked, retired): fail closed, not a client error."""
+
+    code = "authority_unavailable"
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,8 @@ class Issuer:
         actor = Actor(req.requester, "service")
         try:
             return self._issue(req, actor)
-        except (IssuanceError, policy.PolicyError, template_render.TemplateRefusal,
+        except (IssuanceError, AuthorityUnavailable, policy.PolicyError,
+                template_render.TemplateRefusal,
                 inventory.InventoryError, pkilint_gate.LintError) as exc:
             self._audit_refusal(req, actor, exc)
             raise
@@ -189,21 +199,38 @@ class Issuer:
         except BaseException as exc:
             self._fail(row_id, req, actor, exc)
             raise
+        self._presign_ocsp(row_id, serial_hex)
         return Issued(cert, signer.chain, serial_hex)
 
     # -- pieces ----------------------------------------------------------------
 
+    def _presign_ocsp(self, row_id: int, serial_hex: str) -> None:
+        """Its OCSP responses at once; if that fails the issuance stands, the batch retries."""
+        try:
+            ocsp_presign.presign_one(self.app, row_id)
+        except Exception:
+            log.exception("pre-signing the OCSP response of a new certificate failed; the "
+                          "pre-signer batch will sign it", extra={"serial": serial_hex})
+
     def _signer(self, authority_id: int) -> _Signer:
         with self._lock:
             cached = self._signers.get(authority_id)
-            if cached is not None:
+        if cached is not None:
+            # The status is read on every request: a CA taken out of service stops signing
+            # at once in every worker, not at their next restart.
+            with self.app.db.sessions() as db:
+                status = db.scalar(select(Authority.status).where(Authority.id == authority_id))
+            if status == "active":
                 return cached
+            with self._lock:
+                self._signers.pop(authority_id, None)
         with self.app.db.sessions() as db:
             ca = db.get(Authority, authority_id)
             if ca is None or ca.key_id is None:
                 raise IssuanceError("the provisioner's authority cannot issue")
             if ca.status != "active":
-                raise IssuanceError(f"authority {ca.name} is {ca.status}")
+                raise AuthorityUnavailable(f"authority {ca.name} is {ca.status}; nothing "
+                                           "is issued")
             key_row = db.get(HsmKey, ca.key_id)
             assert key_row is not None
             cert = authz.certificate(ca)

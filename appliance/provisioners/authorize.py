@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from appliance.audit.log import Actor
 from appliance.issuance.pipeline import ProvisionerContext
 from appliance.provisioners import tokens, x5c
 from appliance.provisioners.settings import ProvisionerSettings, effective, sign_audience
@@ -23,8 +25,29 @@ def context(app: Appliance, row: Provisioner) -> ProvisionerContext:
         authority_id=row.authority_id)
 
 
+def audit_failure(app: Appliance, what: str, claimed: str, exc: Exception) -> None:
+    """A refused credential is a failed login: audited (never the credential itself)."""
+    with app.db.transaction() as db:
+        app.audit_log().append(db, "auth.failed", Actor(f"unauthenticated:{claimed[:100]}",
+                                                         "client"), outcome="denied",
+                               object_ids={"endpoint": what},
+                               details={"reason": str(exc)[:300]})
+
+
 def one_time_token(app: Appliance, ott: str, path: str = "/1.0/sign"
                    ) -> tuple[ProvisionerContext, tokens.TokenClaims]:
+    try:
+        return _one_time_token(app, ott, path)
+    except tokens.TokenError as exc:
+        claimed = "?"
+        with contextlib.suppress(tokens.TokenError):
+            claimed = tokens.unverified_issuer(ott)
+        audit_failure(app, path, claimed, exc)
+        raise
+
+
+def _one_time_token(app: Appliance, ott: str, path: str
+                    ) -> tuple[ProvisionerContext, tokens.TokenClaims]:
     """Verify a one-time token (JWK or x5c provisioner) and spend it: a second use is
     refused in every worker and node sharing the database."""
     name = tokens.unverified_issuer(ott)

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from appliance.errors import ApplianceError
 from appliance.issuance.pipeline import ProvisionerContext, SignRequest
-from appliance.provisioners.authorize import context
+from appliance.provisioners.authorize import audit_failure, context
 from appliance.provisioners.settings import sign_audience
 from appliance.provisioners.tokens import LEEWAY, MAX_TOKEN_BYTES, TokenError
 from appliance.runtime import Appliance
@@ -78,6 +78,15 @@ def _certificate_from_token(app: Appliance, token: str) -> tuple[x509.Certificat
 
 
 def authenticate(app: Appliance, *, peer_der: bytes | None, bearer: str | None) -> RenewalGrant:
+    try:
+        return _authenticate(app, peer_der=peer_der, bearer=bearer)
+    except (TokenError, RenewalRefused) as exc:
+        audit_failure(app, "/1.0/renew", "renewal", exc)
+        raise
+
+
+def _authenticate(app: Appliance, *, peer_der: bytes | None, bearer: str | None
+                  ) -> RenewalGrant:
     jti = None
     if bearer:
         cert, jti = _certificate_from_token(app, bearer)

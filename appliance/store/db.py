@@ -1,10 +1,11 @@
 """Engines and transactions.
 
-SQLite runs in WAL mode and every transaction starts with ``BEGIN IMMEDIATE``:
-writers queue on the database lock instead of failing later when a read
-snapshot turns out to be stale, which is what keeps concurrent audit writers
-(threads or processes) in one chain. PostgreSQL takes a row lock instead
-(see :mod:`appliance.audit.log`).
+SQLite runs in WAL mode. Writing transactions (``Database.transaction``) start
+with ``BEGIN IMMEDIATE``: writers queue on the database lock instead of failing
+later when a read snapshot turns out to be stale, which is what keeps
+concurrent audit writers (threads or processes) in one chain. Reads
+(``Database.sessions``) start a plain deferred ``BEGIN`` and never wait for
+writers (WAL). PostgreSQL takes a row lock instead (see :mod:`appliance.audit.log`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def make_engine(url: str, busy_timeout: float = 30.0, pool_size: int = 5) -> Eng
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            immediate = conn.get_execution_options().get("sqlite_immediate", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     if url.startswith(("postgresql", "postgres")):
@@ -67,6 +69,8 @@ class Database:
         with self.sessions() as session:
             try:
                 with session.begin():
+                    if self.dialect == "sqlite":
+                        session.connection(execution_options={"sqlite_immediate": True})
                     yield session
             except OperationalError as exc:
                 raise DatabaseError(f"database error: {exc.orig!r}") from exc

@@ -261,7 +261,9 @@ class OcspResponse(Base):
     authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"), index=True)
     serial_hex: Mapped[str] = mapped_column(String(42), index=True)
     status: Mapped[str] = mapped_column(String(16))
-    der: Mapped[bytes] = mapped_column(LargeBinary)
+    der: Mapped[bytes] = mapped_column(LargeBinary)  # CertID hashed with SHA-1 (the norm)
+    # The same answer for a CertID hashed with SHA-256 (a client matches the hash algorithm).
+    der_sha256: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     this_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     next_update: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     produced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

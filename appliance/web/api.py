@@ -5,13 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from flask import Blueprint, current_app, jsonify, request
 
+from appliance.audit.log import Actor
 from appliance.issuance.pipeline import Issuer, SignRequest, load_csr
 from appliance.ops import authorities as authz
 from appliance.ops import provisioners as prov_ops
 from appliance.provisioners import authorize, renewal
+from appliance.revocation import revoke as revoke_mod
 from appliance.runtime import Appliance
 from appliance.store.models import Authority
 from appliance.web.errors import ApiError
@@ -101,6 +104,39 @@ def renew() -> Any:
         sock, "getpeercert") else None
     grant = renewal.authenticate(appliance(), peer_der=peer, bearer=bearer)
     return _issued(issuer().issue(grant.request))
+
+
+@bp.post("/revoke")
+def revoke() -> Any:
+    """``{"serial", "reasonCode"?, "reason"?, "ott"?}``: a one-time token of the provisioner that
+    issued the certificate (``sub`` = the serial), or mTLS by the certificate itself."""
+    data = json_body()
+    serial = data.get("serial")
+    if not isinstance(serial, str) or not serial:
+        raise ApiError(400, "bad_request", "serial is required (hexadecimal string)")
+    reason = data.get("reasonCode", data.get("reason", 0))
+    if not isinstance(reason, (int, str)):
+        raise ApiError(400, "bad_request", "reasonCode must be an RFC 5280 code")
+    target = revoke_mod.normalise_serial(serial)
+    app = appliance()
+    ott = data.get("ott")
+    if isinstance(ott, str) and ott:
+        ctx, claims = authorize.one_time_token(app, ott, "/1.0/revoke")
+        if revoke_mod.normalise_serial(claims.subject) != target:
+            raise ApiError(401, "unauthorized", "the token is for another serial")
+        done = revoke_mod.revoke(app, target, reason, Actor(f"{ctx.name}:revoke", "service"),
+                                 provisioner=ctx.name)
+    else:
+        sock = request.environ.get("gunicorn.socket")
+        peer = sock.getpeercert(binary_form=True) if sock is not None and hasattr(
+            sock, "getpeercert") else None
+        if not peer:
+            raise ApiError(401, "unauthorized", "revocation needs an ott or a client certificate")
+        cert = x509.load_der_x509_certificate(peer)
+        if f"{cert.serial_number:x}" != target:
+            raise ApiError(403, "forbidden", "a certificate can only revoke itself")
+        done = revoke_mod.revoke(app, target, reason, Actor(f"mtls:{target}", "service"))
+    return jsonify({"status": "ok", "serial": done.serial_hex, "reason": done.reason}), 200
 
 
 def _issued(issued: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -22,6 +23,10 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 RATE_LIMITED = ("/1.0/sign", "/1.0/renew")
+# A refused oversized body is read and dropped up to this size: gunicorn keeps the connection
+# alive but closes it, unannounced, when more than 64 KiB of a body is left unread, so the
+# client's next request on that connection would fail. Larger bodies just lose the connection.
+DRAIN_MAX_BYTES = 1_048_576
 
 
 class RateLimiter:
@@ -68,8 +73,21 @@ def create_app(appliance: Appliance) -> Flask:
         for k, v in SECURITY_HEADERS.items():
             response.headers.setdefault(k, v)
         response.headers.pop("Server", None)
+        if response.status_code == 413:
+            _drain(request.environ.get("wsgi.input"), request.content_length or 0)
         return response
 
     errors.install(app)
     app.register_blueprint(api.bp)
     return app
+
+
+def _drain(stream: Any, announced: int) -> None:
+    if stream is None or announced > DRAIN_MAX_BYTES:
+        return
+    with contextlib.suppress(OSError):  # a client gone mid-body: nothing left to keep
+        while announced > 0:
+            chunk = stream.read(min(announced, 65536))
+            if not chunk:
+                return
+            announced -= len(chunk)

@@ -1,7 +1,8 @@
-"""The plain-HTTP listener for relying parties: CA certificates and CRLs.
+"""The plain-HTTP listener for relying parties: OCSP, CA certificates and CRLs.
 
-A bare WSGI function, not Flask: this path only looks bytes up. (The OCSP
-responder joins it with the revocation work.)
+A bare WSGI function, not Flask: this path only looks bytes up. ``/ocsp`` and
+``/ocsp/<base64>`` go to the OCSP responder first (``appliance.ocsp.responder``),
+``/metrics`` is its Prometheus text.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from appliance.ocsp.responder import Responder
 from appliance.runtime import Appliance
 from appliance.store.models import Authority, Crl
 
@@ -22,14 +24,25 @@ _CA = re.compile(r"^/ca/([A-Za-z0-9][A-Za-z0-9._-]{0,63})\.(crt|pem)$")
 _CRL = re.compile(r"^/crl/([A-Za-z0-9][A-Za-z0-9._-]{0,63})\.crl$")
 
 
-def make_app(appliance: Appliance) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
+def make_app(appliance: Appliance, ocsp: Responder | None = None
+             ) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
+    ocsp = ocsp or Responder(appliance)
+
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
+        if path.startswith("/ocsp") and (len(path) == 5 or path[5] == "/"):
+            return ocsp(environ, start_response)  # first: the hot path of this listener
+        if path == "/metrics" and method == "GET":
+            return _send(start_response, "200 OK", ocsp.metrics_text().encode(),
+                         "text/plain; version=0.0.4")
         if method not in ("GET", "HEAD"):
             return _send(start_response, "405 Method Not Allowed", b"", "text/plain",
                          [("Allow", "GET, HEAD")])
         if path == "/health":
+            if not ocsp.health():
+                return _send(start_response, "503 Service Unavailable", b"database\n",
+                             "text/plain")
             return _send(start_response, "200 OK", b"ok\n", "text/plain")
         m = _CA.match(path)
         if m:

@@ -1,4 +1,4 @@
-"""WSGI entry points for gunicorn, built in each worker after fork (never before):
+"""WSGI (and ASGI) entry points for gunicorn, built in each worker after fork (never before):
 token sessions and database connections must belong to the process that uses them."""
 
 from __future__ import annotations
@@ -26,3 +26,10 @@ def api_app() -> Flask:
 
 def public_app() -> Callable[[dict[str, Any], public.StartResponse], Iterable[bytes]]:
     return public.make_app(_appliance())
+
+
+def public_asgi() -> Any:
+    """The same listener as ASGI, for gunicorn's uvicorn worker (``service.http_server``)."""
+    from appliance.web.public_asgi import PublicAsgi
+
+    return PublicAsgi(_appliance())

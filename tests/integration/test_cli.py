@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.store import migrate
 from tests.conftest import run_cli
 
 
@@ -123,7 +124,7 @@ def test_config_found_by_environment_variable(data_dir: Path) -> None:
                    env={"APPLIANCE_CONFIG": str(data_dir / "appliance.yaml")}, check=True)
     assert any(r["label"] == "audit-key" for r in json.loads(proc.stdout))
     proc = run_cli("--config", str(data_dir / "appliance.yaml"), "db", "current", check=True)
-    assert "0004" in proc.stdout
+    assert f"database: {migrate.head()}  newest: {migrate.head()}" in proc.stdout
     missing = run_cli("hsm", "keys", env={"APPLIANCE_CONFIG": ""})
     assert missing.returncode == 1 and "no configuration" in missing.stderr
 

@@ -18,9 +18,10 @@ def test_upgrade_creates_the_schema_and_is_idempotent(db_url: str) -> None:
     db = Database(db_url)
     try:
         assert migrate.current(db) is None
-        assert migrate.upgrade(db) == migrate.head() == "0004"
+        assert migrate.upgrade(db) == migrate.head()
+        assert migrate.head().isdigit() and int(migrate.head()) >= 5
         assert set(inspect(db.engine).get_table_names()) >= TABLES
-        assert migrate.upgrade(db) == "0004"  # second run changes nothing
+        assert migrate.upgrade(db) == migrate.head()  # second run changes nothing
     finally:
         db.dispose()
 

@@ -1,0 +1,1 @@
+"""Revocation: revoking certificates and publishing CRLs."""
