@@ -49,28 +49,32 @@ def public_command(svc: ServiceConfig) -> list[str]:
 
 
 @click.command("serve")
+@click.option("--only", type=click.Choice(["api", "public"]), default=None,
+              help="Run one listener only (e.g. one systemd unit each): 'api' (HTTPS) or "
+                   "'public' (OCSP, CRLs, CA certificates over HTTP).")
 @location_options
 @pass_ctx
-def serve_cmd(ctx: CliContext) -> None:
+def serve_cmd(ctx: CliContext, only: str | None) -> None:
     """Serve the API (HTTPS) and OCSP/CRLs/CA certificates (HTTP) until stopped."""
     app = ctx.app()
     svc = app.settings.config.service
     migrate.upgrade(app.db)
     selftest.require(app.pool)
-    files = tls.issue_api_certificate(app)
+    files = tls.issue_api_certificate(app) if only != "public" else None
     config_path = str(app.settings.path)
     app.close()  # nothing token- or database-bound crosses into the workers
     env = dict(os.environ, APPLIANCE_CONFIG=config_path)
     env.pop("SOFTHSM2_CONF", None)
-    groups = [
-        subprocess.Popen(gunicorn_command("appliance.web.wsgi:api_app()", svc.api_listen,
-                                          svc.workers, svc.threads, svc.timeout_seconds, files),
-                         env=env),
+    groups = []
+    if only != "public":
+        groups.append(subprocess.Popen(
+            gunicorn_command("appliance.web.wsgi:api_app()", svc.api_listen, svc.workers,
+                             svc.threads, svc.timeout_seconds, files), env=env))
+        click.echo(f"serving the API on https://{svc.api_listen}", err=True)
+    if only != "api":
         # OCSP, CRLs, CA certificates: the OCSP responder is dispatched first in this app.
-        subprocess.Popen(public_command(svc), env=env),
-    ]
-    click.echo(f"serving the API on https://{svc.api_listen} and OCSP/CRLs/CA certificates on "
-               f"http://{svc.http_listen}", err=True)
+        groups.append(subprocess.Popen(public_command(svc), env=env))
+        click.echo(f"serving OCSP/CRLs/CA certificates on http://{svc.http_listen}", err=True)
 
     def stop(_sig: int, _frame: FrameType | None) -> None:
         for p in groups:

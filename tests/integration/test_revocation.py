@@ -168,3 +168,37 @@ def test_revoke_over_http(server: Server, tmp_path: Path) -> None:
     assert hold.status_code == 400 and "certificateHold" in hold.json()["message"]
     assert server.post("/1.0/revoke", json={"serial": "abcdef"}).status_code == 401
     assert server.cli("revoke", "0x1234567", check=False).returncode == 1
+
+
+def test_serve_only_public_for_its_own_unit(server: Server, tmp_path: Path) -> None:
+    """``serve --only public`` (appliance-ocsp.service) answers relying parties, no API."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from tests.ceremony_helpers import clone_data_dir
+    from tests.service_helpers import configure_service, stop_process
+
+    d = clone_data_dir(server.data_dir, tmp_path / "public-only")
+    api, http = configure_service(d)
+    env = {k: v for k, v in os.environ.items() if k not in ("SOFTHSM2_CONF", "APPLIANCE_CONFIG")}
+    proc = subprocess.Popen([sys.executable, "-m", "appliance", "--dir", str(d), "serve",
+                             "--only", "public"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{http}/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        crl = requests.get(f"http://127.0.0.1:{http}/crl/issuing.crl", timeout=5)
+        assert crl.status_code == 200
+        x509.load_der_x509_crl(crl.content)
+        with pytest.raises(requests.RequestException):
+            requests.get(f"https://127.0.0.1:{api}/1.0/health", timeout=2, verify=False)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stop_process(proc)
