@@ -413,6 +413,25 @@ def test_inventory_required_metadata_and_import(server: Server, work: Path) -> N
     events = {e["object_ids"]["serial"]: e for e in server.events("certificate.issued")}
     assert events[f"{cert.serial_number:x}"]["details"]["inventory"] == "host2"
 
+    # YAML import is all-or-nothing: one bad record refuses the file and adds nothing.
+    (work / "bad.yaml").write_text(
+        "records:\n"
+        "  - {name: host3, identifiers: {dns: [host3.example.com]}}\n"
+        "  - {name: host4, identifiers: {ip: [not-an-ip]}}\n")
+    bad = server.cli("inventory", "import", str(work / "bad.yaml"), check=False)
+    assert bad.returncode == 1 and "not-an-ip" in bad.stderr
+    (work / "hosts.yaml").write_text(
+        "records:\n"
+        "  - name: host3\n"
+        "    kind: service\n"
+        "    owner: web-team\n"
+        "    identifiers: {dns: [host3.example.com]}\n"
+        "    metadata: {tier: gold}\n")
+    server.cli("inventory", "import", str(work / "hosts.yaml"))
+    listed = {r["name"]: r for r in json.loads(server.cli("inventory", "list", "--json").stdout)}
+    assert listed["host3"]["metadata"] == {"tier": "gold"} and "host4" not in listed
+    _ok(_issue(server, work, "host3.example.com", provisioner="inv"))
+
 
 # -- 6. validity ----------------------------------------------------------------------------
 
