@@ -11,7 +11,6 @@ only where the provisioner allows it, within its grace period.
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,11 +25,11 @@ from appliance.errors import ApplianceError
 from appliance.issuance.pipeline import ProvisionerContext, SignRequest
 from appliance.provisioners.authorize import audit_failure, context
 from appliance.provisioners.settings import sign_audience
-from appliance.provisioners.tokens import LEEWAY, MAX_TOKEN_BYTES, TokenError
+from appliance.provisioners.tokens import LEEWAY, TokenError
+from appliance.provisioners.x5c import ALGORITHMS, header_chain
 from appliance.runtime import Appliance
 from appliance.store.models import Certificate, Provisioner, UsedToken
 
-ALGORITHMS = ["ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
 MAX_TOKEN_LIFETIME = 3600
 
 
@@ -48,19 +47,7 @@ class RenewalGrant:
 
 
 def _certificate_from_token(app: Appliance, token: str) -> tuple[x509.Certificate, str]:
-    if len(token) > MAX_TOKEN_BYTES:
-        raise TokenError("token too large")
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError as exc:
-        raise TokenError(f"malformed token: {exc}") from None
-    chain = header.get("x5c")
-    if not isinstance(chain, list) or not chain or not isinstance(chain[0], str):
-        raise TokenError("the renewal token must carry the certificate in its x5c header")
-    try:
-        cert = x509.load_der_x509_certificate(base64.b64decode(chain[0], validate=True))
-    except ValueError:
-        raise TokenError("the x5c certificate does not parse") from None
+    cert = header_chain(token)[0]
     svc = app.settings.config.service
     try:
         claims = jwt.decode(

@@ -25,7 +25,9 @@ ALGORITHMS = ["ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS
 MAX_CHAIN = 5
 
 
-def verify(token: str, roots_pem: str, *, provisioner: str, audience: str) -> TokenClaims:
+def header_chain(token: str) -> list[x509.Certificate]:
+    """The certificates in a JWT's ``x5c`` header (leaf first), bounded; nothing is trusted
+    yet: the caller verifies the chain (x5c provisioner) or the exact DER (renewal)."""
     if len(token) > MAX_TOKEN_BYTES * 4:
         raise TokenError("token too large")
     try:
@@ -35,12 +37,16 @@ def verify(token: str, roots_pem: str, *, provisioner: str, audience: str) -> To
     chain = header.get("x5c")
     if not isinstance(chain, list) or not 1 <= len(chain) <= MAX_CHAIN or \
             not all(isinstance(c, str) for c in chain):
-        raise TokenError("an x5c token must carry its certificate chain in the x5c header")
+        raise TokenError("the token must carry its certificate (chain) in the x5c header")
     try:
-        certs = [x509.load_der_x509_certificate(base64.b64decode(c, validate=True))
-                 for c in chain]
+        return [x509.load_der_x509_certificate(base64.b64decode(c, validate=True))
+                for c in chain]
     except ValueError:
         raise TokenError("an x5c certificate does not parse") from None
+
+
+def verify(token: str, roots_pem: str, *, provisioner: str, audience: str) -> TokenClaims:
+    certs = header_chain(token)
     roots = x509.load_pem_x509_certificates(roots_pem.encode())
     verifier = (verification.PolicyBuilder().store(verification.Store(roots))
                 .time(datetime.now(UTC)).build_client_verifier())
