@@ -8,12 +8,12 @@ non-empty directory is never touched.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import yaml
 
+from appliance import secretfile
 from appliance.audit.log import Actor
 from appliance.config import CONFIG_NAME, load
 from appliance.errors import ConfigError
@@ -25,9 +25,7 @@ TOKEN_LABEL = "appliance"  # noqa: S105 - a token label, not a secret
 
 
 def _write_secret(path: Path, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(value + "\n")
+    secretfile.write_new(path, (value + "\n").encode())
 
 
 def init(directory: Path, actor: Actor, node_id: str = "node-1",

@@ -8,7 +8,6 @@ database: the database holds only the public JWK.
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from appliance import secretfile
 from appliance.audit.log import Actor
 from appliance.errors import ApplianceError
 from appliance.ops import authorities as authz
@@ -64,12 +64,9 @@ def add(app: Appliance, name: str, ptype: str, settings: ProvisionerSettings, ac
                                details={"type": ptype, "authority": authority,
                                         "settings": settings.model_dump()})
         if key is not None:
-            path = key_path(app, name)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+            secretfile.write_new(key_path(app, name), key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption()))
     return row
 
 
