@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from appliance.cli.context import CliContext, location_options, pass_ctx
+from appliance.ops import schema
+from appliance.runtime import cli_actor
 from appliance.store import migrate
 
 
@@ -18,7 +20,7 @@ def db() -> None:
 @pass_ctx
 def upgrade(ctx: CliContext) -> None:
     """Bring the database schema to the newest revision."""
-    rev = migrate.upgrade(ctx.app().db)
+    rev = schema.upgrade(ctx.app(), cli_actor())
     click.echo(f"schema at revision {rev}")
 
 

@@ -17,11 +17,11 @@ from types import FrameType
 
 import click
 
+from appliance.audit.log import Actor
 from appliance.cli.context import CliContext, location_options, pass_ctx
 from appliance.config import ServiceConfig
 from appliance.hsm import selftest
-from appliance.ops import tls
-from appliance.store import migrate
+from appliance.ops import schema, tls
 
 
 def gunicorn_command(entry: str, bind: str, workers: int, threads: int, timeout: int,
@@ -58,7 +58,7 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
     """Serve the API (HTTPS) and OCSP/CRLs/CA certificates (HTTP) until stopped."""
     app = ctx.app()
     svc = app.settings.config.service
-    migrate.upgrade(app.db)
+    schema.upgrade(app, Actor("appliance:serve", "system"))
     selftest.require(app.pool)
     files = tls.issue_api_certificate(app) if only != "public" else None
     config_path = str(app.settings.path)

@@ -174,3 +174,24 @@ def test_unknown_configuration_key_is_refused(tmp_path: Path, data_dir: Path) ->
     proc = run_cli("--dir", str(copy), "db", "current")
     assert proc.returncode == 1
     assert "audti" in proc.stderr and "Extra inputs are not permitted" in proc.stderr
+
+
+def test_schema_upgrade_is_audited_when_it_changes_something(tmp_path: Path,
+                                                             data_dir: Path) -> None:
+    import shutil
+
+    from appliance.store.db import Database
+
+    copy = tmp_path / "older"
+    shutil.copytree(data_dir, copy)
+    run_cli("--dir", str(copy), "db", "upgrade", check=True)  # already current: no event
+    assert not [e for e in _export(copy) if e["event_type"] == "schema.upgraded"]
+    db = Database(f"sqlite:///{copy / 'appliance.db'}")
+    previous = str(int(migrate.head()) - 1).zfill(4)
+    migrate.downgrade(db, previous)
+    db.dispose()
+    run_cli("--dir", str(copy), "db", "upgrade", check=True)
+    events = [e for e in _export(copy) if e["event_type"] == "schema.upgraded"]
+    assert len(events) == 1
+    assert events[0]["details"] == {"from": previous, "to": migrate.head()}
+    assert run_cli("--dir", str(copy), "audit", "verify").returncode == 0
