@@ -122,6 +122,26 @@ class OcspConfig(_Strict):
         return self
 
 
+class AcmeConfig(_Strict):
+    """The ACME server's validation and lifetimes (RFC 8555, RFC 8737, RFC 8738, RFC 9773).
+
+    By default validation is exactly as the RFCs say (ports 80 and 443, the system
+    resolver), so clients work unmodified; on a private network the ports and the DNS
+    resolvers ("ip" or "ip:port") can be overridden.
+    """
+
+    http01_port: int = Field(default=80, ge=1, le=65535)
+    tls_alpn01_port: int = Field(default=443, ge=1, le=65535)
+    resolvers: list[Annotated[str, Field(pattern=r"^[0-9A-Fa-f:.\[\]]{2,60}$")]] = Field(
+        default_factory=list, max_length=8)
+    validation_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    order_lifetime: Duration = "1d"
+    nonce_lifetime: Duration = "1h"
+    # Retry-After (seconds) sent with orders/challenges still processing and with ARI.
+    retry_after_seconds: int = Field(default=3, ge=1, le=86_400)
+    ari_retry_after_seconds: int = Field(default=21_600, ge=60, le=86_400 * 7)
+
+
 class LoggingConfig(_Strict):
     level: str = Field(default="INFO", pattern=r"^(?i:debug|info|warning|error)$")
 
@@ -136,6 +156,7 @@ class ApplianceConfig(_Strict):
     service: ServiceConfig = ServiceConfig()
     revocation: RevocationConfig = RevocationConfig()
     ocsp: OcspConfig = OcspConfig()
+    acme: AcmeConfig = AcmeConfig()
 
 
 class Settings:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+import pydantic
 
 from appliance import __version__, logs
 from appliance.cli.audit import audit
@@ -13,6 +14,7 @@ from appliance.cli.authority import authority
 from appliance.cli.ceremony import ceremony
 from appliance.cli.context import CliContext
 from appliance.cli.db import db
+from appliance.cli.eab import eab
 from appliance.cli.hsm import hsm
 from appliance.cli.init import init_cmd
 from appliance.cli.inventory import inventory
@@ -63,6 +65,7 @@ cli.add_command(renew_cmd)
 cli.add_command(revoke_cmd)
 cli.add_command(crl_group)
 cli.add_command(ocsp)
+cli.add_command(eab)
 
 
 def main() -> None:
@@ -77,5 +80,10 @@ def main() -> None:
     except ApplianceError as exc:
         click.echo(f"error [{exc.code}]: {exc}", err=True)
         sys.exit(1)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in exc.errors())
+        click.echo(f"error [invalid]: {problems}", err=True)
+        sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

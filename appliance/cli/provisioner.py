@@ -42,6 +42,10 @@ def claim_options(fn: Any) -> Any:
                      help="Only names that belong to an inventory record get certificates."),
         click.option("--allow-template-data/--no-template-data", default=None,
                      help="Let requesters pass templateData to the template."),
+        click.option("--require-eab/--no-require-eab", default=None,
+                     help="acme: accounts must bind to an EAB key (`appliance eab add`)."),
+        click.option("--challenges", default=None,
+                     help="acme: challenge types offered, e.g. http-01,dns-01,tls-alpn-01."),
     ]):
         fn = opt(fn)
     return fn
@@ -52,7 +56,10 @@ def _settings_changes(kw: dict[str, Any]) -> dict[str, Any]:
                                  "disable_renewal", "allow_renewal_after_expiry",
                                  "renewal_grace") if kw.get(k) is not None}
     out: dict[str, Any] = {k: kw[k] for k in ("template", "require_inventory",
-                                              "allow_template_data") if kw.get(k) is not None}
+                                              "allow_template_data", "require_eab")
+                           if kw.get(k) is not None}
+    if kw.get("challenges"):
+        out["challenges"] = tuple(c.strip() for c in kw["challenges"].split(",") if c.strip())
     if claims:
         out["claims"] = claims
     return out
@@ -65,7 +72,7 @@ def provisioner() -> None:
 
 @provisioner.command("add")
 @click.argument("name")
-@click.option("--type", "ptype", type=click.Choice(["jwk", "x5c"]), required=True)
+@click.option("--type", "ptype", type=click.Choice(["jwk", "x5c", "acme"]), required=True)
 @click.option("--root", "root_pem", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="x5c: PEM file of the roots whose certificates may authenticate.")
 @click.option("--authority", default=None,

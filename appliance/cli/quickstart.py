@@ -40,5 +40,9 @@ def quickstart_cmd(ctx: CliContext, script: Path) -> None:
             prov_ops.add(app, "admin", "jwk", ProvisionerSettings(), actor)
             click.echo(f"provisioner 'admin' (jwk) added; token-signing key "
                        f"{prov_ops.key_path(app, 'admin')}")
+            prov_ops.add(app, "acme", "acme", ProvisionerSettings(), actor)
+            with app.db.sessions() as db:
+                directory = prov_ops.describe(app, db, prov_ops.get(db, "acme"))["directory"]
+            click.echo(f"provisioner 'acme' (acme, EAB not required): {directory}")
     finally:
         app.close()

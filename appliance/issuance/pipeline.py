@@ -44,6 +44,7 @@ from appliance.lint import pkilint_gate
 from appliance.ocsp import presign as ocsp_presign
 from appliance.ops import authorities as authz
 from appliance.policy import names as policy
+from appliance.policy import syntax as policy_syntax
 from appliance.provisioners.settings import EffectiveClaims, ProvisionerSettings
 from appliance.runtime import Appliance
 from appliance.store.models import Authority, Certificate, HsmKey, NamePolicy, Template
@@ -92,6 +93,9 @@ class SignRequest:
     template_data: dict[str, Any] | None = None
     renewal_of: str | None = None  # serial of the certificate being renewed
     after_expiry: bool = False
+    # Name-policy levels checked before the provisioner's and the authority's (ACME: the
+    # EAB key's policy), as (label, policy) pairs.
+    extra_policy_levels: list[tuple[str, policy.Policy | None]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,7 @@ class Issuer:
                     + ("no record matches" if found is None else
                        "names without a record: " + ", ".join(v for _, v in found.unmatched)))
             template_name, template_source = self._template(db, req.provisioner)
-            levels = self._policy_levels(db, req.provisioner)
+            levels = [*req.extra_policy_levels, *self.policy_levels(db, req.provisioner)]
             inventory_id = found.record.id if found else None
             inventory_view = found.template_view() if found else None
         start, end = self._validity(req, signer.cert)
@@ -185,6 +189,10 @@ class Issuer:
             # pkilint only knows a few URI schemes (no spiffe:, urn:); SAN URIs were already
             # checked by the template model, so that one finding there is not a defect.
             if not (f.code == "pkix.invalid_uri_syntax" and "subjectAltName" in f.node)
+            # RFC 5280's syntax has no wildcard; a leftmost "*" label (RFC 6125 §6.4.3, as
+            # the name policy parsed it) is how every TLS client expects one.
+            and not (f.code == "pkix.invalid_domain_name_syntax" and "subjectAltName" in f.node
+                     and _wildcard_san(f.message))
         ]
         pkilint_gate.require_clean(
             findings, f"certificate for {trial.subject.rfc4514_string() or 'an empty subject'}")
@@ -261,8 +269,9 @@ class Issuer:
                                 "not exist")
         return name, builtin[name]
 
-    def _policy_levels(self, db: Any, prov: ProvisionerContext
-                       ) -> list[tuple[str, policy.Policy | None]]:
+    def policy_levels(self, db: Any, prov: ProvisionerContext
+                      ) -> list[tuple[str, policy.Policy | None]]:
+        """The authority's and the provisioner's name policies, in the order checked."""
         rows = db.scalars(select(NamePolicy).where(
             (NamePolicy.provisioner_id.is_(None)) | (NamePolicy.provisioner_id == prov.id)
         )).all()
@@ -405,6 +414,18 @@ def _check_names_match(csr_names: policy.Names, allowed: list[str]) -> None:
     if missing:
         raise IssuanceError("the token authorizes names the CSR does not ask for: "
                             + ", ".join(missing))
+
+
+def _wildcard_san(message: str) -> bool:
+    """Whether pkilint's message names a well-formed wildcard DNS name ("*.host")."""
+    start = message.find('"*.')
+    if start < 0:
+        return False
+    name = message[start + 1:message.find('"', start + 1)]
+    try:
+        return policy_syntax.parse_dns_name(name).wildcard
+    except policy_syntax.MalformedName:
+        return False
 
 
 def _san_list(cert: x509.Certificate) -> list[str]:

@@ -48,6 +48,8 @@ def add(app: Appliance, name: str, ptype: str, settings: ProvisionerSettings, ac
             raise ProvisionerError("an x5c provisioner needs --root PEM (the roots it trusts)")
         roots = _load_roots(roots_pem)
         credential = "".join(r.public_bytes(serialization.Encoding.PEM).decode() for r in roots)
+    elif ptype == "acme":
+        credential = ""  # accounts bring their own keys (and EAB keys live in their table)
     else:
         raise ProvisionerError(f"unknown provisioner type {ptype!r}")
     now = datetime.now(UTC)
@@ -111,6 +113,13 @@ def describe(app: Appliance, db: Session, row: Provisioner, *, public: bool = Fa
     }
     if row.type == "jwk":
         out["key"] = json.loads(row.credential)
+    if row.type == "acme":
+        svc = app.settings.config.service
+        host = f"[{svc.api_hostname}]" if ":" in svc.api_hostname else svc.api_hostname
+        out["directory"] = (f"https://{host}:{svc.api_listen.rsplit(':', 1)[1]}"
+                            f"/acme/{row.name}/directory")
+        out["require_eab"] = settings.require_eab
+        out["challenges"] = list(settings.challenges)
     if not public:
         out.update({"template": settings.template,
                     "require_inventory": settings.require_inventory,

@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from appliance import durations
 from appliance.config import ClaimsConfig
 
-ProvisionerType = Literal["jwk", "x5c"]
+ProvisionerType = Literal["jwk", "x5c", "acme"]
+AcmeChallengeType = Literal["http-01", "dns-01", "tls-alpn-01"]
+ALL_CHALLENGES: tuple[AcmeChallengeType, ...] = ("http-01", "dns-01", "tls-alpn-01")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
@@ -34,6 +36,11 @@ class ProvisionerSettings(BaseModel):
     template: str | None = Field(default=None, max_length=64)
     require_inventory: bool = False
     allow_template_data: bool = False
+    # acme only: accounts must be bound to an operator-made EAB key (RFC 8555 §7.3.4), and
+    # the challenge types offered.
+    require_eab: bool = False
+    challenges: tuple[AcmeChallengeType, ...] = Field(default=ALL_CHALLENGES, min_length=1,
+                                                     max_length=3)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -267,3 +268,104 @@ class OcspResponse(Base):
     this_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     next_update: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     produced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AcmeSecret(Base):
+    """Process-independent secrets of the ACME server (the nonce MAC key), shared by every
+    worker and node through the database."""
+
+    __tablename__ = "acme_secrets"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AcmeUsedNonce(Base):
+    """Nonces already redeemed: the primary key makes a replay fail in any worker or node."""
+
+    __tablename__ = "acme_used_nonces"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class AcmeEabKey(Base):
+    """An External Account Binding key: the operator-made identity an ACME account binds to.
+
+    The HMAC key is stored encrypted (AES-256-GCM under the data directory's EAB wrapping
+    key), never in the clear; ``policy`` is the name policy of every account bound to it.
+    """
+
+    __tablename__ = "acme_eab_keys"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    provisioner_id: Mapped[int] = mapped_column(
+        ForeignKey("provisioners.id", ondelete="CASCADE"), index=True)
+    reference: Mapped[str] = mapped_column(String(128))
+    hmac_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    policy: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    bound_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    account_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AcmeAccount(Base):
+    __tablename__ = "acme_accounts"
+    __table_args__ = (UniqueConstraint("provisioner_id", "thumbprint",
+                                       name="uq_acme_accounts_key"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    provisioner_id: Mapped[int] = mapped_column(
+        ForeignKey("provisioners.id", ondelete="CASCADE"), index=True)
+    # SHA-256 JWK thumbprint (RFC 7638), base64url: one account per key per provisioner.
+    thumbprint: Mapped[str] = mapped_column(String(64))
+    jwk: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # valid | deactivated | revoked
+    contact: Mapped[str] = mapped_column(Text, default="[]")
+    eab_key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AcmeOrder(Base):
+    __tablename__ = "acme_orders"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("acme_accounts.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # pending|ready|processing|valid|invalid
+    identifiers: Mapped[str] = mapped_column(Text)  # JSON [{"type","value"}]
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    not_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    certificate_serial: Mapped[str | None] = mapped_column(String(42), nullable=True)
+    replaces: Mapped[str | None] = mapped_column(String(256), nullable=True)  # ARI certID
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AcmeAuthorization(Base):
+    __tablename__ = "acme_authorizations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    order_id: Mapped[str] = mapped_column(
+        ForeignKey("acme_orders.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[str] = mapped_column(String(32), index=True)
+    identifier_type: Mapped[str] = mapped_column(String(8))
+    identifier_value: Mapped[str] = mapped_column(String(256))
+    wildcard: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16))  # pending|valid|invalid|deactivated|...
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AcmeChallenge(Base):
+    __tablename__ = "acme_challenges"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    authorization_id: Mapped[str] = mapped_column(
+        ForeignKey("acme_authorizations.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(16))
+    token: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # pending|processing|valid|invalid
+    validated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -9,9 +9,10 @@ from typing import Any
 
 from flask import Flask, request
 
+from appliance.acme.service import AcmeService
 from appliance.issuance.pipeline import Issuer
 from appliance.runtime import Appliance
-from appliance.web import api, errors
+from appliance.web import acme, api, errors
 from appliance.web.errors import ApiError
 
 SECURITY_HEADERS = {
@@ -60,8 +61,11 @@ def create_app(appliance: Appliance) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=svc.max_request_bytes, JSON_SORT_KEYS=False,
                       PROPAGATE_EXCEPTIONS=False, TRAP_HTTP_EXCEPTIONS=False)
     app.extensions["appliance"] = appliance
-    app.extensions["issuer"] = Issuer(appliance)
+    issuer = Issuer(appliance)
+    app.extensions["issuer"] = issuer
+    app.extensions["acme"] = AcmeService(appliance, issuer)
     limiter = RateLimiter(svc.rate_limit_per_minute)
+    app.extensions["rate_limiter"] = limiter
 
     @app.before_request
     def _limits() -> None:
@@ -79,6 +83,7 @@ def create_app(appliance: Appliance) -> Flask:
 
     errors.install(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(acme.bp)
     return app
 
 

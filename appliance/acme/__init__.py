@@ -1,0 +1,1 @@
+"""The ACME server (RFC 8555) with External Account Binding, per-account name policy and ARI."""

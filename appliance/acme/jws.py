@@ -1,0 +1,180 @@
+"""Reading the flattened JWS of an ACME request (RFC 8555 §6.2) and checking it.
+
+josepy parses keys, computes thumbprints and checks signatures; the ACME rules
+around them (exactly one of ``jwk``/``kid``, ``nonce``, ``url``, the algorithms and
+key sizes a CA accepts) are here. Every field is bounded before it is decoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from josepy import jwa
+from josepy.errors import DeserializationError
+from josepy.jwk import JWK
+
+from appliance.acme.problems import AcmeProblem
+
+MAX_FIELD = 64 * 1024
+ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+EC_ALG = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+
+
+def b64decode(text: Any, what: str) -> bytes:
+    if not isinstance(text, str) or len(text) > MAX_FIELD:
+        raise AcmeProblem("malformed", f"{what} must be a base64url string")
+    if "=" in text or "+" in text or "/" in text:
+        raise AcmeProblem("malformed", f"{what} must be unpadded base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, binascii.Error):
+        raise AcmeProblem("malformed", f"{what} is not valid base64url") from None
+
+
+def b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A parsed, not yet verified, flattened JWS."""
+
+    protected: dict[str, Any]
+    protected_b64: str
+    payload_b64: str
+    signature: bytes
+
+    @property
+    def signing_input(self) -> bytes:
+        return f"{self.protected_b64}.{self.payload_b64}".encode()
+
+    @property
+    def payload(self) -> bytes:
+        return b64decode(self.payload_b64, "payload") if self.payload_b64 else b""
+
+
+def parse(body: Any, what: str = "request") -> Envelope:
+    if not isinstance(body, dict):
+        raise AcmeProblem("malformed", f"the {what} must be a flattened JWS JSON object")
+    if set(body) - {"protected", "payload", "signature"}:
+        raise AcmeProblem("malformed", f"the {what} JWS may only have protected, payload and "
+                          "signature (no unprotected header)")
+    protected_b64, payload_b64 = body.get("protected"), body.get("payload")
+    if not isinstance(protected_b64, str) or not isinstance(payload_b64, str):
+        raise AcmeProblem("malformed", f"the {what} JWS needs protected and payload strings")
+    try:
+        protected = json.loads(b64decode(protected_b64, "protected header"))
+    except (ValueError, UnicodeDecodeError):
+        raise AcmeProblem("malformed", "the protected header is not JSON") from None
+    if not isinstance(protected, dict):
+        raise AcmeProblem("malformed", "the protected header must be a JSON object")
+    if payload_b64:
+        b64decode(payload_b64, "payload")
+    return Envelope(protected, protected_b64, payload_b64,
+                    b64decode(body.get("signature"), "signature"))
+
+
+def load_jwk(value: Any) -> JWK:
+    """An account (or certificate) public key as a JWK, within the sizes a CA accepts."""
+    if not isinstance(value, dict) or len(json.dumps(value)) > 4096:
+        raise AcmeProblem("malformed", "jwk must be a JSON object")
+    if value.get("kty") not in ("RSA", "EC"):
+        raise AcmeProblem("badPublicKey", "only RSA and EC account keys are accepted")
+    try:
+        jwk = cast(JWK, JWK.from_json(value))
+    except (DeserializationError, ValueError, TypeError) as exc:
+        raise AcmeProblem("malformed", f"jwk does not parse: {exc}") from None
+    key = jwk.key
+    if isinstance(key._wrapped, rsa.RSAPublicKey):
+        if not 2048 <= key.key_size <= 8192:
+            raise AcmeProblem("badPublicKey", f"RSA key of {key.key_size} bits not accepted")
+    elif isinstance(key._wrapped, ec.EllipticCurvePublicKey):
+        if key.curve.name not in EC_ALG:
+            raise AcmeProblem("badPublicKey", f"curve {key.curve.name} not accepted")
+    else:
+        raise AcmeProblem("badPublicKey", "a public key is required")
+    return jwk
+
+
+def thumbprint(jwk: JWK) -> str:
+    return b64encode(jwk.thumbprint())
+
+
+def check_signature(env: Envelope, jwk: JWK) -> None:
+    alg = env.protected.get("alg")
+    if alg not in ALGORITHMS:
+        raise AcmeProblem("badSignatureAlgorithm", f"algorithm {alg!r} is not accepted; use one "
+                          f"of {', '.join(ALGORITHMS)}")
+    key = jwk.key._wrapped
+    if alg.startswith("ES"):
+        if not isinstance(key, ec.EllipticCurvePublicKey) or EC_ALG.get(key.curve.name) != alg:
+            raise AcmeProblem("badSignatureAlgorithm", f"{alg} does not fit the key")
+    elif not isinstance(key, rsa.RSAPublicKey):
+        raise AcmeProblem("badSignatureAlgorithm", f"{alg} does not fit the key")
+    try:
+        ok = jwa.JWASignature.from_json(alg).verify(key, env.signing_input, env.signature)
+    except Exception:  # josepy raises a few kinds for a malformed signature
+        ok = False
+    if not ok:
+        raise AcmeProblem("unauthorized", "the JWS signature does not verify")
+
+
+@dataclass(frozen=True)
+class Verified:
+    envelope: Envelope
+    jwk: JWK
+    kid: str | None  # the account URL when signed by an account key
+
+    @property
+    def payload(self) -> bytes:
+        return self.envelope.payload
+
+    @property
+    def post_as_get(self) -> bool:
+        return self.envelope.payload_b64 == ""
+
+    def json(self) -> dict[str, Any]:
+        if self.post_as_get:
+            return {}
+        try:
+            value = json.loads(self.payload)
+        except (ValueError, UnicodeDecodeError):
+            raise AcmeProblem("malformed", "the payload is not JSON") from None
+        if not isinstance(value, dict):
+            raise AcmeProblem("malformed", "the payload must be a JSON object")
+        return value
+
+
+def verify(env: Envelope, *, url: str, redeem_nonce: Callable[[str], bool],
+           account_key: Callable[[str], JWK], want: str = "kid") -> Verified:
+    """Check url, nonce and signature; ``want`` is "kid" (an account signs), "jwk" (a new
+    key signs: newAccount, revokeCert by certificate key) or "either"."""
+    p = env.protected
+    if p.get("url") != url:
+        raise AcmeProblem("unauthorized", "the JWS url does not match the request URL")
+    has_jwk, has_kid = "jwk" in p, "kid" in p
+    if has_jwk == has_kid:
+        raise AcmeProblem("malformed", "the JWS must carry exactly one of jwk and kid")
+    if want == "kid" and not has_kid:
+        raise AcmeProblem("malformed", "this request must be signed by an account (kid)")
+    if want == "jwk" and not has_jwk:
+        raise AcmeProblem("malformed", "this request must carry the key (jwk), not a kid")
+    nonce = p.get("nonce")
+    if not isinstance(nonce, str) or not redeem_nonce(nonce):
+        raise AcmeProblem("badNonce", "the nonce is missing, unknown, used or expired")
+    if has_kid:
+        kid = p["kid"]
+        if not isinstance(kid, str) or len(kid) > 512:
+            raise AcmeProblem("malformed", "kid must be the account URL")
+        jwk = account_key(kid)
+    else:
+        kid = None
+        jwk = load_jwk(p["jwk"])
+    check_signature(env, jwk)
+    return Verified(env, jwk, kid)

@@ -1,0 +1,95 @@
+"""Replay nonces valid across gunicorn workers and nodes, without a database write to make one.
+
+A nonce is ``time || random || MAC(time || random)`` under a key kept in the shared
+database, so any worker of any node can tell a nonce it did not make from a forged one;
+redeeming it inserts it into ``acme_used_nonces`` whose primary key refuses a second use
+everywhere. Nonces older than the configured lifetime are refused, which bounds that table.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+import time
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from appliance import durations
+from appliance.runtime import Appliance
+from appliance.store.models import AcmeSecret, AcmeUsedNonce
+
+KEY_NAME = "nonce-mac"
+_RAW_LEN = 8 + 12 + 16
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Nonces:
+    def __init__(self, app: Appliance) -> None:
+        self.app = app
+        self.lifetime = durations.parse(app.settings.config.acme.nonce_lifetime)
+        self._key: bytes | None = None
+        self._lock = threading.Lock()
+
+    def _mac_key(self) -> bytes:
+        if self._key is None:
+            with self._lock:
+                if self._key is None:
+                    self._key = self._load_or_create()
+        return self._key
+
+    def _load_or_create(self) -> bytes:
+        with self.app.db.sessions() as db:
+            value = db.scalar(select(AcmeSecret.value).where(AcmeSecret.name == KEY_NAME))
+        if value:
+            return bytes(value)
+        try:
+            with self.app.db.transaction() as db:
+                db.add(AcmeSecret(name=KEY_NAME, value=os.urandom(32)))
+        except IntegrityError:
+            pass  # another worker made it first: use theirs
+        with self.app.db.sessions() as db:
+            value = db.scalar(select(AcmeSecret.value).where(AcmeSecret.name == KEY_NAME))
+        assert value
+        return bytes(value)
+
+    def new(self) -> str:
+        body = int(time.time()).to_bytes(8, "big") + secrets.token_bytes(12)
+        return _b64(body + hmac.new(self._mac_key(), body, hashlib.sha256).digest()[:16])
+
+    def redeem(self, nonce: str) -> bool:
+        """True once for a nonce this CA made within its lifetime; False otherwise."""
+        if not isinstance(nonce, str) or not 40 <= len(nonce) <= 64:
+            return False
+        try:
+            raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
+        except ValueError:
+            return False
+        if len(raw) != _RAW_LEN or _b64(raw) != nonce:
+            return False
+        body, mac = raw[:20], raw[20:]
+        if not hmac.compare_digest(mac, hmac.new(self._mac_key(), body,
+                                                 hashlib.sha256).digest()[:16]):
+            return False
+        made = int.from_bytes(body[:8], "big")
+        now = time.time()
+        if not made - 60 <= now <= made + self.lifetime:
+            return False
+        try:
+            with self.app.db.transaction() as db:
+                db.add(AcmeUsedNonce(nonce=nonce, expires_at=datetime.fromtimestamp(
+                    made + self.lifetime, UTC)))
+                if secrets.randbelow(512) == 0:  # now and then, forget what cannot come back
+                    db.execute(delete(AcmeUsedNonce).where(
+                        AcmeUsedNonce.expires_at < datetime.fromtimestamp(now - 60, UTC)))
+        except IntegrityError:
+            return False
+        return True

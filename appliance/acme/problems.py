@@ -1,0 +1,42 @@
+"""ACME problem documents (RFC 8555 §6.7, RFC 7807): the only error shape ACME clients read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR_NS = "urn:ietf:params:acme:error:"
+
+STATUS = {
+    "badNonce": 400, "malformed": 400, "badCSR": 400, "badSignatureAlgorithm": 400,
+    "badPublicKey": 400, "badRevocationReason": 400, "invalidContact": 400,
+    "unsupportedContact": 400, "unsupportedIdentifier": 400, "rejectedIdentifier": 400,
+    "unauthorized": 403, "accountDoesNotExist": 400, "externalAccountRequired": 400,
+    "orderNotReady": 403, "alreadyRevoked": 400, "userActionRequired": 403,
+    "connection": 400, "dns": 400, "incorrectResponse": 400, "tls": 400, "caa": 403,
+    "serverInternal": 500, "rateLimited": 429, "compound": 403,
+}
+
+
+class AcmeProblem(Exception):
+    """Raised anywhere in an ACME request; rendered as ``application/problem+json``."""
+
+    def __init__(self, kind: str, detail: str, *, status: int | None = None,
+                 subproblems: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.status = status or STATUS.get(kind, 400)
+        self.subproblems = subproblems or []
+        self.headers = headers or {}
+
+    def document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"type": ERROR_NS + self.kind, "detail": self.detail,
+                               "status": self.status}
+        if self.subproblems:
+            doc["subproblems"] = self.subproblems
+        return doc
+
+
+def subproblem(kind: str, detail: str, identifier: dict[str, str]) -> dict[str, Any]:
+    return {"type": ERROR_NS + kind, "detail": detail, "identifier": identifier}

@@ -1,0 +1,744 @@
+"""The ACME server's state machine (RFC 8555 §7): accounts, orders, authorizations,
+challenges, finalization through the one issuance pipeline, revocation and ARI.
+
+The web layer (``appliance.web.acme``) only turns HTTP into calls here and ``Reply``
+objects back into HTTP; every rule and every state change lives in this module, and
+every state change is audited in the transaction that makes it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any, cast
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from josepy.jwk import JWK
+from sqlalchemy import select, update
+
+from appliance import durations, logs
+from appliance.acme import ari, eab, jws, validation
+from appliance.acme.identifiers import Identifier, parse_list
+from appliance.acme.nonces import Nonces
+from appliance.acme.problems import AcmeProblem, subproblem
+from appliance.audit.log import Actor
+from appliance.errors import ApplianceError
+from appliance.inventory.match import InventoryError
+from appliance.issuance.pipeline import (
+    AuthorityUnavailable,
+    IssuanceError,
+    Issuer,
+    ProvisionerContext,
+    SignRequest,
+    load_csr,
+)
+from appliance.lint.pkilint_gate import LintError
+from appliance.ops import authorities as authz
+from appliance.policy import names as policy
+from appliance.provisioners.authorize import context as provisioner_context
+from appliance.revocation import revoke as revoke_mod
+from appliance.runtime import Appliance
+from appliance.store.models import (
+    AcmeAccount,
+    AcmeAuthorization,
+    AcmeChallenge,
+    AcmeEabKey,
+    AcmeOrder,
+    Authority,
+    Certificate,
+    Provisioner,
+)
+from appliance.templates.render import TemplateRefusal
+
+log = logs.get("acme")
+MAX_CONTACTS = 4
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any  # a JSON-able object, or str for a PEM chain, or None
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """One request's provisioner and the absolute URL prefix the client used."""
+
+    prov: ProvisionerContext
+    base: str  # https://host:port/acme/<provisioner>
+
+    def url(self, *parts: str) -> str:
+        return "/".join((self.base, *parts))
+
+
+def _new_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@lru_cache(maxsize=256)
+def _parse_policy(text: str) -> policy.Policy:
+    return policy.parse_policy(text, "EAB key policy")
+
+
+class AcmeService:
+    def __init__(self, app: Appliance, issuer: Issuer) -> None:
+        self.app = app
+        self.issuer = issuer
+        self.nonces = Nonces(app)
+        cfg = app.settings.config.acme
+        self.validation = validation.ValidationSettings(
+            http_port=cfg.http01_port, tls_alpn_port=cfg.tls_alpn01_port,
+            resolvers=tuple(cfg.resolvers), timeout=cfg.validation_timeout_seconds)
+        self.order_lifetime = timedelta(seconds=durations.parse(cfg.order_lifetime))
+
+    # -- context ----------------------------------------------------------------
+
+    def context(self, name: str, base: str) -> Ctx:
+        with self.app.db.sessions() as db:
+            row = db.scalars(select(Provisioner).where(Provisioner.name == name)).one_or_none()
+            if row is None or row.type != "acme":
+                raise AcmeProblem("malformed", f"no ACME provisioner named {name!r}", status=404)
+            return Ctx(provisioner_context(self.app, row), base)
+
+    def directory(self, ctx: Ctx) -> Reply:
+        return Reply(200, {
+            "newNonce": ctx.url("new-nonce"), "newAccount": ctx.url("new-account"),
+            "newOrder": ctx.url("new-order"), "revokeCert": ctx.url("revoke-cert"),
+            "keyChange": ctx.url("key-change"), "renewalInfo": ctx.url("renewal-info"),
+            "meta": {"externalAccountRequired": ctx.prov.settings.require_eab},
+        })
+
+    def account_key(self, ctx: Ctx, kid: str) -> tuple[AcmeAccount, JWK]:
+        prefix = ctx.url("account", "")
+        if not kid.startswith(prefix):
+            raise AcmeProblem("accountDoesNotExist", "kid is not an account of this directory")
+        with self.app.db.sessions() as db:
+            acct = db.get(AcmeAccount, kid[len(prefix):])
+            if acct is None or acct.provisioner_id != ctx.prov.id:
+                raise AcmeProblem("accountDoesNotExist", "no such account")
+            db.expunge(acct)
+        if acct.status != "valid":
+            raise AcmeProblem("unauthorized", f"the account is {acct.status}")
+        return acct, cast(JWK, JWK.from_json(json.loads(acct.jwk)))
+
+    # -- accounts ---------------------------------------------------------------
+
+    def account_json(self, ctx: Ctx, acct: AcmeAccount) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": acct.status, "contact": json.loads(acct.contact),
+                               "orders": ctx.url("account", acct.id, "orders")}
+        if acct.eab_key_id:
+            out["externalAccountBinding"] = {"kid": acct.eab_key_id}
+        return out
+
+    def new_account(self, ctx: Ctx, req: jws.Verified) -> Reply:
+        payload = req.json()
+        jwk_json = req.envelope.protected["jwk"]
+        tp = jws.thumbprint(req.jwk)
+        with self.app.db.sessions() as db:
+            existing = db.scalars(select(AcmeAccount).where(
+                AcmeAccount.provisioner_id == ctx.prov.id,
+                AcmeAccount.thumbprint == tp)).one_or_none()
+            if existing is not None:
+                return Reply(200, self.account_json(ctx, existing),
+                             {"Location": ctx.url("account", existing.id)})
+        if payload.get("onlyReturnExisting") is True:
+            raise AcmeProblem("accountDoesNotExist", "no account exists for this key")
+        contact = _contacts(payload.get("contact", []))
+        binding = payload.get("externalAccountBinding")
+        key_id: str | None = None
+        if binding is not None:
+            key_id = eab.binding_key_id(binding)
+            with self.app.db.sessions() as db:
+                key = db.get(AcmeEabKey, key_id)
+                if key is None or key.provisioner_id != ctx.prov.id:
+                    raise AcmeProblem("unauthorized", "unknown EAB key id")
+                if key.revoked_at is not None or key.account_id is not None:
+                    raise AcmeProblem("unauthorized", "this EAB key is revoked or already used")
+                sealed = key.hmac_sealed
+            eab.check_binding(binding, account_jwk=jwk_json, url=ctx.url("new-account"),
+                              hmac_key=eab.unseal(self.app.settings.base_dir, key_id, sealed))
+        elif ctx.prov.settings.require_eab:
+            raise AcmeProblem("externalAccountRequired",
+                              "this directory requires an externalAccountBinding")
+        acct_id, now = _new_id(), datetime.now(UTC)
+        with self.app.db.transaction() as db:
+            acct = AcmeAccount(id=acct_id, provisioner_id=ctx.prov.id, thumbprint=tp,
+                               jwk=json.dumps(req.jwk.to_json(), sort_keys=True),
+                               status="valid", contact=json.dumps(contact), eab_key_id=key_id,
+                               created_at=now)
+            db.add(acct)
+            if key_id is not None:
+                bound = db.execute(update(AcmeEabKey).where(
+                    AcmeEabKey.key_id == key_id, AcmeEabKey.account_id.is_(None),
+                    AcmeEabKey.revoked_at.is_(None)).values(account_id=acct_id, bound_at=now))
+                if bound.rowcount != 1:  # type: ignore[attr-defined]
+                    raise AcmeProblem("unauthorized", "this EAB key was used a moment ago")
+            self.app.audit_log().append(
+                db, "acme.account.created", Actor(f"acme:{acct_id}", "client"),
+                object_ids={"account": acct_id, "provisioner": ctx.prov.name,
+                            "eab_key": key_id},
+                details={"thumbprint": tp, "contact": contact})
+            body = self.account_json(ctx, acct)
+        return Reply(201, body, {"Location": ctx.url("account", acct_id)})
+
+    def update_account(self, ctx: Ctx, acct: AcmeAccount, account_id: str,
+                       req: jws.Verified) -> Reply:
+        if acct.id != account_id:
+            raise AcmeProblem("unauthorized", "an account can only change itself")
+        payload = req.json()
+        changes: dict[str, Any] = {}
+        if "contact" in payload:
+            changes["contact"] = _contacts(payload["contact"])
+        status = payload.get("status")
+        if status is not None and status != "deactivated":
+            raise AcmeProblem("malformed", "an account's status can only become deactivated")
+        with self.app.db.transaction() as db:
+            row = db.get(AcmeAccount, acct.id)
+            assert row is not None
+            if changes or status:
+                if "contact" in changes:
+                    row.contact = json.dumps(changes["contact"])
+                if status:
+                    row.status = "deactivated"
+                self.app.audit_log().append(
+                    db, "acme.account.deactivated" if status else "acme.account.updated",
+                    Actor(f"acme:{acct.id}", "client"),
+                    object_ids={"account": acct.id, "provisioner": ctx.prov.name},
+                    details=changes)
+            body = self.account_json(ctx, row)
+        return Reply(200, body, {"Location": ctx.url("account", acct.id)})
+
+    def key_change(self, ctx: Ctx, acct: AcmeAccount, req: jws.Verified) -> Reply:
+        inner = jws.parse(req.json(), "keyChange inner")
+        p = inner.protected
+        if "jwk" not in p or "kid" in p or "nonce" in p:
+            raise AcmeProblem("malformed", "the inner JWS carries the new key (jwk), no kid or "
+                              "nonce")
+        if p.get("url") != ctx.url("key-change"):
+            raise AcmeProblem("malformed", "the inner JWS url must be the keyChange URL")
+        new_jwk = jws.load_jwk(p["jwk"])
+        jws.check_signature(inner, new_jwk)
+        try:
+            body = json.loads(inner.payload)
+        except (ValueError, UnicodeDecodeError):
+            raise AcmeProblem("malformed", "the inner payload is not JSON") from None
+        if not isinstance(body, dict) or body.get("account") != req.kid:
+            raise AcmeProblem("malformed", "the inner payload must name this account")
+        old = jws.load_jwk(body.get("oldKey"))
+        if jws.thumbprint(old) != acct.thumbprint:
+            raise AcmeProblem("unauthorized", "oldKey is not the account's current key")
+        new_tp = jws.thumbprint(new_jwk)
+        with self.app.db.transaction() as db:
+            other = db.scalars(select(AcmeAccount).where(
+                AcmeAccount.provisioner_id == ctx.prov.id,
+                AcmeAccount.thumbprint == new_tp)).one_or_none()
+            if other is not None:
+                raise AcmeProblem("malformed", "another account already uses the new key",
+                                  status=409,
+                                  headers={"Location": ctx.url("account", other.id)})
+            row = db.get(AcmeAccount, acct.id)
+            assert row is not None
+            row.jwk = json.dumps(new_jwk.to_json(), sort_keys=True)
+            row.thumbprint = new_tp
+            self.app.audit_log().append(
+                db, "acme.account.key_changed", Actor(f"acme:{acct.id}", "client"),
+                object_ids={"account": acct.id, "provisioner": ctx.prov.name},
+                details={"old_thumbprint": acct.thumbprint, "new_thumbprint": new_tp})
+            out = self.account_json(ctx, row)
+        return Reply(200, out, {"Location": ctx.url("account", acct.id)})
+
+    def account_orders(self, ctx: Ctx, acct: AcmeAccount, account_id: str) -> Reply:
+        if acct.id != account_id:
+            raise AcmeProblem("unauthorized", "an account can only list its own orders")
+        with self.app.db.sessions() as db:
+            ids = db.scalars(select(AcmeOrder.id).where(
+                AcmeOrder.account_id == acct.id,
+                AcmeOrder.status.in_(("pending", "ready", "processing", "valid")),
+                AcmeOrder.expires_at > datetime.now(UTC)).order_by(
+                AcmeOrder.created_at).limit(1000)).all()
+        return Reply(200, {"orders": [ctx.url("order", i) for i in ids]})
+
+    # -- policy -------------------------------------------------------------------
+
+    def _eab_level(self, acct: AcmeAccount) -> tuple[str, policy.Policy | None]:
+        if not acct.eab_key_id:
+            return ("ACME account", None)
+        with self.app.db.sessions() as db:
+            text = db.scalar(select(AcmeEabKey.policy).where(
+                AcmeEabKey.key_id == acct.eab_key_id))
+        return (f"EAB key {acct.eab_key_id}", _parse_policy(text) if text else None)
+
+    def _check_identifiers(self, ctx: Ctx, acct: AcmeAccount,
+                           idents: list[Identifier]) -> None:
+        """EAB-key policy, then provisioner policy, then authority policy (issue order)."""
+        with self.app.db.sessions() as db:
+            levels = self.issuer.policy_levels(db, ctx.prov)
+        ordered = [self._eab_level(acct), *reversed(levels)]
+        refused: list[dict[str, Any]] = []
+        for ident in idents:
+            try:
+                policy.check(ident.names(), ordered)
+            except policy.PolicyError as exc:
+                refused.append(subproblem("rejectedIdentifier", str(exc), ident.json()))
+        if refused:
+            raise AcmeProblem("rejectedIdentifier",
+                              "; ".join(s["detail"] for s in refused), subproblems=refused)
+
+    # -- orders -------------------------------------------------------------------
+
+    def new_order(self, ctx: Ctx, acct: AcmeAccount, req: jws.Verified) -> Reply:
+        payload = req.json()
+        idents = parse_list(payload.get("identifiers"))
+        not_before = _time(payload.get("notBefore"), "notBefore")
+        not_after = _time(payload.get("notAfter"), "notAfter")
+        replaces = payload.get("replaces")
+        if replaces is not None:
+            self._check_replaces(acct, replaces)
+        offered = ctx.prov.settings.challenges
+        for ident in idents:
+            kinds = _challenge_types(ident, offered)
+            if not kinds:
+                raise AcmeProblem("rejectedIdentifier", f"no offered challenge type can "
+                                  f"validate {ident.value}", subproblems=[subproblem(
+                                      "unsupportedIdentifier", "no challenge type fits",
+                                      ident.json())])
+        self._check_identifiers(ctx, acct, idents)
+        now = datetime.now(UTC).replace(microsecond=0)
+        expires = now + self.order_lifetime
+        order_id = _new_id()
+        with self.app.db.transaction() as db:
+            order = AcmeOrder(id=order_id, account_id=acct.id, status="pending",
+                              identifiers=json.dumps([i.json() for i in idents]),
+                              not_before=not_before, not_after=not_after, expires_at=expires,
+                              replaces=replaces, created_at=now)
+            db.add(order)
+            db.flush()  # the order before its authorizations (no ORM relationship orders them)
+            authz_ids = []
+            for ident in idents:
+                authz_id = _new_id()
+                authz_ids.append(authz_id)
+                db.add(AcmeAuthorization(
+                    id=authz_id, order_id=order_id, account_id=acct.id,
+                    identifier_type=ident.type, identifier_value=ident.base,
+                    wildcard=ident.wildcard, status="pending", expires_at=expires))
+                db.flush()
+                for kind in _challenge_types(ident, offered):
+                    db.add(AcmeChallenge(id=_new_id(), authorization_id=authz_id, type=kind,
+                                         token=secrets.token_urlsafe(32), status="pending"))
+            self.app.audit_log().append(
+                db, "acme.order.created", Actor(f"acme:{acct.id}", "client"),
+                object_ids={"order": order_id, "account": acct.id,
+                            "provisioner": ctx.prov.name},
+                details={"identifiers": [i.json() for i in idents], "replaces": replaces})
+            db.flush()
+            body = self._order_json(ctx, order, authz_ids)
+        return Reply(201, body, {"Location": ctx.url("order", order_id)})
+
+    def _check_replaces(self, acct: AcmeAccount, replaces: Any) -> None:
+        cid = ari.parse_cert_id(replaces)
+        with self.app.db.sessions() as db:
+            owned = db.scalar(select(AcmeOrder.id).where(
+                AcmeOrder.account_id == acct.id,
+                AcmeOrder.certificate_serial == cid.serial_hex).limit(1))
+        if owned is None:
+            raise AcmeProblem("malformed", "replaces names a certificate this account did not "
+                              "order")
+
+    def _order_json(self, ctx: Ctx, order: AcmeOrder, authz_ids: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "status": order.status, "expires": _iso(order.expires_at),
+            "identifiers": json.loads(order.identifiers),
+            "authorizations": [ctx.url("authz", a) for a in authz_ids],
+            "finalize": ctx.url("order", order.id, "finalize"),
+        }
+        if order.not_before:
+            out["notBefore"] = _iso(order.not_before)
+        if order.not_after:
+            out["notAfter"] = _iso(order.not_after)
+        if order.replaces:
+            out["replaces"] = order.replaces
+        if order.error:
+            out["error"] = json.loads(order.error)
+        if order.certificate_serial and order.status == "valid":
+            out["certificate"] = ctx.url("cert", order.certificate_serial)
+        return out
+
+    def _load_order(self, db: Any, acct: AcmeAccount, order_id: str) -> AcmeOrder:
+        order = db.get(AcmeOrder, order_id)
+        if order is None or order.account_id != acct.id:
+            raise AcmeProblem("malformed", "no such order", status=404)
+        if order.status in ("pending", "ready") and _aware(order.expires_at) <= datetime.now(UTC):
+            order.status = "invalid"
+            order.error = json.dumps({"type": "urn:ietf:params:acme:error:malformed",
+                                      "detail": "the order expired"})
+        return order  # type: ignore[no-any-return]
+
+    def get_order(self, ctx: Ctx, acct: AcmeAccount, order_id: str) -> Reply:
+        with self.app.db.sessions() as db:
+            order = self._load_order(db, acct, order_id)
+            authz_ids = db.scalars(select(AcmeAuthorization.id).where(
+                AcmeAuthorization.order_id == order_id).order_by(
+                AcmeAuthorization.identifier_value)).all()
+            body = self._order_json(ctx, order, list(authz_ids))
+        headers = {"Retry-After": str(self.app.settings.config.acme.retry_after_seconds)} \
+            if body["status"] in ("pending", "processing") else {}
+        return Reply(200, body, headers)
+
+    # -- authorizations and challenges -------------------------------------------
+
+    def _challenge_json(self, ctx: Ctx, ch: AcmeChallenge) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": ch.type, "url": ctx.url("chall", ch.id),
+                               "status": ch.status, "token": ch.token}
+        if ch.validated_at:
+            out["validated"] = _iso(ch.validated_at)
+        if ch.error:
+            out["error"] = json.loads(ch.error)
+        return out
+
+    def _authz_json(self, ctx: Ctx, az: AcmeAuthorization,
+                    challenges: list[AcmeChallenge]) -> dict[str, Any]:
+        status = az.status
+        if status == "pending" and _aware(az.expires_at) <= datetime.now(UTC):
+            status = "expired"
+        out: dict[str, Any] = {
+            "identifier": {"type": az.identifier_type, "value": az.identifier_value},
+            "status": status, "expires": _iso(az.expires_at),
+            "challenges": [self._challenge_json(ctx, c) for c in challenges],
+        }
+        if az.wildcard:
+            out["wildcard"] = True
+        return out
+
+    def _load_authz(self, db: Any, acct: AcmeAccount, authz_id: str) -> AcmeAuthorization:
+        az = db.get(AcmeAuthorization, authz_id)
+        if az is None or az.account_id != acct.id:
+            raise AcmeProblem("malformed", "no such authorization", status=404)
+        return az  # type: ignore[no-any-return]
+
+    def authorization(self, ctx: Ctx, acct: AcmeAccount, authz_id: str,
+                      req: jws.Verified) -> Reply:
+        payload = req.json()
+        if payload and payload != {"status": "deactivated"}:
+            raise AcmeProblem("malformed", "an authorization can only be deactivated")
+        with self.app.db.transaction() if payload else self.app.db.sessions() as db:
+            az = self._load_authz(db, acct, authz_id)
+            if payload:
+                if az.status not in ("pending", "valid"):
+                    raise AcmeProblem("malformed", f"the authorization is {az.status}")
+                az.status = "deactivated"
+                order = db.get(AcmeOrder, az.order_id)
+                if order is not None and order.status in ("pending", "ready"):
+                    order.status = "invalid"
+                self.app.audit_log().append(
+                    db, "acme.authorization.deactivated", Actor(f"acme:{acct.id}", "client"),
+                    object_ids={"authorization": az.id, "account": acct.id},
+                    details={"identifier": az.identifier_value})
+            challenges = db.scalars(select(AcmeChallenge).where(
+                AcmeChallenge.authorization_id == authz_id).order_by(AcmeChallenge.type)).all()
+            body = self._authz_json(ctx, az, list(challenges))
+        return Reply(200, body)
+
+    def challenge(self, ctx: Ctx, acct: AcmeAccount, chall_id: str,
+                  req: jws.Verified) -> Reply:
+        """POST {} starts validation (done before the answer, bounded by the timeout);
+        POST-as-GET only reads."""
+        start = not req.post_as_get
+        if start:
+            req.json()  # must be a JSON object (normally {})
+        with self.app.db.sessions() as db:
+            ch = db.get(AcmeChallenge, chall_id)
+            az = db.get(AcmeAuthorization, ch.authorization_id) if ch else None
+            if ch is None or az is None or az.account_id != acct.id:
+                raise AcmeProblem("malformed", "no such challenge", status=404)
+            db.expunge_all()
+        up = {"Link": f'<{ctx.url("authz", az.id)}>;rel="up"'}
+        if not start or ch.status != "pending" or az.status != "pending":
+            return Reply(200, self._challenge_json(ctx, ch), up)
+        if _aware(az.expires_at) <= datetime.now(UTC):
+            raise AcmeProblem("malformed", "the authorization has expired")
+        key_auth = validation.key_authorization(ch.token, acct.thumbprint)
+        error: dict[str, Any] | None = None
+        try:
+            checked = validation.validate(ch.type, az.identifier_type, az.identifier_value,
+                                          ch.token, key_auth, self.validation)
+        except validation.ValidationError as exc:
+            checked = ""
+            error = {"type": "urn:ietf:params:acme:error:" + exc.problem, "detail": str(exc),
+                     "status": 400}
+        now = datetime.now(UTC).replace(microsecond=0)
+        with self.app.db.transaction() as db:
+            row = db.get(AcmeChallenge, ch.id)
+            az_row = db.get(AcmeAuthorization, az.id)
+            assert row is not None and az_row is not None
+            if row.status == "pending" and az_row.status == "pending":
+                row.status = "invalid" if error else "valid"
+                row.error = json.dumps(error) if error else None
+                row.validated_at = None if error else now
+                az_row.status = row.status
+                self._advance_order(db, az_row.order_id)
+            self.app.audit_log().append(
+                db, "acme.challenge.validated" if not error else "acme.challenge.failed",
+                Actor(f"acme:{acct.id}", "client"), outcome="success" if not error else
+                "failure", object_ids={"challenge": ch.id, "authorization": az.id,
+                                       "account": acct.id, "provisioner": ctx.prov.name},
+                details={"type": ch.type, "identifier": {"type": az.identifier_type,
+                                                         "value": az.identifier_value},
+                         "checked": checked, "error": error})
+            db.flush()
+            body = self._challenge_json(ctx, row)
+        return Reply(200, body, up)
+
+    def _advance_order(self, db: Any, order_id: str) -> None:
+        order = db.get(AcmeOrder, order_id)
+        if order is None or order.status != "pending":
+            return
+        statuses = db.scalars(select(AcmeAuthorization.status).where(
+            AcmeAuthorization.order_id == order_id)).all()
+        if any(s in ("invalid", "deactivated", "revoked") for s in statuses):
+            order.status = "invalid"
+            order.error = json.dumps({"type": "urn:ietf:params:acme:error:unauthorized",
+                                      "detail": "an authorization failed"})
+        elif all(s == "valid" for s in statuses):
+            order.status = "ready"
+
+    # -- finalize and certificates -------------------------------------------------
+
+    def finalize(self, ctx: Ctx, acct: AcmeAccount, order_id: str, req: jws.Verified) -> Reply:
+        payload = req.json()
+        der = jws.b64decode(payload.get("csr"), "csr")
+        try:
+            csr = load_csr(der)
+        except IssuanceError as exc:
+            raise AcmeProblem("badCSR", str(exc)) from None
+        with self.app.db.transaction() as db:
+            order = self._load_order(db, acct, order_id)
+            if order.status != "ready":
+                raise AcmeProblem("orderNotReady", f"the order is {order.status}, not ready")
+            idents = [Identifier(i["type"], i["value"]) for i in json.loads(order.identifiers)]
+            _check_csr_names(csr, idents)
+            order.status = "processing"
+            not_before, not_after = order.not_before, order.not_after
+        eab_level = self._eab_level(acct)
+        try:
+            issued = self.issuer.issue(SignRequest(
+                csr=csr, provisioner=ctx.prov, requester=f"{ctx.prov.name}:acme:{acct.id}",
+                credential_names=[i.value for i in idents],
+                token_claims={"acme": {"account": acct.id, "order": order_id,
+                                       "eab_key": acct.eab_key_id}},
+                not_before=_aware(not_before) if not_before else None,
+                not_after=_aware(not_after) if not_after else None,
+                extra_policy_levels=[eab_level]))
+        except BaseException as exc:
+            self._finalize_failed(order_id, exc)
+            raise _as_problem(exc) from exc
+        with self.app.db.transaction() as db:
+            done = db.get(AcmeOrder, order_id)
+            assert done is not None
+            done.status = "valid"
+            done.certificate_serial = issued.serial_hex
+            self.app.audit_log().append(
+                db, "acme.order.valid", Actor(f"acme:{acct.id}", "client"),
+                object_ids={"order": order_id, "account": acct.id, "serial": issued.serial_hex,
+                            "provisioner": ctx.prov.name}, details={})
+            authz_ids = db.scalars(select(AcmeAuthorization.id).where(
+                AcmeAuthorization.order_id == order_id)).all()
+            db.flush()
+            body = self._order_json(ctx, done, list(authz_ids))
+        return Reply(200, body, {"Location": ctx.url("order", order_id)})
+
+    def _finalize_failed(self, order_id: str, exc: BaseException) -> None:
+        """A request that cannot succeed ends the order; a fault on our side leaves it
+        ready for the client to try again."""
+        ours = not isinstance(exc, (ApplianceError, AcmeProblem)) or isinstance(
+            exc, AuthorityUnavailable) or type(exc).__name__ in ("HsmError", "DatabaseError")
+        with self.app.db.transaction() as db:
+            order = db.get(AcmeOrder, order_id)
+            if order is None or order.status != "processing":
+                return
+            if ours:
+                order.status = "ready"
+            else:
+                problem = _as_problem(exc)
+                order.status = "invalid"
+                order.error = json.dumps(problem.document())
+
+    def certificate(self, ctx: Ctx, acct: AcmeAccount, serial: str) -> Reply:
+        with self.app.db.sessions() as db:
+            owned = db.scalar(select(AcmeOrder.id).where(
+                AcmeOrder.account_id == acct.id, AcmeOrder.certificate_serial == serial,
+                AcmeOrder.status == "valid").limit(1))
+            row = db.scalars(select(Certificate).where(
+                Certificate.serial_hex == serial)).one_or_none() if owned else None
+            if row is None or row.der is None:
+                raise AcmeProblem("malformed", "no such certificate", status=404)
+            chain = self._chain_pem(db, row.authority_id)
+            leaf = x509.load_der_x509_certificate(row.der).public_bytes(
+                serialization.Encoding.PEM).decode()
+        return Reply(200, leaf + chain, content_type="application/pem-certificate-chain")
+
+    def _chain_pem(self, db: Any, authority_id: int) -> str:
+        """The issuing CA and its parents, without the self-signed root (the relying party
+        has that one)."""
+        out, parent = [], db.get(Authority, authority_id)
+        while parent is not None and parent.parent_id is not None:
+            out.append(authz.certificate(parent).public_bytes(serialization.Encoding.PEM)
+                       .decode())
+            parent = db.get(Authority, parent.parent_id)
+        return "".join(out)
+
+    # -- revocation and renewal information -------------------------------------------
+
+    def revoke_cert(self, ctx: Ctx, req: jws.Verified, acct: AcmeAccount | None) -> Reply:
+        payload = req.json()
+        der = jws.b64decode(payload.get("certificate"), "certificate")
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            raise AcmeProblem("malformed", "certificate is not DER") from None
+        serial = f"{cert.serial_number:x}"
+        with self.app.db.sessions() as db:
+            row = db.scalars(select(Certificate).where(
+                Certificate.serial_hex == serial)).one_or_none()
+            if row is None or row.der != der:
+                raise AcmeProblem("malformed", "this CA did not issue that certificate",
+                                  status=404)
+            if acct is not None:
+                owned = db.scalar(select(AcmeOrder.id).where(
+                    AcmeOrder.account_id == acct.id,
+                    AcmeOrder.certificate_serial == serial).limit(1))
+                if owned is None:
+                    raise AcmeProblem("unauthorized", "the account did not order that "
+                                      "certificate")
+        if acct is None:
+            spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            if req.jwk.key._wrapped.public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+                raise AcmeProblem("unauthorized", "the JWS key is not the certificate's key")
+        reason = payload.get("reason", 0)
+        if not isinstance(reason, int) or isinstance(reason, bool) or reason in (2, 6, 7, 8,
+                                                                                   10):
+            raise AcmeProblem("badRevocationReason", f"reason {reason!r} is not accepted "
+                              "(0, 1, 3, 4, 5, 9)")
+        who = f"acme:{acct.id}" if acct else f"acme:certificate-key:{serial}"
+        try:
+            revoke_mod.revoke(self.app, serial, reason, Actor(who, "client"),
+                              provisioner=row.provisioner_name)
+        except revoke_mod.RevocationError as exc:
+            kind = "alreadyRevoked" if "already revoked" in str(exc) else "badRevocationReason"
+            raise AcmeProblem(kind, str(exc)) from None
+        return Reply(200, None)
+
+    def renewal_info(self, ctx: Ctx, cert_id: str) -> Reply:
+        cid = ari.parse_cert_id(cert_id)
+        with self.app.db.sessions() as db:
+            row = db.scalars(select(Certificate).where(
+                Certificate.serial_hex == cid.serial_hex)).one_or_none()
+            ca = db.get(Authority, row.authority_id) if row is not None else None
+            if row is None or ca is None or row.not_before is None or row.not_after is None \
+                    or _ski(authz.certificate(ca)) != cid.key_identifier:
+                raise AcmeProblem("malformed", "no certificate with that certID", status=404)
+            start, end = ari.window(_aware(row.not_before), _aware(row.not_after),
+                                    _aware(row.revoked_at) if row.revoked_at else None)
+        retry = self.app.settings.config.acme.ari_retry_after_seconds
+        return Reply(200, {"suggestedWindow": {"start": _iso(start), "end": _iso(end)}},
+                     {"Retry-After": str(retry)})
+
+
+def _ski(cert: x509.Certificate) -> bytes:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+
+
+def _challenge_types(ident: Identifier, offered: tuple[str, ...]) -> list[str]:
+    """dns-01 only for DNS names (and the only one for wildcards); http-01 and tls-alpn-01
+    for names and IP addresses (RFC 8738)."""
+    if ident.wildcard:
+        return [k for k in offered if k == "dns-01"]
+    if ident.type == "ip":
+        return [k for k in offered if k != "dns-01"]
+    return list(offered)
+
+
+def _contacts(value: Any) -> list[str]:
+    if not isinstance(value, list) or len(value) > MAX_CONTACTS:
+        raise AcmeProblem("invalidContact", f"contact must be a list of at most {MAX_CONTACTS}")
+    out = []
+    for item in value:
+        if not isinstance(item, str) or len(item) > 254:
+            raise AcmeProblem("invalidContact", "a contact is a mailto: URL of at most 254 "
+                              "characters")
+        if not item.startswith("mailto:"):
+            raise AcmeProblem("unsupportedContact", "only mailto: contacts are supported")
+        addr = item[7:]
+        if "@" not in addr or "," in addr or "?" in addr or any(c.isspace() for c in addr):
+            raise AcmeProblem("invalidContact", f"{item!r} is not one mailto: address")
+        out.append(item)
+    return out
+
+
+def _time(value: Any, what: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise AcmeProblem("malformed", f"{what} must be an RFC 3339 time")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise AcmeProblem("malformed", f"{what} must be an RFC 3339 time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _check_csr_names(csr: x509.CertificateSigningRequest, idents: list[Identifier]) -> None:
+    """The CSR asks for exactly the order's identifiers (RFC 8555 §7.4); a CN, if any, must
+    be one of them."""
+    try:
+        names = policy.Names.from_csr(csr)
+    except ValueError as exc:
+        raise AcmeProblem("badCSR", f"the CSR's extensions do not parse: {exc}") from None
+    if names.email or names.uri or names.other:
+        raise AcmeProblem("badCSR", "the CSR may only ask for DNS names and IP addresses")
+    asked = {("dns", d.lower()) for d in names.dns} | {("ip", str(i)) for i in names.ip}
+    wanted = {(i.type, i.value) for i in idents}
+    if asked != wanted:
+        missing = sorted(v for _, v in wanted - asked)
+        extra = sorted(v for _, v in asked - wanted)
+        raise AcmeProblem("badCSR", "the CSR's names must equal the order's identifiers"
+                          + (f"; missing: {', '.join(missing)}" if missing else "")
+                          + (f"; not in the order: {', '.join(extra)}" if extra else ""))
+    if names.cn and names.cn.lower() not in {i.value for i in idents}:
+        raise AcmeProblem("badCSR", f"the CSR's common name {names.cn!r} is not an identifier "
+                          "of the order")
+
+
+def _as_problem(exc: BaseException) -> AcmeProblem:
+    if isinstance(exc, AcmeProblem):
+        return exc
+    if isinstance(exc, policy.PolicyError):
+        ident = {"type": "ip" if exc.name_type == "ip" else "dns", "value": exc.name}
+        return AcmeProblem("rejectedIdentifier", str(exc),
+                           subproblems=[subproblem("rejectedIdentifier", str(exc), ident)])
+    if isinstance(exc, IssuanceError):
+        return AcmeProblem("badCSR", str(exc))
+    if isinstance(exc, (TemplateRefusal, InventoryError, LintError)):
+        return AcmeProblem("unauthorized", str(exc), status=403)
+    if isinstance(exc, AuthorityUnavailable):
+        return AcmeProblem("serverInternal", str(exc), status=503)
+    if isinstance(exc, ApplianceError):
+        return AcmeProblem("serverInternal", "the CA cannot sign right now; nothing was issued",
+                           status=503)
+    return AcmeProblem("serverInternal", "internal error; nothing was issued", status=500)

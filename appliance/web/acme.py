@@ -1,0 +1,200 @@
+"""``/acme/<provisioner>/…``: RFC 8555 over HTTP. Parsing, JWS checks and response shapes;
+the rules are in ``appliance.acme.service``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
+
+from appliance import logs
+from appliance.acme import jws
+from appliance.acme.problems import AcmeProblem
+from appliance.acme.service import AcmeService, Ctx, Reply, _as_problem
+from appliance.errors import ApplianceError
+from appliance.store.models import AcmeAccount
+
+log = logs.get("acme")
+bp = Blueprint("acme", __name__, url_prefix="/acme/<provisioner>")
+RATE_LIMITED = ("new-account", "new-order", "finalize", "revoke-cert", "key-change")
+
+
+def service() -> AcmeService:
+    svc: AcmeService = current_app.extensions["acme"]
+    return svc
+
+
+def ctx() -> Ctx:
+    c: Ctx = g.acme_ctx
+    return c
+
+
+@bp.url_value_preprocessor
+def _provisioner(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    g.acme_provisioner = (values or {}).pop("provisioner", "")
+
+
+@bp.url_defaults
+def _defaults(_endpoint: str, values: dict[str, Any]) -> None:
+    values.setdefault("provisioner", g.get("acme_provisioner", ""))
+
+
+@bp.before_request
+def _context() -> None:
+    name = g.acme_provisioner
+    if request.method == "POST" and request.path.rsplit("/", 1)[-1] in RATE_LIMITED:
+        limiter = current_app.extensions.get("rate_limiter")
+        if limiter is not None and not limiter.allow(request.remote_addr or "?"):
+            raise AcmeProblem("rateLimited", "too many requests; slow down",
+                              headers={"Retry-After": "10"})
+    g.acme_ctx = service().context(name, f"{request.host_url.rstrip('/')}/acme/{name}")
+
+
+@bp.after_request
+def _headers(response: Response) -> Response:
+    if getattr(g, "acme_ctx", None) is not None:
+        response.headers.add("Link", f'<{ctx().url("directory")}>;rel="index"')
+    if request.method in ("POST", "HEAD") or request.path.endswith("/new-nonce"):
+        try:
+            response.headers["Replay-Nonce"] = service().nonces.new()
+        except Exception:  # no nonce store: the answer stands, the client asks again
+            log.exception("making a nonce failed")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.errorhandler(Exception)
+def _problem(exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        problem = AcmeProblem("malformed", exc.description or exc.name, status=exc.code or 400)
+    elif isinstance(exc, AcmeProblem):
+        problem = exc
+    else:
+        if not isinstance(exc, ApplianceError):
+            log.exception("unexpected error in an ACME request")
+        problem = _as_problem(exc)
+    resp = Response(json.dumps(problem.document()), problem.status,
+                    mimetype="application/problem+json")
+    for k, v in problem.headers.items():
+        resp.headers[k] = v
+    return resp
+
+
+def _reply(r: Reply) -> Response:
+    if r.body is None:
+        resp = Response(status=r.status)
+    elif isinstance(r.body, str):
+        resp = Response(r.body, r.status, content_type=r.content_type)
+    else:
+        resp = Response(json.dumps(r.body), r.status, mimetype=r.content_type)
+    for k, v in r.headers.items():
+        resp.headers[k] = v
+    return resp
+
+
+def _verified(want: str = "kid") -> tuple[jws.Verified, AcmeAccount | None]:
+    if request.mimetype != "application/jose+json":
+        raise AcmeProblem("malformed", "Content-Type must be application/jose+json", status=415)
+    env = jws.parse(request.get_json(force=True, silent=True))
+    found: dict[str, AcmeAccount] = {}
+
+    def account_key(kid: str) -> Any:
+        acct, key = service().account_key(ctx(), kid)
+        found["acct"] = acct
+        return key
+
+    verified = jws.verify(env, url=request.host_url.rstrip("/") + request.path,
+                          redeem_nonce=service().nonces.redeem, account_key=account_key,
+                          want=want)
+    return verified, found.get("acct")
+
+
+def _account(post_as_get: bool = False) -> tuple[jws.Verified, AcmeAccount]:
+    verified, acct = _verified("kid")
+    assert acct is not None
+    if post_as_get and not verified.post_as_get:
+        raise AcmeProblem("malformed", "this resource is read with POST-as-GET (empty payload)")
+    return verified, acct
+
+
+@bp.get("/directory")
+def directory() -> Response:
+    return _reply(service().directory(ctx()))
+
+
+@bp.route("/new-nonce", methods=["GET", "HEAD"])
+def new_nonce() -> Response:
+    return Response(status=200 if request.method == "HEAD" else 204)
+
+
+@bp.post("/new-account")
+def new_account() -> Response:
+    verified, _ = _verified("jwk")
+    return _reply(service().new_account(ctx(), verified))
+
+
+@bp.post("/account/<account_id>")
+def account(account_id: str) -> Response:
+    verified, acct = _account()
+    return _reply(service().update_account(ctx(), acct, account_id, verified))
+
+
+@bp.post("/account/<account_id>/orders")
+def account_orders(account_id: str) -> Response:
+    _, acct = _account(post_as_get=True)
+    return _reply(service().account_orders(ctx(), acct, account_id))
+
+
+@bp.post("/key-change")
+def key_change() -> Response:
+    verified, acct = _account()
+    return _reply(service().key_change(ctx(), acct, verified))
+
+
+@bp.post("/new-order")
+def new_order() -> Response:
+    verified, acct = _account()
+    return _reply(service().new_order(ctx(), acct, verified))
+
+
+@bp.post("/order/<order_id>")
+def order(order_id: str) -> Response:
+    _, acct = _account(post_as_get=True)
+    return _reply(service().get_order(ctx(), acct, order_id))
+
+
+@bp.post("/order/<order_id>/finalize")
+def finalize(order_id: str) -> Response:
+    verified, acct = _account()
+    return _reply(service().finalize(ctx(), acct, order_id, verified))
+
+
+@bp.post("/authz/<authz_id>")
+def authorization(authz_id: str) -> Response:
+    verified, acct = _account()
+    return _reply(service().authorization(ctx(), acct, authz_id, verified))
+
+
+@bp.post("/chall/<chall_id>")
+def challenge(chall_id: str) -> Response:
+    verified, acct = _account()
+    return _reply(service().challenge(ctx(), acct, chall_id, verified))
+
+
+@bp.post("/cert/<serial>")
+def certificate(serial: str) -> Response:
+    _, acct = _account(post_as_get=True)
+    return _reply(service().certificate(ctx(), acct, serial))
+
+
+@bp.post("/revoke-cert")
+def revoke_cert() -> Response:
+    verified, acct = _verified("either")
+    return _reply(service().revoke_cert(ctx(), verified, acct))
+
+
+@bp.get("/renewal-info/<path:cert_id>")
+def renewal_info(cert_id: str) -> Response:
+    return _reply(service().renewal_info(ctx(), cert_id))
