@@ -192,7 +192,7 @@ class Issuer:
             # RFC 5280's syntax has no wildcard; a leftmost "*" label (RFC 6125 §6.4.3, as
             # the name policy parsed it) is how every TLS client expects one.
             and not (f.code == "pkix.invalid_domain_name_syntax" and "subjectAltName" in f.node
-                     and _wildcard_san(f.message))
+                     and _wildcard_san(f.message or ""))
         ]
         pkilint_gate.require_clean(
             findings, f"certificate for {trial.subject.rfc4514_string() or 'an empty subject'}")
