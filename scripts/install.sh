@@ -14,6 +14,9 @@ command -v pg_isready   >/dev/null 2>&1 || need_pkgs+=(postgresql-client)
 command -v redis-cli    >/dev/null 2>&1 || need_pkgs+=(redis-tools)
 command -v jq           >/dev/null 2>&1 || need_pkgs+=(jq)
 command -v curl         >/dev/null 2>&1 || need_pkgs+=(curl)
+# ACME clients the tests run against the server (Debian's certbot 2.1 and lego 4.9).
+command -v certbot      >/dev/null 2>&1 || need_pkgs+=(certbot)
+command -v lego         >/dev/null 2>&1 || need_pkgs+=(lego)
 PY=${PYTHON:-python3}
 if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
   need_pkgs+=(python3 python3-venv python3-dev)
@@ -32,4 +35,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
-echo "installed: $(.venv/bin/appliance --version)"
+# An ACME Renewal Information (RFC 9773) client: Debian's certbot 2.1 predates ARI, so the
+# ARI test runs certbot from PyPI, in its own venv (its pins stay out of the appliance's).
+if [ ! -x .venv-clients/bin/certbot ]; then
+  "$PY" -m venv .venv-clients
+  .venv-clients/bin/python -m pip install -q "certbot==5.8.0"
+fi
+echo "installed: $(.venv/bin/appliance --version); ARI client: $(.venv-clients/bin/certbot --version 2>&1)"
