@@ -407,8 +407,9 @@ def test_key_change_and_deactivation(env: Env) -> None:
             "acme.account.deactivated"} <= kinds
 
 
-def _csr(*names: str, cn: str | None = None) -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
+def _csr(*names: str, cn: str | None = None,
+         key: ec.EllipticCurvePrivateKey | None = None) -> str:
+    key = key or ec.generate_private_key(ec.SECP256R1())
     b = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else []))
     sans: list[x509.GeneralName] = []
@@ -541,3 +542,33 @@ def test_finalize_checks_csr_then_download_and_ari(env: Env) -> None:
     r = c.session.get(f"{c.dir['renewalInfo']}/{b64(b'nope')}.{b64(bytes([1]))}",
                       verify=str(env.server.roots), timeout=30)
     assert r.status_code == 404
+
+
+def test_revoke_by_certificate_key_and_authorization_deactivation(env: Env) -> None:
+    c = env.client()
+    assert c.register().status_code == 201
+    order = _ready_order(env, c, "bykey.test")
+    cert_key = ec.generate_private_key(ec.SECP256R1())
+    r = c.post(order["finalize"], {"csr": _csr("bykey.test", key=cert_key)})
+    leaf = x509.load_pem_x509_certificates(c.post(r.json()["certificate"], None).content)[0]
+    der = b64(leaf.public_bytes(serialization.Encoding.DER))
+    holder = env.client()  # no account: the JWS carries the certificate's own key
+    holder.key = cert_key
+    r = holder.post(holder.dir["revokeCert"], {"certificate": der, "reason": 1}, use_jwk=True)
+    assert r.status_code == 200, r.text
+    with env.server.db() as conn:
+        row = conn.execute("SELECT status, revocation_reason FROM certificates "
+                           "WHERE serial_hex = ?", (f"{leaf.serial_number:x}",)).fetchone()
+    assert (row["status"], row["revocation_reason"]) == ("revoked", "keyCompromise")
+    # an authorization deactivated by its account invalidates its order
+    r = c.order(("dns", "deact.test"))
+    order_url, authz_url = r.headers["Location"], r.json()["authorizations"][0]
+    assert c.post(authz_url, {"status": "valid"}).json()["type"].endswith(":malformed")
+    r = c.post(authz_url, {"status": "deactivated"})
+    assert r.status_code == 200 and r.json()["status"] == "deactivated"
+    assert c.post(order_url, None).json()["status"] == "invalid"
+    assert env.server.events("acme.authorization.deactivated")
+    # another account cannot read it
+    other = env.client()
+    other.register()
+    assert other.post(authz_url, None).status_code == 404
