@@ -572,3 +572,19 @@ def test_revoke_by_certificate_key_and_authorization_deactivation(env: Env) -> N
     other = env.client()
     other.register()
     assert other.post(authz_url, None).status_code == 404
+
+
+def test_cli_refuses_bad_acme_settings_and_changes_nothing(env: Env) -> None:
+    before = env.server.cli("eab", "list", "--json").stdout
+    r = env.server.cli("eab", "add", "--provisioner", "admin", "--reference", "x", check=False)
+    assert r.returncode == 1 and "is jwk, not acme" in r.stderr
+    r = env.server.cli("eab", "add", "--provisioner", "team", "--reference", "", check=False)
+    assert r.returncode == 1 and "--reference" in r.stderr
+    r = env.server.cli("provisioner", "add", "bad", "--type", "acme", "--challenges",
+                       "http-01,foo-01", check=False)
+    assert r.returncode == 2 and "challenges" in r.stderr
+    assert env.server.cli("eab", "list", "--json").stdout == before
+    r = env.server.cli("provisioner", "show", "bad", check=False)
+    assert r.returncode == 1
+    shown = json.loads(env.server.cli("provisioner", "show", "team", "--json").stdout)
+    assert shown["require_eab"] is True and shown["directory"] == env.directory("team")
