@@ -63,12 +63,17 @@ class ServiceConfig(_Strict):
     workers: int = Field(default=2, ge=1, le=64)
     threads: int = Field(default=4, ge=1, le=64)
     timeout_seconds: int = Field(default=30, ge=1, le=600)
-    # The plain-HTTP listener (OCSP, CRLs, CA certificates), keep-alive on: "uvicorn" (ASGI,
-    # httptools + uvloop; ~2.5x the requests/s of "gthread", the threaded WSGI worker).
+    # The plain-HTTP listener (OCSP, CRLs, CA certificates), keep-alive on:
+    # "httptools" (default): the appliance's own lean HTTP/1.1 server (asyncio Protocol on
+    #   uvloop with the httptools parser, one SO_REUSEPORT process per worker;
+    #   appliance/web/prefork.py), the fastest (bench/ocsp_load.sh);
+    # "uvicorn": the ASGI app under gunicorn's uvicorn worker;
+    # "gthread": the WSGI app under gunicorn's threaded worker (the plainest, slowest).
     # Two processes by default, so OCSP lookups use both cores of a small node.
-    http_server: Literal["uvicorn", "gthread"] = "uvicorn"
+    http_server: Literal["httptools", "uvicorn", "gthread"] = "httptools"
     http_workers: int = Field(default=2, ge=1, le=64)
-    http_threads: int = Field(default=8, ge=1, le=64)  # gthread only
+    # gthread: threads per worker; httptools: threads per worker for the non-OCSP routes.
+    http_threads: int = Field(default=8, ge=1, le=64)
     # Where relying parties fetch CRLs and OCSP: goes into issued certificates.
     public_base_url: str = Field(default="http://127.0.0.1:8080", pattern=r"^https?://\S+$")
     # The hostname clients use for the API (the TLS certificate's name, token audiences).

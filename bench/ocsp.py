@@ -10,7 +10,8 @@ certificate rows (random serials, issued by ``issuing``):
   mmap), the alternative per-request status read (SQLite row; Redis GET), a
   memory-hit ``ResponseStore.lookup`` and a whole in-process WSGI request;
 * ``http``      ``appliance serve`` with the public listener under gunicorn's gthread
-  worker (WSGI) and its uvicorn worker (ASGI, the default), 1 and 2 workers each;
+  worker (WSGI), its uvicorn worker (ASGI) and the appliance's own prefork server
+  (``httptools``, the default), 1 and 2 workers each;
   ``--clients`` client processes, each one keep-alive connection POSTing requests
   for random known serials (every answer must be "good").
 
@@ -161,8 +162,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--no-presign", action="store_true", help="skip the pre-signing rates")
-    ap.add_argument("--servers", nargs="+", default=["gthread", "uvicorn"],
-                    choices=["gthread", "uvicorn"])
+    ap.add_argument("--servers", nargs="+", default=["gthread", "uvicorn", "httptools"],
+                    choices=["gthread", "uvicorn", "httptools"])
     ap.add_argument("--keep", type=Path, default=None)
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-ocsp-"))

@@ -283,7 +283,7 @@ work, rounds, duration, conns, threads, certs, elapsed, skips = sys.argv[1:9]
 work, rounds = Path(work), int(rounds)
 measured = sorted(set((work / "measured").read_text().split())) if (work / "measured").exists() else []
 ORDER = ["appliance-get", "nginx-get", "appliance-post", "cfssl-post", "openssl-post"]
-WHAT = {"appliance-get": "appliance  GET random serials (pre-signed, uvicorn)",
+WHAT = {"appliance-get": "appliance  GET random serials (pre-signed)",
         "nginx-get": "nginx      GET same paths, static DER files",
         "appliance-post": "appliance  POST one fixed request",
         "cfssl-post": "cfssl      POST one fixed request (pre-signed)",

@@ -38,8 +38,14 @@ def gunicorn_command(entry: str, bind: str, workers: int, threads: int, timeout:
 
 
 def public_command(svc: ServiceConfig) -> list[str]:
-    """The plain-HTTP group: ASGI under gunicorn's uvicorn worker, or the WSGI app under
-    gthread; both keep connections alive (OCSP clients and CDNs reuse them)."""
+    """The plain-HTTP group: the appliance's own HTTP/1.1 server (``httptools``, see
+    :mod:`appliance.web.prefork`), ASGI under gunicorn's uvicorn worker, or the WSGI app
+    under gthread; all keep connections alive (OCSP clients and CDNs reuse them)."""
+    if svc.http_server == "httptools":
+        return [sys.executable, "-m", "appliance.web.prefork", "--bind", svc.http_listen,
+                "--workers", str(svc.http_workers), "--threads", str(svc.http_threads),
+                "--timeout", str(svc.timeout_seconds), "--keep-alive", "5",
+                "--graceful-timeout", "10"]
     if svc.http_server == "uvicorn":
         return gunicorn_command("appliance.web.wsgi:public_asgi()", svc.http_listen,
                                 svc.http_workers, 1, svc.timeout_seconds, None,

@@ -26,6 +26,7 @@ import multiprocessing
 import time
 import weakref
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -195,6 +196,59 @@ def _chunks(ids: Sequence[int], size: int) -> Iterable[Sequence[int]]:
         yield ids[i:i + size]
 
 
+def _read_chunk(app: Appliance, chunk: Sequence[int]
+                ) -> tuple[dict[int, CertStatus], dict[int, str]]:
+    """The chunk's certificate statuses (columns only: no ORM objects, no DER) and the
+    status of the responses they have now."""
+    with app.db.sessions() as db:
+        rows = db.execute(select(
+            Certificate.id, Certificate.authority_id, Certificate.serial_hex,
+            Certificate.status, Certificate.revoked_at, Certificate.revocation_reason,
+        ).where(Certificate.id.in_(chunk))).all()
+        have = {cid: status for cid, status in db.execute(
+            select(OcspResponse.certificate_id, OcspResponse.status)
+            .where(OcspResponse.certificate_id.in_(chunk)))}
+    statuses = {r[0]: CertStatus(*r) for r in rows if r[3] in ("issued", "revoked")}
+    return statuses, have
+
+
+class _Writer:
+    """Stores signed chunks in a thread of its own, one chunk at a time, while the caller
+    signs the next: SQLite's write lock (shared with the other pre-signing process) and
+    its busy-wait then never stall the token. At most one chunk waits (bounded memory);
+    the status re-check of :func:`store_signed` runs inside each write transaction, so
+    what is stored is exactly what a synchronous write would store."""
+
+    def __init__(self, app: Appliance) -> None:
+        self.app = app
+        self.result = BatchResult()  # its own counters (threads); merged by the caller
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="presign-writer")
+        self.inflight: Future[None] | None = None
+
+    def _store(self, signed: list[SignedResponse], statuses: dict[int, CertStatus]) -> None:
+        try:
+            with self.app.db.transaction() as db:
+                stored = store_signed(db, signed, statuses)
+            self.result.signed += stored
+            self.result.skipped += len(signed) - stored
+        except Exception:
+            log.exception("storing OCSP responses failed", extra={"count": len(signed)})
+            self.result.failed += len(signed)
+
+    def submit(self, signed: list[SignedResponse], statuses: dict[int, CertStatus]) -> None:
+        self.wait()
+        self.inflight = self.pool.submit(self._store, signed, statuses)
+
+    def wait(self) -> None:
+        if self.inflight is not None:
+            self.inflight.result()  # _store never raises
+            self.inflight = None
+
+    def close(self) -> None:
+        self.wait()
+        self.pool.shutdown()
+
+
 def process_ids(app: Appliance, ids: Sequence[int], *, batch: int = BATCH,
                 backoff: tuple[float, float, float] = (BACKOFF_FIRST, BACKOFF_MAX,
                                                        BACKOFF_BUDGET)) -> BatchResult:
@@ -204,57 +258,53 @@ def process_ids(app: Appliance, ids: Sequence[int], *, batch: int = BATCH,
     signer = signer_for(app)
     waited = 0.0
     mismatched = 0
-    for chunk in _chunks(ids, batch):
-        with app.db.sessions() as db:
-            rows = db.scalars(select(Certificate).where(Certificate.id.in_(chunk))).all()
-            statuses = {r.id: s for r in rows if (s := _status_of(r)) is not None}
-            have = {cid: status for cid, status in db.execute(
-                select(OcspResponse.certificate_id, OcspResponse.status)
-                .where(OcspResponse.certificate_id.in_(chunk)))}
-        signed: list[SignedResponse] = []
-        gave_up = False
-        for cid in chunk:
-            cs = statuses.get(cid)
-            if cs is None:
-                result.skipped += 1
-                continue
-            if cid in have and have[cid] != ocsp_status(cs.status):
-                mismatched += 1
-            delay = first
-            while True:
-                try:
-                    signed.append(signer.sign(cs))
-                    break
-                except HsmUnavailableError as exc:
-                    if waited + delay > budget:
-                        log.error("token still unavailable; the rest of this batch waits for "
-                                  "the next run", extra={"waited_seconds": round(waited, 1),
-                                                         "fault": str(exc)[:200]})
-                        gave_up = True
+    writer = _Writer(app)
+    gave_up = False
+    try:
+        for chunk in _chunks(ids, batch):
+            statuses, have = _read_chunk(app, chunk)
+            signed: list[SignedResponse] = []
+            for cid in chunk:
+                cs = statuses.get(cid)
+                if cs is None:
+                    result.skipped += 1
+                    continue
+                if cid in have and have[cid] != ocsp_status(cs.status):
+                    mismatched += 1
+                delay = first
+                while True:
+                    try:
+                        signed.append(signer.sign(cs))
                         break
-                    log.warning("token unavailable; backing off",
-                                extra={"delay_seconds": delay, "serial": cs.serial_hex})
-                    time.sleep(delay)
-                    waited += delay
-                    delay = min(delay * 2, most)
-                except Exception:
-                    log.exception("signing an OCSP response failed",
-                                  extra={"serial": cs.serial_hex})
-                    result.failed += 1
+                    except HsmUnavailableError as exc:
+                        if waited + delay > budget:
+                            log.error("token still unavailable; the rest of this batch waits "
+                                      "for the next run", extra={
+                                          "waited_seconds": round(waited, 1),
+                                          "fault": str(exc)[:200]})
+                            gave_up = True
+                            break
+                        log.warning("token unavailable; backing off",
+                                    extra={"delay_seconds": delay, "serial": cs.serial_hex})
+                        time.sleep(delay)
+                        waited += delay
+                        delay = min(delay * 2, most)
+                    except Exception:
+                        log.exception("signing an OCSP response failed",
+                                      extra={"serial": cs.serial_hex})
+                        result.failed += 1
+                        break
+                if gave_up:
                     break
+            if signed:
+                writer.submit(signed, statuses)
             if gave_up:
                 break
-        try:
-            with app.db.transaction() as db:
-                stored = store_signed(db, signed, statuses)
-            result.signed += stored
-            result.skipped += len(signed) - stored
-        except Exception:
-            log.exception("storing OCSP responses failed", extra={"count": len(signed)})
-            result.failed += len(signed)
-        if gave_up:
-            result.not_attempted = len(ids) - result.signed - result.failed - result.skipped
-            break
+    finally:
+        writer.close()
+    result.add(writer.result)
+    if gave_up:
+        result.not_attempted = len(ids) - result.signed - result.failed - result.skipped
     if mismatched:
         # Responses that said something else than the status store were just replaced:
         # make every responder re-read (cheap: one epoch bump per slot).

@@ -78,6 +78,74 @@ def first_cert_id(data: bytes) -> CertId:
     """The first CertID of the request in ``data``."""
     if not data or len(data) > MAX_REQUEST_BYTES:
         raise MalformedRequest("empty or too large")
+    fast = _short_form(data)
+    return fast if fast is not None else _walk(data)
+
+
+def _short_form(data: bytes) -> CertId | None:
+    """The CertID of the common request shape, or None to let :func:`_walk` decide.
+
+    Nearly every request is small: one Request, no version, requestorName or signature,
+    every length in DER's short form. This reads that shape with plain index checks
+    (~1 µs against ~10 µs for the general walker). It accepts only a subset of what
+    :func:`_walk` accepts and returns the same CertID (``tests/unit/test_ocsp_request.py``
+    checks that on valid and mutated requests); anything else returns None.
+    """
+    try:
+        end = len(data)
+        if data[0] != _SEQUENCE or data[1] >= 0x80 or data[1] != end - 2 \
+                or data[2] != _SEQUENCE or data[3] >= 0x80 or data[3] != end - 4 \
+                or data[4] != _SEQUENCE:  # OCSPRequest, TBSRequest
+            return None
+        list_len = data[5]
+        list_end = 6 + list_len
+        if list_len >= 0x80 or list_end > end:  # requestList
+            return None
+        if list_end != end:  # requestExtensions [2]: one TLV up to the end
+            ext_len = data[list_end + 1]
+            if data[list_end] != 0xA2 or ext_len >= 0x80 or list_end + 2 + ext_len != end:
+                return None
+        if data[6] != _SEQUENCE or data[7] >= 0x80 or 8 + data[7] != list_end:  # one Request
+            return None
+        cid_end = 10 + data[9]
+        if data[8] != _SEQUENCE or data[9] >= 0x80 or cid_end > list_end:  # CertID
+            return None
+        alg_end = 12 + data[11]
+        oid_len = data[13]
+        oid_end = 14 + oid_len
+        if data[10] != _SEQUENCE or data[11] >= 0x80 or data[12] != _OID or oid_len == 0 \
+                or oid_len >= 0x80 or oid_end > alg_end or alg_end > cid_end:
+            return None
+        if oid_end != alg_end and (alg_end != oid_end + 2 or data[oid_end] != 0x05
+                                   or data[oid_end + 1] != 0):
+            return None  # parameters: absent or NULL
+        name_end = alg_end + 2 + data[alg_end + 1]
+        if data[alg_end] != _OCTET_STRING or data[alg_end + 1] >= 0x80 or name_end > cid_end:
+            return None
+        key_end = name_end + 2 + data[name_end + 1]
+        if data[name_end] != _OCTET_STRING or data[name_end + 1] >= 0x80 or key_end > cid_end:
+            return None
+        ser_len = data[key_end + 1]
+        if data[key_end] != _INTEGER or ser_len == 0 or ser_len >= 0x80 \
+                or key_end + 2 + ser_len != cid_end:
+            return None
+        raw = data[key_end + 2:cid_end]
+        if len(raw) > 1 and ((raw[0] == 0 and raw[1] < 0x80)
+                             or (raw[0] == 0xFF and raw[1] >= 0x80)):
+            return None
+        return CertId(
+            hash_name=HASH_NAMES.get(data[14:oid_end]),
+            issuer_name_hash=data[alg_end + 2:name_end],
+            issuer_key_hash=data[name_end + 2:key_end],
+            serial=int.from_bytes(raw, "big", signed=True),
+        )
+    except IndexError:
+        return None
+
+
+def _walk(data: bytes) -> CertId:
+    """The general reader: any DER-valid request shape (several Requests, long lengths,
+    version, requestorName, a signature)."""
     end = len(data)
     req_start, req_end = expect_tlv(data, 0, end, _SEQUENCE, "OCSPRequest")
     if req_end != end:

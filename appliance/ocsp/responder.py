@@ -30,8 +30,10 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -60,9 +62,13 @@ CONTENT_TYPE: Final = "application/ocsp-response"
 NO_CACHE: Final = "max-age=0, no-cache"
 ISSUER_RELOAD_SECONDS: Final = 30.0
 DB_METRICS_SECONDS: Final = 15.0
+PARSED_ENTRIES: Final = 16_384
+PARSED_KEY_MAX: Final = 512  # longer requests are parsed every time (memo <= ~10 MB)
 AGE_BUCKETS: Final = (3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400, 3 * 86400, 4 * 86400,
                       7 * 86400, 10 * 86400)
 PREFIX: Final = "/ocsp"
+_MAX_B64: Final = (MAX_REQUEST_BYTES * 4) // 3 + 4
+_PLAIN: Final = re.compile(r"[A-Za-z0-9+_-][A-Za-z0-9+/_-]*={0,2}")  # no leading "/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +76,25 @@ class Reply:
     status: str  # "200 OK"
     headers: list[tuple[str, str]]
     body: bytes
+
+    @property
+    def code(self) -> int:
+        return int(self.status[:3])
+
+    @property
+    def head(self) -> bytes:
+        """The headers as HTTP/1.1 lines."""
+        return "".join(f"{k}: {v}\r\n" for k, v in self.headers).encode("latin-1")
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """What a request asks, as the lookup needs it (memoised per request bytes)."""
+
+    hash_name: str | None
+    issuer: tuple[str, bytes, bytes]  # the key of the issuer table
+    serial: int
+    serial_hex: str
 
 
 def read_wsgi_body(environ: dict[str, Any]) -> bytes | None:
@@ -94,21 +119,28 @@ class Metrics:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.responses: dict[str, int] = {}
-        self.methods: dict[str, int] = {}
+        self.counts: dict[tuple[str, str], int] = {}  # (method, status) -> answers
         self.age_counts = [0] * (len(AGE_BUCKETS) + 1)
         self.age_sum = 0.0
 
     def count(self, method: str, status: str, age: float | None = None) -> None:
+        key = (method, status)
         with self.lock:
-            self.methods[method] = self.methods.get(method, 0) + 1
-            self.responses[status] = self.responses.get(status, 0) + 1
+            self.counts[key] = self.counts.get(key, 0) + 1
             if age is not None:
-                i = 0
-                while i < len(AGE_BUCKETS) and age > AGE_BUCKETS[i]:
-                    i += 1
-                self.age_counts[i] += 1
+                self.age_counts[bisect_left(AGE_BUCKETS, age)] += 1
                 self.age_sum += age
+
+    def totals(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(answers by status, requests by method)."""
+        with self.lock:
+            counts = dict(self.counts)
+        by_status: dict[str, int] = {}
+        by_method: dict[str, int] = {}
+        for (method, status), n in counts.items():
+            by_status[status] = by_status.get(status, 0) + n
+            by_method[method] = by_method.get(method, 0) + n
+        return by_status, by_method
 
 
 class Responder:
@@ -120,6 +152,13 @@ class Responder:
         self._issuers_at = 0.0
         self._issuers_lock = threading.Lock()
         self._db_metrics: tuple[float, str] = (0.0, "")
+        # GET path / POST body -> its CertID: a memo of a pure function of the request
+        # bytes (decoding and DER-reading are most of a request's cost, and clients repeat
+        # the same request: RFC 5019 makes them identical). It holds no status and no
+        # answer, so it can never make a revoked certificate look good. Bounded: only
+        # requests up to PARSED_KEY_MAX octets, cleared when full (a flood of distinct
+        # requests only makes it useless, never large).
+        self._parsed: dict[str | bytes, _Parsed] = {}
         self.load_issuers()
 
     # -- issuers --------------------------------------------------------------------------
@@ -143,7 +182,10 @@ class Responder:
             self._issuers_at = time.monotonic()
 
     def issuer_ids(self, cid: CertId) -> frozenset[int] | None:
-        key = (cid.hash_name or "", cid.issuer_name_hash, cid.issuer_key_hash)
+        return self._issuer_ids((cid.hash_name or "", cid.issuer_name_hash,
+                                 cid.issuer_key_hash))
+
+    def _issuer_ids(self, key: tuple[str, bytes, bytes]) -> frozenset[int] | None:
         found = self._issuers.get(key)
         if found is None and time.monotonic() - self._issuers_at > ISSUER_RELOAD_SECONDS:
             self.load_issuers()  # a CA added since: seen within ISSUER_RELOAD_SECONDS
@@ -156,63 +198,104 @@ class Responder:
                if_none_match: str | None = None) -> Reply:
         """The reply to one request. ``raw_path`` is the path as sent (not percent-decoded);
         ``body`` is the POST body, or None when it was over the limit or unreadable."""
+        out = self.decide(method, raw_path, body, if_none_match)
+        if isinstance(out, Reply):
+            return out
+        entry, sha256, max_age, not_modified = out
+        headers = [
+            ("Last-Modified", entry.last_modified),
+            ("Expires", entry.expires),
+            ("Cache-Control", f"max-age={max_age}, public, no-transform, must-revalidate"),
+            ("ETag", entry.etag_sha256 if sha256 else entry.etag),
+        ]
+        if not_modified:
+            return Reply("304 Not Modified", headers, b"")
+        der = entry.der_sha256 if sha256 else entry.der
+        assert der is not None
+        return Reply("200 OK", [("Content-Type", CONTENT_TYPE),
+                                ("Content-Length", str(len(der))), *headers],
+                     b"" if method == "HEAD" else der)
+
+    def wire(self, method: str, raw_path: str, body: bytes | None,
+             if_none_match: str | None = None) -> tuple[int, bytes, bytes]:
+        """:meth:`handle` for an HTTP/1.1 server that writes bytes: (status, the header
+        lines, CRLF-terminated, body). The same decision; only the successful answer's
+        headers come pre-encoded from the cache entry (:attr:`cache.Entry.head`)."""
+        out = self.decide(method, raw_path, body, if_none_match)
+        if isinstance(out, Reply):
+            return out.code, out.head, out.body
+        entry, sha256, max_age, not_modified = out
+        cc = b"Cache-Control: max-age=%d, public, no-transform, must-revalidate\r\n" % max_age
+        if not_modified:
+            return 304, entry.head_304_sha256 + cc if sha256 else entry.head_304 + cc, b""
+        if sha256:
+            der = entry.der_sha256
+            assert der is not None
+            return 200, entry.head_sha256 + cc, b"" if method == "HEAD" else der
+        return 200, entry.head + cc, b"" if method == "HEAD" else entry.der
+
+    def decide(self, method: str, raw_path: str, body: bytes | None,
+               if_none_match: str | None) -> Reply | tuple[cache.Entry, bool, int, bool]:
+        """A failure :class:`Reply`, or what to serve: (entry, SHA-256 CertID?, max-age,
+        304?). Every rule lives here, whichever server asked."""
         if method == "POST":
             if raw_path.rstrip("/") != PREFIX or not body:
                 return self._fail(method, "400 Bad Request", MALFORMED, "malformed")
-            data = body
+            key: str | bytes = body
         elif method in ("GET", "HEAD"):
-            decoded = decode_get(raw_path)
-            if decoded is None:
-                return self._fail(method, "400 Bad Request", MALFORMED, "malformed")
-            data = decoded
+            key = raw_path
         else:
             self.metrics.count(method, "method_not_allowed")
             return Reply("405 Method Not Allowed", [
                 ("Allow", "GET, HEAD, POST"), ("Content-Type", "text/plain"),
                 ("Content-Length", "0")], b"")
+        parsed = self._parsed.get(key)
+        if parsed is None:
+            data = body if isinstance(key, bytes) else decode_get(raw_path)
+            if data is None:
+                return self._fail(method, "400 Bad Request", MALFORMED, "malformed")
+            try:
+                cid = first_cert_id(data)
+            except MalformedRequest:
+                return self._fail(method, "400 Bad Request", MALFORMED, "malformed")
+            parsed = _Parsed(cid.hash_name, (cid.hash_name or "", cid.issuer_name_hash,
+                                             cid.issuer_key_hash), cid.serial,
+                             f"{cid.serial:x}" if cid.serial > 0 else "")
+            if len(key) <= PARSED_KEY_MAX:
+                if len(self._parsed) >= PARSED_ENTRIES:
+                    self._parsed.clear()
+                self._parsed[key] = parsed
         try:
-            cid = first_cert_id(data)
-        except MalformedRequest:
-            return self._fail(method, "400 Bad Request", MALFORMED, "malformed")
-        try:
-            return self._answer(method, cid, if_none_match)
+            return self._answer(method, parsed, if_none_match)
         except Exception:
             log.exception("OCSP lookup failed")
             return self._fail(method, "500 Internal Server Error", INTERNAL_ERROR,
                               "internalError")
 
-    def _answer(self, method: str, cid: CertId, if_none_match: str | None) -> Reply:
-        ids = self.issuer_ids(cid) if cid.hash_name else None
-        if ids is None or cid.serial <= 0:
+    def _answer(self, method: str, req: _Parsed, if_none_match: str | None
+                ) -> Reply | tuple[cache.Entry, bool, int, bool]:
+        ids = self._issuer_ids(req.issuer) if req.hash_name else None
+        if ids is None or req.serial <= 0:
             return self._fail(method, "200 OK", UNAUTHORIZED, "unauthorized")
-        found = self.store.lookup(f"{cid.serial:x}", ids)
+        found = self.store.lookup(req.serial_hex, ids)
         if isinstance(found, str):
             if found == cache.UNKNOWN:
                 return self._fail(method, "200 OK", UNAUTHORIZED, "unauthorized")
             return self._fail(method, "200 OK", TRY_LATER, "tryLater")
-        if cid.hash_name == "sha256":
-            der, etag = found.der_sha256, found.etag_sha256
-        else:
-            der, etag = found.der, found.etag
+        sha256 = req.hash_name == "sha256"
         now = time.time()
         max_age = int(found.next_update - now)
-        if der is None or max_age <= 0:
+        if (found.der_sha256 is None and sha256) or max_age <= 0:
             log.warning("no servable response", extra={"serial": found.serial_hex})
             return self._fail(method, "200 OK", TRY_LATER, "tryLater")
-        headers = [
-            ("Last-Modified", found.last_modified),
-            ("Expires", found.expires),
-            ("Cache-Control", f"max-age={max_age}, public, no-transform, must-revalidate"),
-            ("ETag", etag),
-        ]
-        if if_none_match and (if_none_match.strip() == "*"
-                              or etag in (t.strip() for t in if_none_match.split(","))):
-            self.metrics.count(method, "not_modified")
-            return Reply("304 Not Modified", headers, b"")
+        if if_none_match:
+            etag = found.etag_sha256 if sha256 else found.etag
+            if if_none_match.strip() == "*" or etag in (t.strip() for t in
+                                                         if_none_match.split(",")):
+                self.metrics.count(method, "not_modified")
+                return found, sha256, max_age, True
         self.metrics.count(method, found.status, now - found.this_update)
-        return Reply("200 OK", [("Content-Type", CONTENT_TYPE),
-                                ("Content-Length", str(len(der))), *headers],
-                     b"" if method == "HEAD" else der)
+        return found, sha256, max_age, False
 
     def _fail(self, method: str, status: str, body: bytes, what: str) -> Reply:
         self.metrics.count(method, what)
@@ -245,9 +328,8 @@ class Responder:
         m = self.metrics
         out = ["# HELP ocsp_responses_total OCSP answers by status (per worker process).",
                "# TYPE ocsp_responses_total counter"]
+        responses, methods = m.totals()
         with m.lock:
-            responses = dict(m.responses)
-            methods = dict(m.methods)
             ages = list(m.age_counts)
             age_sum = m.age_sum
         for status, n in sorted(responses.items()):
@@ -331,7 +413,7 @@ def _raw_path(environ: dict[str, Any]) -> str:
     return str(environ.get("PATH_INFO", ""))
 
 
-def decode_get(path: str) -> bytes | None:
+def decode_get(path: str, *, fast: bool = True) -> bytes | None:
     """The DER request in a GET path ``/ocsp/<base64>``; None if it is not one.
 
     Tolerated: percent-encoding (also twice), ``+`` turned into a space, URL-safe
@@ -339,6 +421,15 @@ def decode_get(path: str) -> bytes | None:
     """
     if not path.startswith(PREFIX):
         return None
+    if fast and path.startswith("/ocsp/") and len(path) <= _MAX_B64 and path.isascii() \
+            and _PLAIN.fullmatch(path, 6):
+        # The common case (RFC 5019 clients, CDNs): nothing to unescape; any other shape
+        # takes the general path below, which accepts a superset of this.
+        text = path[6:].replace("-", "+").replace("_", "/")
+        try:
+            return binascii.a2b_base64(text + "=" * (-len(text) % 4), strict_mode=True)
+        except (binascii.Error, ValueError):
+            return None
     text = path[len(PREFIX):]
     for _ in range(2):
         if "%" not in text:

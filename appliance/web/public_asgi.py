@@ -1,4 +1,5 @@
-"""The plain-HTTP listener as an ASGI app, for gunicorn's uvicorn worker (the default).
+"""The plain-HTTP listener as an ASGI app, for gunicorn's uvicorn worker
+(``service.http_server: uvicorn``; the default is :mod:`appliance.web.prefork`).
 
 Why: the OCSP lookup itself costs ~10 µs, so the HTTP server is the hot path. One
 gunicorn gthread worker answers ~3,000 OCSP requests/s on the development machine;

@@ -437,10 +437,11 @@ def test_a_stale_good_row_is_not_served_even_without_the_announcement(ctx: Ctx,
     assert _answers(ctx, leaf, 8) == {"REVOKED:superseded"}
 
 
-def test_the_threaded_wsgi_listener_answers_the_same(ctx: Ctx, tmp_path: Path) -> None:
-    """``service.http_server: gthread``: the WSGI app of the responder under gunicorn's
-    threaded worker (the default is the ASGI app under its uvicorn worker)."""
-    with serving(ctx.spare, http_server="gthread", http_workers=1) as srv:
+@pytest.mark.parametrize("server_kind", ["gthread", "uvicorn"])
+def test_the_other_listeners_answer_the_same(ctx: Ctx, tmp_path: Path, server_kind: str) -> None:
+    """``service.http_server: gthread`` (the WSGI app under gunicorn's threaded worker) and
+    ``uvicorn`` (the ASGI app under its uvicorn worker); the default is ``httptools``."""
+    with serving(ctx.spare, http_server=server_kind, http_workers=1) as srv:
         other = Ctx(srv, ctx.root, ctx.issuing, ctx.cafile, ctx.prefix, ctx.spare)
         leaf = issue(other, tmp_path)
         proc = ocsp_cli(other, leaf.pem)
@@ -456,7 +457,9 @@ def test_the_threaded_wsgi_listener_answers_the_same(ctx: Ctx, tmp_path: Path) -
         _no_cache(requests.post(srv.http + "/ocsp", data=b"\x30" * 10_001, timeout=10),
                   ocsp.OCSPResponseStatus.MALFORMED_REQUEST, 400)
         assert requests.put(srv.http + "/ocsp", data=b"x", timeout=10).status_code == 405
-        assert "gthread" in " ".join(_gunicorn_commands(srv))
+        expected = "gthread" if server_kind == "gthread" else "uvicorn_worker.UvicornWorker"
+        assert expected in " ".join(_gunicorn_commands(srv))
+        assert requests.get(srv.http + "/ca/root.pem", timeout=10).text == ctx.root.read_text()
 
 
 def _gunicorn_commands(srv: Server) -> list[str]:
@@ -465,14 +468,75 @@ def _gunicorn_commands(srv: Server) -> list[str]:
     return [line for line in out.splitlines() if f"127.0.0.1:{srv.http_port}" in line]
 
 
-def test_the_default_listener_is_the_uvicorn_worker_with_two_processes(ctx: Ctx) -> None:
+def test_the_default_listener_is_the_prefork_server_with_two_workers(ctx: Ctx) -> None:
     lines = _gunicorn_commands(ctx.server)
-    assert lines and all("uvicorn_worker.UvicornWorker" in line for line in lines), lines
+    # A supervisor and two workers of appliance.web.prefork (httptools on uvloop).
+    assert len(lines) == 3 and all("-m appliance.web.prefork" in line for line in lines), lines
     assert all("--workers 2" in line for line in lines), lines
     assert requests.get(ctx.server.http + "/ca/root.pem", timeout=10).text == \
         ctx.root.read_text()
-    assert requests.head(ctx.server.http + "/health", timeout=10).status_code == 200
+    assert requests.get(ctx.server.http + "/ca/root.crt", timeout=10).headers["Content-Type"] \
+        == "application/pkix-cert"
+    head = requests.head(ctx.server.http + "/health", timeout=10)
+    assert head.status_code == 200 and head.content == b""
     assert requests.get(ctx.server.http + "/nothing", timeout=10).status_code == 404
+    assert requests.post(ctx.server.http + "/health", timeout=10).status_code == 405
+
+
+def test_a_second_listener_on_the_same_address_is_refused(ctx: Ctx) -> None:
+    """SO_REUSEPORT would let a second instance share the port silently; it must fail."""
+    env = dict(os.environ, APPLIANCE_CONFIG=str(ctx.server.data_dir / "appliance.yaml"))
+    proc = subprocess.run([sys.executable, "-m", "appliance.web.prefork", "--bind",
+                           f"127.0.0.1:{ctx.server.http_port}", "--workers", "1"],
+                          capture_output=True, text=True, timeout=30, env=env, check=False)
+    assert proc.returncode == 2 and "already serves" in proc.stderr, proc
+
+
+def test_keep_alive_pipelining_and_framing_limits(ctx: Ctx, tmp_path: Path) -> None:
+    """Raw HTTP/1.1 against the default listener: pipelined requests (an OCSP GET, a CA
+    certificate answered from the thread pool, a POST) come back in order on one
+    connection; broken framing and oversized heads get a 400 and the connection closes."""
+    import socket
+
+    leaf = issue(ctx, tmp_path)
+    der = request_der(leaf.cert, issuer_cert(ctx))
+    b64 = base64.urlsafe_b64encode(der).rstrip(b"=").decode()
+    host = f"Host: 127.0.0.1:{ctx.server.http_port}\r\n"
+    pipelined = (f"GET /ocsp/{b64} HTTP/1.1\r\n{host}\r\n"
+                 f"GET /ca/root.pem HTTP/1.1\r\n{host}\r\n"
+                 f"POST /ocsp HTTP/1.1\r\n{host}Content-Length: {len(der)}\r\n\r\n"
+                 ).encode() + der
+
+    def exchange(data: bytes, until_closed: bool = True) -> bytes:
+        with socket.create_connection(("127.0.0.1", ctx.server.http_port), timeout=10) as s:
+            s.sendall(data)
+            if not until_closed:
+                s.shutdown(socket.SHUT_WR)
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            return out
+
+    out = exchange(pipelined + f"GET /health HTTP/1.1\r\n{host}Connection: close\r\n\r\n"
+                   .encode())
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", out)
+    assert statuses == [b"200", b"200", b"200", b"200"], out[:400]
+    ocsp_get, ca, ocsp_post = out.split(b"HTTP/1.1 ")[1:4]
+    assert b"application/ocsp-response" in ocsp_get and b"BEGIN CERTIFICATE" in ca
+    assert b"Connection: close" in out and out.endswith(b"ok\n")
+    body_get = ocsp_get.split(b"\r\n\r\n", 1)[1]
+    assert body_get and body_get == ocsp_post.split(b"\r\n\r\n", 1)[1].split(b"HTTP/")[0]
+    # HTTP/1.0 without keep-alive: answered, then closed.
+    out = exchange(f"GET /ocsp/{b64} HTTP/1.0\r\n\r\n".encode(), until_closed=False)
+    assert out.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in out
+    # Garbage, an over-long URL, too many header fields: 400 and closed.
+    for bad in (b"NOT HTTP AT ALL\r\n\r\n",
+                b"GET /ocsp/" + b"A" * 9000 + b" HTTP/1.1\r\n\r\n",
+                f"GET /health HTTP/1.1\r\n{host}".encode() + b"X-A: b\r\n" * 101 + b"\r\n"):
+        out = exchange(bad)
+        assert out.startswith(b"HTTP/1.1 400 "), out[:200]
+    out = exchange(b"GET /ocsp/" + b"A" * 9000 + b" HTTP/1.1\r\n\r\n")
+    assert out.endswith(b"\r\n\r\n" + bytes.fromhex("30030a0101"))  # malformedRequest
 
 
 # -- the pre-signer CLI, metrics, Redis -------------------------------------------------------

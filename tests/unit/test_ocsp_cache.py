@@ -136,6 +136,6 @@ def test_age_histogram() -> None:
     m.count("GET", "good", AGE_BUCKETS[0] + 1)
     m.count("POST", "revoked", 99 * 86400)
     m.count("POST", "unauthorized")
-    assert m.responses == {"good": 2, "revoked": 1, "unauthorized": 1}
-    assert m.methods == {"GET": 2, "POST": 2}
-    assert m.age_counts[0] == 1 and m.age_counts[1] == 1 and m.age_counts[-1] == 1
+    m.count("GET", "good", AGE_BUCKETS[0])  # on a bound: in that bucket (le)
+    assert m.totals() == ({"good": 3, "revoked": 1, "unauthorized": 1}, {"GET": 3, "POST": 2})
+    assert m.age_counts[0] == 2 and m.age_counts[1] == 1 and m.age_counts[-1] == 1

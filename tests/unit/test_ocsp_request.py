@@ -161,3 +161,74 @@ def test_get_path_variants(pair: tuple[x509.Certificate, x509.Certificate]) -> N
     for path in ("/ocsp", "/ocsp/", "/ocsp/%%%", "/ocsp/a", "/other/" + b64,
                  "/ocsp/" + "A" * 20_000):
         assert decode_get(path) is None, path
+
+
+def _mutations(good: bytes, rnd: random.Random, count: int) -> list[bytes]:
+    out = []
+    for _ in range(count):
+        data = bytearray(good)
+        for _ in range(rnd.randint(1, 3)):
+            op = rnd.random()
+            i = rnd.randrange(len(data))
+            if op < 0.6:
+                data[i] = rnd.choice([0x00, 0x02, 0x04, 0x05, 0x06, 0x30, 0x7F, 0x80, 0x81,
+                                      0xA0, 0xA2, 0xFF, data[i] + 1 & 0xFF, data[i] - 1 & 0xFF])
+            elif op < 0.8:
+                del data[i:i + rnd.randint(1, 3)]
+            else:
+                data[i:i] = bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 3)))
+        out.append(bytes(data))
+    return out
+
+
+def test_the_short_form_reader_agrees_with_the_general_walker(
+        pair: tuple[x509.Certificate, x509.Certificate]) -> None:
+    """The fast reader may decline (None) but must never accept what the walker refuses
+    nor read a different CertID, on valid requests and on 20,000 mutations of them."""
+    from appliance.ocsp import request as rq
+
+    ca, leaf = pair
+    rnd = random.Random(99)
+    goods = [_request(ca, leaf, algo) for algo in (hashes.SHA1(), hashes.SHA256())]
+    goods.append(_tlv(0x30, _tlv(0x30, _tlv(0x30, _tlv(0x30, _certid(b"\x01"))))))
+    goods.append(_tlv(0x30, _tlv(0x30, _tlv(0x30, _tlv(0x30, _certid(b"\xff\x01"))))))
+    small_nonce = _tlv(0xA2, _tlv(0x30, _tlv(0x30, bytes.fromhex("06092b0601050507300102")
+                                             + _tlv(0x04, _tlv(0x04, b"n" * 16)))))
+    goods.append(_tlv(0x30, _tlv(0x30, _tlv(0x30, _tlv(0x30, _certid(b"\x05")))
+                                 + small_nonce)))
+    for good in goods:
+        assert rq._short_form(good) == rq._walk(good)  # the common shapes take the fast path
+    long_form = _request(ca, leaf, hashes.SHA1(), nonce=True)  # 32-octet nonce: 0x81 lengths
+    assert rq._short_form(long_form) is None and first_cert_id(long_form) == rq._walk(long_form)
+    accepted = 0
+    for good in goods:
+        for data in _mutations(good, rnd, 4000):
+            fast = rq._short_form(data)
+            if fast is None:
+                continue
+            accepted += 1
+            assert rq._walk(data) == fast, data.hex()
+    assert accepted > 1000  # the mutations did exercise the fast path
+
+
+def test_the_plain_get_fast_path_agrees_with_the_general_decoder(
+        pair: tuple[x509.Certificate, x509.Certificate]) -> None:
+    from appliance.ocsp import responder
+
+    ca, leaf = pair
+    rnd = random.Random(7)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_="
+    paths = []
+    for nonce in (False, True):
+        der = _request(ca, leaf, hashes.SHA1(), nonce=nonce)
+        b64 = base64.b64encode(der).decode()
+        paths += ["/ocsp/" + b64, "/ocsp/" + b64.rstrip("="), "/ocsp//" + b64,
+                  "/ocsp/" + base64.urlsafe_b64encode(der).decode().rstrip("=")]
+    for _ in range(3000):
+        p = list(rnd.choice(paths))
+        i = rnd.randrange(6, len(p))
+        p[i] = rnd.choice(alphabet)
+        paths.append("".join(p))
+    for path in paths:
+        # The general decoder: the same function with the fast path switched off.
+        assert responder.decode_get(path) == responder.decode_get(path, fast=False), path

@@ -1,0 +1,289 @@
+"""``python -m appliance.web.prefork``: the relying-party listener's processes (``httptools``).
+
+One supervisor and ``--workers`` worker processes, each a uvloop event loop running
+:class:`~appliance.web.http11.HttpProtocol` with the routes of
+:mod:`appliance.web.public_listener`. Why this shape:
+
+* One process per core: the GIL allows one core per process, and an OCSP answer
+  needs no shared state beyond the database and the revocation-epoch file (every
+  cache rule of :mod:`appliance.ocsp.cache` holds across processes).
+* One ``SO_REUSEPORT`` socket per worker, all bound here before any worker starts (a
+  busy port fails at once, in the supervisor): the kernel spreads new connections
+  evenly over the workers, where one shared socket lets whichever process wakes
+  first take a burst of connections. A replaced worker inherits the same socket, so
+  connections queued on it are not lost.
+* Workers are forked before any database connection or token session exists and
+  build their :class:`~appliance.runtime.Appliance` themselves; this listener holds
+  no key and never opens the token.
+* A worker that dies is replaced; one that dies within :data:`BOOT_SECONDS` of its
+  start (bad configuration, unreadable database) stops the whole group with exit
+  status 3, so ``appliance serve`` (and systemd) see the failure instead of a
+  restart loop. A worker whose supervisor is gone stops by itself.
+* SIGTERM / SIGINT: stop accepting, answer what is in flight, close idle keep-alive
+  connections, exit within ``--graceful-timeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from appliance import logs
+from appliance.ocsp.request import MAX_REQUEST_BYTES
+
+log = logs.get("web.prefork")
+
+BOOT_SECONDS = 10.0
+BACKLOG = 2048
+
+
+@dataclass(frozen=True)
+class Options:
+    bind: str
+    workers: int
+    threads: int
+    timeout: float
+    keepalive: float
+    graceful_timeout: float
+    max_connections: int
+    log_level: str
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    ap = argparse.ArgumentParser(prog="python -m appliance.web.prefork",
+                                 description="The relying-party HTTP listener (OCSP, CRLs, CA "
+                                             "certificates). Configuration: $APPLIANCE_CONFIG.")
+    ap.add_argument("--bind", required=True, help="HOST:PORT ([v6addr]:PORT)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=8, help="per worker, for non-OCSP routes")
+    ap.add_argument("--timeout", type=float, default=30.0, help="seconds to receive a request")
+    ap.add_argument("--keep-alive", type=float, default=5.0, dest="keepalive")
+    ap.add_argument("--graceful-timeout", type=float, default=10.0)
+    ap.add_argument("--max-connections", type=int, default=4096, help="per worker")
+    ap.add_argument("--log-level", default="WARNING")
+    a = ap.parse_args(argv)
+    if not 1 <= a.workers <= 64 or not 1 <= a.threads <= 64:
+        ap.error("--workers and --threads must be 1..64")
+    return Options(a.bind, a.workers, a.threads, a.timeout, a.keepalive, a.graceful_timeout,
+                   a.max_connections, a.log_level)
+
+
+def _address(bind: str) -> tuple[int, int, int, Any]:
+    host, _, port = bind.rpartition(":")
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    return family, kind, proto, addr
+
+
+def listen_sockets(bind: str, count: int) -> tuple[list[socket.socket], socket.socket]:
+    """``count`` listening sockets on ``bind`` with SO_REUSEPORT, and the lock that keeps
+    the address ours (close it last).
+
+    SO_REUSEPORT lets any process of the same user bind the same address too, and the
+    kernel would then silently split connections with it (a second appliance started by
+    mistake, an old one still running). So: an abstract Unix socket named after the
+    address is the lock between appliance instances (exclusive, gone with the process),
+    and a plain bind first proves that nobody else listens there (it fails with
+    EADDRINUSE against any listener, SO_REUSEPORT or not)."""
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        lock.bind(f"\0appliance-http-listener:{bind}")
+    except OSError:
+        lock.close()
+        raise OSError(f"another appliance listener already serves {bind}") from None
+    family, kind, proto, addr = _address(bind)
+    sockets: list[socket.socket] = []
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(addr)  # EADDRINUSE if anything listens there
+        for _ in range(count):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(addr)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        lock.close()
+        raise
+    return sockets, lock
+
+
+# -- a worker --------------------------------------------------------------------------------
+
+
+def worker(sock: socket.socket, opts: Options, supervisor: int) -> int:
+    """Serve on ``sock`` until SIGTERM/SIGINT or the supervisor is gone."""
+    import uvloop
+
+    from appliance import config
+    from appliance.runtime import Appliance
+    from appliance.web.http11 import ServerState
+    from appliance.web.public_listener import PublicListener
+
+    settings = config.load(config.locate(None, None))
+    logs.configure(settings.config.logging.level)
+    app = Appliance(settings)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    executor = ThreadPoolExecutor(opts.threads, thread_name_prefix="public")
+    listener = PublicListener(app, loop, executor)
+    state = ServerState(listener, MAX_REQUEST_BYTES, bad_request=listener.bad_request,
+                        keepalive=opts.keepalive, request_timeout=opts.timeout,
+                        max_connections=opts.max_connections)
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def request_stop() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop)
+
+    def tick() -> None:
+        state.tick()
+        if os.getppid() != supervisor:
+            request_stop()
+        loop.call_later(1.0, tick)
+
+    loop.call_later(1.0, tick)
+    server = loop.run_until_complete(loop.create_server(state.protocol, sock=sock,
+                                                        backlog=BACKLOG))
+    try:
+        loop.run_until_complete(stop)
+        server.close()
+        for conn in list(state.connections):
+            conn.shutdown()
+        deadline = time.monotonic() + opts.graceful_timeout
+        while state.connections and time.monotonic() < deadline:
+            loop.run_until_complete(asyncio.sleep(0.05))
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+        app.close()
+    return 0
+
+
+# -- the supervisor --------------------------------------------------------------------------
+
+
+class Supervisor:
+    def __init__(self, opts: Options, sockets: list[socket.socket],
+                 lock: socket.socket) -> None:
+        self.opts = opts
+        self.sockets = sockets
+        self.lock = lock
+        self.children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, started)
+        self.stopping = False
+
+    def spawn(self, index: int) -> None:
+        me = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                # The workers keep the lock's descriptor open: the address stays locked
+                # until the last process of the group is gone.
+                for i, s in enumerate(self.sockets):
+                    if i != index:
+                        s.close()
+                code = worker(self.sockets[index], self.opts, me)
+            except BaseException:
+                log.exception("listener worker failed")
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        self.children[pid] = (index, time.monotonic())
+
+    def _stop(self, _sig: int, _frame: Any) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        for i in range(len(self.sockets)):
+            self.spawn(i)
+        code = 0
+        while not self.stopping:
+            time.sleep(0.2)
+            for pid, index, started, status in self._reap():
+                if self.stopping:
+                    break
+                if time.monotonic() - started < BOOT_SECONDS:
+                    log.error("listener worker failed to boot; stopping",
+                              extra={"pid": pid, "status": status})
+                    self.stopping, code = True, 3
+                    break
+                log.warning("listener worker exited; starting another",
+                            extra={"pid": pid, "status": status})
+                self.spawn(index)
+        self._terminate()
+        return code
+
+    def _reap(self) -> list[tuple[int, int, float, int]]:
+        out = []
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            index, started = self.children.pop(pid, (-1, 0.0))
+            if index >= 0:
+                out.append((pid, index, started, status))
+        return out
+
+    def _terminate(self) -> None:
+        for pid in self.children:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.opts.graceful_timeout + 2
+        while self.children and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.05)
+        for pid in self.children:
+            _signal(pid, signal.SIGKILL)
+        while self.children:
+            try:
+                pid, _ = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            self.children.pop(pid, None)
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    logs.configure(opts.log_level)
+    try:
+        sockets, lock = listen_sockets(opts.bind, opts.workers)
+    except OSError as exc:
+        log.error("cannot listen", extra={"bind": opts.bind, "fault": str(exc)})
+        return 2
+    try:
+        return Supervisor(opts, sockets, lock).run()
+    finally:
+        lock.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
