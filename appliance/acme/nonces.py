@@ -16,8 +16,9 @@ import secrets
 import threading
 import time
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from appliance import durations
@@ -26,6 +27,8 @@ from appliance.store.models import AcmeSecret, AcmeUsedNonce
 
 KEY_NAME = "nonce-mac"
 _RAW_LEN = 8 + 12 + 16
+_USED = cast(Table, AcmeUsedNonce.__table__)
+_INSERT_USED = insert(_USED)  # built once; values bound per call
 
 
 def _b64(data: bytes) -> str:
@@ -84,12 +87,14 @@ class Nonces:
         if not made - 60 <= now <= made + self.lifetime:
             return False
         try:
-            with self.app.db.transaction() as db:
-                db.add(AcmeUsedNonce(nonce=nonce, expires_at=datetime.fromtimestamp(
-                    made + self.lifetime, UTC)))
+            # Core, not the ORM: this runs on every ACME request. The primary key is what
+            # makes a nonce single-use across workers and nodes.
+            with self.app.db.write() as db:
+                db.execute(_INSERT_USED, {"nonce": nonce, "expires_at": datetime.fromtimestamp(
+                    made + self.lifetime, UTC)})
                 if secrets.randbelow(512) == 0:  # now and then, forget what cannot come back
-                    db.execute(delete(AcmeUsedNonce).where(
-                        AcmeUsedNonce.expires_at < datetime.fromtimestamp(now - 60, UTC)))
+                    db.execute(delete(_USED).where(
+                        _USED.c.expires_at < datetime.fromtimestamp(now - 60, UTC)))
         except IntegrityError:
             return False
         return True

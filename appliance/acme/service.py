@@ -8,6 +8,7 @@ every state change is audited in the transaction that makes it.
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, cast
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from josepy.jwk import JWK
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 
 from appliance import durations, logs
 from appliance.acme import ari, eab, jws, validation
@@ -39,7 +40,7 @@ from appliance.issuance.pipeline import (
 from appliance.lint.pkilint_gate import LintError
 from appliance.ops import authorities as authz
 from appliance.policy import names as policy
-from appliance.provisioners.authorize import context as provisioner_context
+from appliance.provisioners.authorize import context_of as provisioner_context_of
 from appliance.revocation import revoke as revoke_mod
 from appliance.runtime import Appliance
 from appliance.store.models import (
@@ -56,6 +57,44 @@ from appliance.templates.render import TemplateRefusal
 
 log = logs.get("acme")
 MAX_CONTACTS = 4
+_PROVISIONERS = cast(Table, Provisioner.__table__)
+_ACCOUNTS = cast(Table, AcmeAccount.__table__)
+# Per-request reads, built once (values bound per call).
+_PROVISIONER_BY_NAME = select(*(_PROVISIONERS.c[k] for k in (
+    "id", "name", "type", "config", "authority_id"))).where(
+    _PROVISIONERS.c.name == bindparam("b_name"))
+_ACCOUNT_BY_ID = select(_ACCOUNTS).where(_ACCOUNTS.c.id == bindparam("b_id"))
+_ORDERS = cast(Table, AcmeOrder.__table__)
+_AUTHZS = cast(Table, AcmeAuthorization.__table__)
+_CHALLS = cast(Table, AcmeChallenge.__table__)
+_CERTS = cast(Table, Certificate.__table__)
+_AUTHORITIES = cast(Table, Authority.__table__)
+_INSERT_ORDER = insert(_ORDERS)
+_INSERT_AUTHZ = insert(_AUTHZS)
+_INSERT_CHALL = insert(_CHALLS)
+_ORDER_BY_ID = select(_ORDERS).where(_ORDERS.c.id == bindparam("b_id"))
+_SET_ORDER = update(_ORDERS).where(_ORDERS.c.id == bindparam("b_id"))
+_SET_AUTHZ = update(_AUTHZS).where(_AUTHZS.c.id == bindparam("b_id"))
+_SET_CHALL = update(_CHALLS).where(_CHALLS.c.id == bindparam("b_id"))
+_AUTHZ_IDS = select(_AUTHZS.c.id).where(_AUTHZS.c.order_id == bindparam("b_order")).order_by(
+    _AUTHZS.c.identifier_value)
+_AUTHZ_STATUSES = select(_AUTHZS.c.status).where(_AUTHZS.c.order_id == bindparam("b_order"))
+_AUTHZ_BY_ID = select(_AUTHZS).where(_AUTHZS.c.id == bindparam("b_id"))
+_CHALLS_OF = select(_CHALLS).where(_CHALLS.c.authorization_id == bindparam("b_authz")).order_by(
+    _CHALLS.c.type)
+_CHALL_AND_AUTHZ = select(
+    _CHALLS.c.id, _CHALLS.c.authorization_id, _CHALLS.c.type, _CHALLS.c.token,
+    _CHALLS.c.status, _CHALLS.c.validated_at, _CHALLS.c.error,
+    _AUTHZS.c.account_id, _AUTHZS.c.order_id, _AUTHZS.c.status.label("authz_status"),
+    _AUTHZS.c.expires_at, _AUTHZS.c.identifier_type, _AUTHZS.c.identifier_value,
+).select_from(_CHALLS.join(_AUTHZS, _AUTHZS.c.id == _CHALLS.c.authorization_id)).where(
+    _CHALLS.c.id == bindparam("b_id"))
+_OWNED_CERT = select(_CERTS.c.der, _CERTS.c.authority_id).select_from(
+    _ORDERS.join(_CERTS, _CERTS.c.serial_hex == _ORDERS.c.certificate_serial)).where(
+    _ORDERS.c.account_id == bindparam("b_acct"), _ORDERS.c.certificate_serial == bindparam(
+        "b_serial"), _ORDERS.c.status == "valid").limit(1)
+_AUTHORITY_CERT = select(_AUTHORITIES.c.certificate_der, _AUTHORITIES.c.parent_id).where(
+    _AUTHORITIES.c.id == bindparam("b_id"))
 
 
 @dataclass
@@ -89,6 +128,11 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+@lru_cache(maxsize=4096)
+def _account_jwk(text: str) -> JWK:
+    return cast(JWK, JWK.from_json(json.loads(text)))
+
+
 @lru_cache(maxsize=256)
 def _parse_policy(text: str) -> policy.Policy:
     return policy.parse_policy(text, "EAB key policy")
@@ -108,11 +152,14 @@ class AcmeService:
     # -- context ----------------------------------------------------------------
 
     def context(self, name: str, base: str) -> Ctx:
-        with self.app.db.sessions() as db:
-            row = db.scalars(select(Provisioner).where(Provisioner.name == name)).one_or_none()
-            if row is None or row.type != "acme":
-                raise AcmeProblem("malformed", f"no ACME provisioner named {name!r}", status=404)
-            return Ctx(provisioner_context(self.app, row), base)
+        # Read on every request (Core, the few columns needed): a changed or removed
+        # provisioner takes effect at once in every worker.
+        with self.app.db.read() as db:
+            row = db.execute(_PROVISIONER_BY_NAME, {"b_name": name}).first()
+        if row is None or row.type != "acme":
+            raise AcmeProblem("malformed", f"no ACME provisioner named {name!r}", status=404)
+        return Ctx(provisioner_context_of(self.app, row.id, row.name, row.type, row.config,
+                                          row.authority_id), base)
 
     def directory(self, ctx: Ctx) -> Reply:
         return Reply(200, {
@@ -126,14 +173,16 @@ class AcmeService:
         prefix = ctx.url("account", "")
         if not kid.startswith(prefix):
             raise AcmeProblem("accountDoesNotExist", "kid is not an account of this directory")
-        with self.app.db.sessions() as db:
-            acct = db.get(AcmeAccount, kid[len(prefix):])
-            if acct is None or acct.provisioner_id != ctx.prov.id:
-                raise AcmeProblem("accountDoesNotExist", "no such account")
-            db.expunge(acct)
+        # Read on every request (status, key): a deactivated account or a changed key
+        # takes effect at once; only the parsing of the stored key is cached, by its text.
+        with self.app.db.read() as db:
+            row = db.execute(_ACCOUNT_BY_ID, {"b_id": kid[len(prefix):]}).first()
+        if row is None or row.provisioner_id != ctx.prov.id:
+            raise AcmeProblem("accountDoesNotExist", "no such account")
+        acct = AcmeAccount(**row._asdict())  # transient: never added to a session
         if acct.status != "valid":
             raise AcmeProblem("unauthorized", f"the account is {acct.status}")
-        return acct, cast(JWK, JWK.from_json(json.loads(acct.jwk)))
+        return acct, _account_jwk(acct.jwk)
 
     # -- accounts ---------------------------------------------------------------
 
@@ -285,7 +334,7 @@ class AcmeService:
     def _check_identifiers(self, ctx: Ctx, acct: AcmeAccount,
                            idents: list[Identifier]) -> None:
         """EAB-key policy, then provisioner policy, then authority policy (issue order)."""
-        with self.app.db.sessions() as db:
+        with self.app.db.read() as db:
             levels = self.issuer.policy_levels(db, ctx.prov)
         ordered = [self._eab_level(acct), *reversed(levels)]
         refused: list[dict[str, Any]] = []
@@ -320,32 +369,35 @@ class AcmeService:
         now = datetime.now(UTC).replace(microsecond=0)
         expires = now + self.order_lifetime
         order_id = _new_id()
+        values: dict[str, Any] = dict(
+            id=order_id, account_id=acct.id, status="pending",
+            identifiers=json.dumps([i.json() for i in idents]), not_before=not_before,
+            not_after=not_after, expires_at=expires, error=None, certificate_serial=None,
+            replaces=replaces, created_at=now)
+        authz_rows: list[dict[str, Any]] = []
+        chall_rows: list[dict[str, Any]] = []
+        for ident in idents:
+            authz_id = _new_id()
+            authz_rows.append(dict(
+                id=authz_id, order_id=order_id, account_id=acct.id,
+                identifier_type=ident.type, identifier_value=ident.base,
+                wildcard=ident.wildcard, status="pending", expires_at=expires))
+            chall_rows += [dict(id=_new_id(), authorization_id=authz_id, type=kind,
+                                token=secrets.token_urlsafe(32), status="pending",
+                                validated_at=None, error=None)
+                           for kind in _challenge_types(ident, offered)]
+        authz_ids = [r["id"] for r in authz_rows]
         with self.app.db.transaction() as db:
-            order = AcmeOrder(id=order_id, account_id=acct.id, status="pending",
-                              identifiers=json.dumps([i.json() for i in idents]),
-                              not_before=not_before, not_after=not_after, expires_at=expires,
-                              replaces=replaces, created_at=now)
-            db.add(order)
-            db.flush()  # the order before its authorizations (no ORM relationship orders them)
-            authz_ids = []
-            for ident in idents:
-                authz_id = _new_id()
-                authz_ids.append(authz_id)
-                db.add(AcmeAuthorization(
-                    id=authz_id, order_id=order_id, account_id=acct.id,
-                    identifier_type=ident.type, identifier_value=ident.base,
-                    wildcard=ident.wildcard, status="pending", expires_at=expires))
-                db.flush()
-                for kind in _challenge_types(ident, offered):
-                    db.add(AcmeChallenge(id=_new_id(), authorization_id=authz_id, type=kind,
-                                         token=secrets.token_urlsafe(32), status="pending"))
+            # Core, in foreign-key order: the order, its authorizations, their challenges.
+            db.execute(_INSERT_ORDER, values)
+            db.execute(_INSERT_AUTHZ, authz_rows)
+            db.execute(_INSERT_CHALL, chall_rows)
             self.app.audit_log().append(
                 db, "acme.order.created", Actor(f"acme:{acct.id}", "client"),
                 object_ids={"order": order_id, "account": acct.id,
                             "provisioner": ctx.prov.name},
                 details={"identifiers": [i.json() for i in idents], "replaces": replaces})
-            db.flush()
-            body = self._order_json(ctx, order, authz_ids)
+        body = self._order_json(ctx, AcmeOrder(**values), authz_ids)
         return Reply(201, body, {"Location": ctx.url("order", order_id)})
 
     def _check_replaces(self, acct: AcmeAccount, replaces: Any) -> None:
@@ -358,7 +410,7 @@ class AcmeService:
             raise AcmeProblem("malformed", "replaces names a certificate this account did not "
                               "order")
 
-    def _order_json(self, ctx: Ctx, order: AcmeOrder, authz_ids: list[str]) -> dict[str, Any]:
+    def _order_json(self, ctx: Ctx, order: Any, authz_ids: list[str]) -> dict[str, Any]:
         out: dict[str, Any] = {
             "status": order.status, "expires": _iso(order.expires_at),
             "identifiers": json.loads(order.identifiers),
@@ -400,7 +452,7 @@ class AcmeService:
 
     # -- authorizations and challenges -------------------------------------------
 
-    def _challenge_json(self, ctx: Ctx, ch: AcmeChallenge) -> dict[str, Any]:
+    def _challenge_json(self, ctx: Ctx, ch: Any) -> dict[str, Any]:
         out: dict[str, Any] = {"type": ch.type, "url": ctx.url("chall", ch.id),
                                "status": ch.status, "token": ch.token}
         if ch.validated_at:
@@ -409,8 +461,7 @@ class AcmeService:
             out["error"] = json.loads(ch.error)
         return out
 
-    def _authz_json(self, ctx: Ctx, az: AcmeAuthorization,
-                    challenges: list[AcmeChallenge]) -> dict[str, Any]:
+    def _authz_json(self, ctx: Ctx, az: Any, challenges: list[Any]) -> dict[str, Any]:
         status = az.status
         if status == "pending" and _aware(az.expires_at) <= datetime.now(UTC):
             status = "expired"
@@ -434,7 +485,14 @@ class AcmeService:
         payload = req.json()
         if payload and payload != {"status": "deactivated"}:
             raise AcmeProblem("malformed", "an authorization can only be deactivated")
-        with self.app.db.transaction() if payload else self.app.db.sessions() as db:
+        if not payload:  # a read (POST-as-GET): Core, one snapshot
+            with self.app.db.read() as conn:
+                found = conn.execute(_AUTHZ_BY_ID, {"b_id": authz_id}).first()
+                if found is None or found.account_id != acct.id:
+                    raise AcmeProblem("malformed", "no such authorization", status=404)
+                rows = conn.execute(_CHALLS_OF, {"b_authz": authz_id}).all()
+            return Reply(200, self._authz_json(ctx, found, list(rows)))
+        with self.app.db.transaction() as db:
             az = self._load_authz(db, acct, authz_id)
             if payload:
                 if az.status not in ("pending", "valid"):
@@ -459,21 +517,20 @@ class AcmeService:
         start = not req.post_as_get
         if start:
             req.json()  # must be a JSON object (normally {})
-        with self.app.db.sessions() as db:
-            ch = db.get(AcmeChallenge, chall_id)
-            az = db.get(AcmeAuthorization, ch.authorization_id) if ch else None
-            if ch is None or az is None or az.account_id != acct.id:
-                raise AcmeProblem("malformed", "no such challenge", status=404)
-            db.expunge_all()
-        up = {"Link": f'<{ctx.url("authz", az.id)}>;rel="up"'}
-        if not start or ch.status != "pending" or az.status != "pending":
+        with self.app.db.read() as conn:
+            ch = conn.execute(_CHALL_AND_AUTHZ, {"b_id": chall_id}).first()
+        if ch is None or ch.account_id != acct.id:
+            raise AcmeProblem("malformed", "no such challenge", status=404)
+        authz_id = ch.authorization_id
+        up = {"Link": f'<{ctx.url("authz", authz_id)}>;rel="up"'}
+        if not start or ch.status != "pending" or ch.authz_status != "pending":
             return Reply(200, self._challenge_json(ctx, ch), up)
-        if _aware(az.expires_at) <= datetime.now(UTC):
+        if _aware(ch.expires_at) <= datetime.now(UTC):
             raise AcmeProblem("malformed", "the authorization has expired")
         key_auth = validation.key_authorization(ch.token, acct.thumbprint)
         error: dict[str, Any] | None = None
         try:
-            checked = validation.validate(ch.type, az.identifier_type, az.identifier_value,
+            checked = validation.validate(ch.type, ch.identifier_type, ch.identifier_value,
                                           ch.token, key_auth, self.validation)
         except validation.ValidationError as exc:
             checked = ""
@@ -481,39 +538,41 @@ class AcmeService:
                      "status": 400}
         now = datetime.now(UTC).replace(microsecond=0)
         with self.app.db.transaction() as db:
-            row = db.get(AcmeChallenge, ch.id)
-            az_row = db.get(AcmeAuthorization, az.id)
-            assert row is not None and az_row is not None
-            if row.status == "pending" and az_row.status == "pending":
-                row.status = "invalid" if error else "valid"
-                row.error = json.dumps(error) if error else None
-                row.validated_at = None if error else now
-                az_row.status = row.status
-                self._advance_order(db, az_row.order_id)
+            # Re-read under the write lock: only a still-pending challenge and authorization
+            # change (Core statements).
+            row: Any = db.execute(_CHALL_AND_AUTHZ, {"b_id": ch.id}).one()
+            if row.status == "pending" and row.authz_status == "pending":
+                new = {"status": "invalid" if error else "valid",
+                       "error": json.dumps(error) if error else None,
+                       "validated_at": None if error else now}
+                db.execute(_SET_CHALL, {"b_id": ch.id, **new})
+                db.execute(_SET_AUTHZ, {"b_id": authz_id, "status": new["status"]})
+                self._advance_order(db, row.order_id)
+                row = {**row._asdict(), **new}
+            else:
+                row = row._asdict()
             self.app.audit_log().append(
                 db, "acme.challenge.validated" if not error else "acme.challenge.failed",
                 Actor(f"acme:{acct.id}", "client"), outcome="success" if not error else
-                "failure", object_ids={"challenge": ch.id, "authorization": az.id,
+                "failure", object_ids={"challenge": ch.id, "authorization": authz_id,
                                        "account": acct.id, "provisioner": ctx.prov.name},
-                details={"type": ch.type, "identifier": {"type": az.identifier_type,
-                                                         "value": az.identifier_value},
+                details={"type": ch.type, "identifier": {"type": ch.identifier_type,
+                                                         "value": ch.identifier_value},
                          "checked": checked, "error": error})
-            db.flush()
-            body = self._challenge_json(ctx, row)
+        body = self._challenge_json(ctx, _Row(row))
         return Reply(200, body, up)
 
     def _advance_order(self, db: Any, order_id: str) -> None:
-        order = db.get(AcmeOrder, order_id)
+        order = db.execute(_ORDER_BY_ID, {"b_id": order_id}).first()
         if order is None or order.status != "pending":
             return
-        statuses = db.scalars(select(AcmeAuthorization.status).where(
-            AcmeAuthorization.order_id == order_id)).all()
+        statuses = db.execute(_AUTHZ_STATUSES, {"b_order": order_id}).scalars().all()
         if any(s in ("invalid", "deactivated", "revoked") for s in statuses):
-            order.status = "invalid"
-            order.error = json.dumps({"type": "urn:ietf:params:acme:error:unauthorized",
-                                      "detail": "an authorization failed"})
+            db.execute(_SET_ORDER, {"b_id": order_id, "status": "invalid", "error": json.dumps(
+                {"type": "urn:ietf:params:acme:error:unauthorized",
+                 "detail": "an authorization failed"})})
         elif all(s == "valid" for s in statuses):
-            order.status = "ready"
+            db.execute(_SET_ORDER, {"b_id": order_id, "status": "ready"})
 
     # -- finalize and certificates -------------------------------------------------
 
@@ -525,13 +584,17 @@ class AcmeService:
         except IssuanceError as exc:
             raise AcmeProblem("badCSR", str(exc)) from None
         with self.app.db.transaction() as db:
-            order = self._load_order(db, acct, order_id)
-            if order.status != "ready":
-                raise AcmeProblem("orderNotReady", f"the order is {order.status}, not ready")
-            idents = [Identifier(i["type"], i["value"]) for i in json.loads(order.identifiers)]
+            found = db.execute(_ORDER_BY_ID, {"b_id": order_id}).first()
+            if found is None or found.account_id != acct.id:
+                raise AcmeProblem("malformed", "no such order", status=404)
+            status = _order_status(found)
+            if status != "ready":
+                raise AcmeProblem("orderNotReady", f"the order is {status}, not ready")
+            idents = [Identifier(i["type"], i["value"]) for i in json.loads(found.identifiers)]
             _check_csr_names(csr, idents)
-            order.status = "processing"
-            not_before, not_after = order.not_before, order.not_after
+            # under the write lock: ready -> processing exactly once
+            db.execute(_SET_ORDER, {"b_id": order_id, "status": "processing"})
+            not_before, not_after = found.not_before, found.not_after
         eab_level = self._eab_level(acct)
         try:
             issued = self.issuer.issue(SignRequest(
@@ -546,18 +609,16 @@ class AcmeService:
             self._finalize_failed(order_id, exc)
             raise _as_problem(exc) from exc
         with self.app.db.transaction() as db:
-            done = db.get(AcmeOrder, order_id)
-            assert done is not None
-            done.status = "valid"
-            done.certificate_serial = issued.serial_hex
+            db.execute(_SET_ORDER, {"b_id": order_id, "status": "valid",
+                                    "certificate_serial": issued.serial_hex})
             self.app.audit_log().append(
                 db, "acme.order.valid", Actor(f"acme:{acct.id}", "client"),
                 object_ids={"order": order_id, "account": acct.id, "serial": issued.serial_hex,
                             "provisioner": ctx.prov.name}, details={})
-            authz_ids = db.scalars(select(AcmeAuthorization.id).where(
-                AcmeAuthorization.order_id == order_id)).all()
-            db.flush()
-            body = self._order_json(ctx, done, list(authz_ids))
+            authz_ids = db.execute(_AUTHZ_IDS, {"b_order": order_id}).scalars().all()
+        body = self._order_json(ctx, _Row({**found._asdict(), "status": "valid",
+                                           "certificate_serial": issued.serial_hex}),
+                                list(authz_ids))
         return Reply(200, body, {"Location": ctx.url("order", order_id)})
 
     def _finalize_failed(self, order_id: str, exc: BaseException) -> None:
@@ -577,27 +638,21 @@ class AcmeService:
                 order.error = json.dumps(problem.document())
 
     def certificate(self, ctx: Ctx, acct: AcmeAccount, serial: str) -> Reply:
-        with self.app.db.sessions() as db:
-            owned = db.scalar(select(AcmeOrder.id).where(
-                AcmeOrder.account_id == acct.id, AcmeOrder.certificate_serial == serial,
-                AcmeOrder.status == "valid").limit(1))
-            row = db.scalars(select(Certificate).where(
-                Certificate.serial_hex == serial)).one_or_none() if owned else None
+        with self.app.db.read() as db:  # one snapshot, Core
+            row = db.execute(_OWNED_CERT, {"b_acct": acct.id, "b_serial": serial}).first()
             if row is None or row.der is None:
                 raise AcmeProblem("malformed", "no such certificate", status=404)
             chain = self._chain_pem(db, row.authority_id)
-            leaf = x509.load_der_x509_certificate(row.der).public_bytes(
-                serialization.Encoding.PEM).decode()
-        return Reply(200, leaf + chain, content_type="application/pem-certificate-chain")
+        return Reply(200, _pem(bytes(row.der)) + chain,
+                     content_type="application/pem-certificate-chain")
 
     def _chain_pem(self, db: Any, authority_id: int) -> str:
         """The issuing CA and its parents, without the self-signed root (the relying party
         has that one)."""
-        out, parent = [], db.get(Authority, authority_id)
+        out, parent = [], db.execute(_AUTHORITY_CERT, {"b_id": authority_id}).first()
         while parent is not None and parent.parent_id is not None:
-            out.append(authz.certificate(parent).public_bytes(serialization.Encoding.PEM)
-                       .decode())
-            parent = db.get(Authority, parent.parent_id)
+            out.append(_pem(bytes(parent.certificate_der)))
+            parent = db.execute(_AUTHORITY_CERT, {"b_id": parent.parent_id}).first()
         return "".join(out)
 
     # -- revocation and renewal information -------------------------------------------
@@ -662,6 +717,27 @@ def _ski(cert: x509.Certificate) -> bytes:
         return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     except x509.ExtensionNotFound:
         return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+
+
+class _Row:
+    """A row's values by attribute, for the JSON builders (as an ORM object would give)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+def _order_status(order: Any) -> str:
+    """The status a client sees: a pending or ready order past its expiry is invalid."""
+    if order.status in ("pending", "ready") and _aware(order.expires_at) <= datetime.now(UTC):
+        return "invalid"
+    return str(order.status)
+
+
+def _pem(der: bytes) -> str:
+    """A DER certificate as PEM (64-character lines), without parsing it again."""
+    text = base64.b64encode(der).decode()
+    body = "\n".join(text[i:i + 64] for i in range(0, len(text), 64))
+    return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
 
 
 def _challenge_types(ident: Identifier, offered: tuple[str, ...]) -> list[str]:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import time as _time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import CursorResult, Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -34,6 +34,17 @@ from appliance.store.models import AuditCheckpoint, AuditEvent, AuditHead
 
 log = logs.get("audit")
 MAX_FIELD = 256
+_EVENTS = cast(Table, AuditEvent.__table__)
+_HEADS = cast(Table, AuditHead.__table__)
+# Built once (values bound at execution): building a statement per call costs more than
+# running it.
+_INSERT_EVENT = insert(_EVENTS)
+_LOCK_HEAD = (select(_HEADS.c.seq, _HEADS.c.hash)
+              .where(_HEADS.c.node_id == bindparam("b_node")).with_for_update())
+_MOVE_HEAD = (update(_HEADS)
+              .where(_HEADS.c.node_id == bindparam("b_node"), _HEADS.c.seq == bindparam("b_seq"),
+                     _HEADS.c.hash == bindparam("b_hash"))
+              .values(seq=bindparam("n_seq"), hash=bindparam("n_hash")))
 
 
 @dataclass(frozen=True)
@@ -78,18 +89,25 @@ class AuditLog:
         details_text = canonical(details or {})
         if len(details_text.encode()) + len(objects_text.encode()) > MAX_DETAILS_BYTES:
             raise AuditError(f"audit details larger than {MAX_DETAILS_BYTES} bytes")
-        head = self._lock_head(session)
+        head_seq, head_hash = self._lock_head(session)
         fields: dict[str, Any] = {
-            "node_id": self.node_id, "seq": head.seq + 1, "time": utc_now(),
+            "node_id": self.node_id, "seq": head_seq + 1, "time": utc_now(),
             "actor": actor.name, "role": actor.role, "event_type": event_type,
             "outcome": outcome, "object_ids": objects_text, "details": details_text,
-            "prev_hash": head.hash,
+            "prev_hash": head_hash,
         }
         fields["hash"] = record_hash(fields)
-        event = AuditEvent(**fields)
-        session.add(event)
-        head.seq, head.hash = event.seq, event.hash
-        session.flush()
+        # SQLAlchemy Core on the hot path (no unit of work for two rows): the record, then
+        # the head it now is. The head row is locked (above), and the update is conditional
+        # on the head we read, so a chain can never fork even if the lock were missing.
+        result = cast(CursorResult[Any], session.execute(_INSERT_EVENT, fields))
+        moved = session.execute(_MOVE_HEAD, {
+            "b_node": self.node_id, "b_seq": head_seq, "b_hash": head_hash,
+            "n_seq": fields["seq"], "n_hash": fields["hash"]})
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            raise AuditError("the audit head moved while appending; nothing was recorded")
+        self._expire_cached_head(session)
+        event = AuditEvent(id=(result.inserted_primary_key or (None,))[0], **fields)
         if auto_checkpoint and self.signer is not None and self._checkpoint_due(session, event.seq):
             self._auto_checkpoint(session)
         return event
@@ -98,15 +116,15 @@ class AuditLog:
         """Sign the current head with the audit key now, and record that it was done."""
         if self.signer is None:
             raise AuditError("no audit key configured for checkpoints")
-        head = self._lock_head(session)
-        if head.seq == 0:
+        head_seq, head_hash = self._lock_head(session)
+        if head_seq == 0:
             raise AuditError("the audit log is empty; nothing to checkpoint")
         when = utc_now()
         algorithm, signature = self.signer.sign(
-            checkpoint_payload(self.node_id, head.seq, head.hash, when)
+            checkpoint_payload(self.node_id, head_seq, head_hash, when)
         )
         cp = AuditCheckpoint(
-            node_id=self.node_id, seq=head.seq, head_hash=head.hash, time=when,
+            node_id=self.node_id, seq=head_seq, head_hash=head_hash, time=when,
             key_label=self.signer.label, spki_sha256=self.signer.spki_sha256,
             algorithm=algorithm, signature=signature,
         )
@@ -122,14 +140,11 @@ class AuditLog:
 
     # -- internals --------------------------------------------------------
 
-    def _lock_head(self, session: Session) -> AuditHead:
-        stmt = (
-            select(AuditHead)
-            .where(AuditHead.node_id == self.node_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-        head = session.scalars(stmt).one_or_none()
+    def _lock_head(self, session: Session) -> tuple[int, str]:
+        """The node's head (seq, hash), locked for this transaction, read from the database
+        (never from the session's cache)."""
+        params = {"b_node": self.node_id}
+        head = session.execute(_LOCK_HEAD, params).first()
         if head is None:
             dialect = session.get_bind().dialect.name
             values = {"node_id": self.node_id, "seq": 0, "hash": GENESIS}
@@ -139,8 +154,14 @@ class AuditLog:
                 )
             else:
                 session.execute(sqlite.insert(AuditHead).values(**values).on_conflict_do_nothing())
-            head = session.scalars(stmt).one()
-        return head
+            head = session.execute(_LOCK_HEAD, params).one()
+        return int(head[0]), str(head[1])
+
+    def _expire_cached_head(self, session: Session) -> None:
+        """An ``AuditHead`` the session loaded earlier is stale now: reload it on next use."""
+        cached = session.identity_map.get(session.identity_key(AuditHead, self.node_id))
+        if cached is not None:
+            session.expire(cached)
 
     def _checkpoint_due(self, session: Session, seq: int) -> bool:
         last = session.execute(

@@ -13,7 +13,9 @@ function, so the order below cannot be skipped by a new entry point:
    so a crash can never leave a signed certificate the CA does not know of;
 8. pkilint on a trial signature by a throw-away key; then the token signs the same TBS,
    the TBS bytes are compared and the signature verified;
-9. the certificate is stored and audited in one transaction.
+9. the certificate is stored and audited in one transaction, with its pre-signed OCSP
+   response ("good", signed just before; if the OCSP signing fails the issuance stands and
+   the pre-signer batch signs it).
 
 A refusal at any step is audited (``certificate.refused``) and changes nothing
 else; a failure after the reservation marks the reservation ``failed``.
@@ -26,28 +28,37 @@ import json
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import lru_cache
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, select, update
 
 from appliance import logs
 from appliance.audit.log import Actor
 from appliance.ceremony import x509build as xb
-from appliance.errors import ApplianceError, SignatureCheckError
+from appliance.errors import ApplianceError, DatabaseError, SignatureCheckError
 from appliance.hsm import keys, rng
 from appliance.hsm.signer import TokenPrivateKey, token_private_key
 from appliance.inventory import match as inventory
 from appliance.lint import pkilint_gate
 from appliance.ocsp import presign as ocsp_presign
+from appliance.ocsp.signer import CertStatus, SignedResponse
 from appliance.ops import authorities as authz
 from appliance.policy import names as policy
 from appliance.policy import syntax as policy_syntax
 from appliance.provisioners.settings import EffectiveClaims, ProvisionerSettings
 from appliance.runtime import Appliance
-from appliance.store.models import Authority, Certificate, HsmKey, NamePolicy, Template
+from appliance.store.models import (
+    Authority,
+    Certificate,
+    HsmKey,
+    NamePolicy,
+    OcspResponse,
+    Template,
+)
 from appliance.templates import build as template_build
 from appliance.templates import render as template_render
 
@@ -55,6 +66,17 @@ log = logs.get("issuance")
 MAX_CSR_BYTES = 10_000
 BACKDATE = timedelta(seconds=60)
 ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
+_CERTS = cast(Table, Certificate.__table__)
+# Hot statements, built once (values bound per call).
+_RESERVE = insert(_CERTS)
+_ISSUED = update(_CERTS).where(_CERTS.c.id == bindparam("b_id"), _CERTS.c.status == "reserved")
+_TEMPLATES = cast(Table, Template.__table__)
+_TEMPLATE_SOURCE = select(_TEMPLATES.c.source).where(_TEMPLATES.c.name == bindparam("b_name"))
+_NP = cast(Table, NamePolicy.__table__)
+_POLICIES = select(_NP.c.provisioner_id, _NP.c.source).where(
+    _NP.c.provisioner_id.is_(None) | (_NP.c.provisioner_id == bindparam("b_prov")))
+_AUTHORITY_STATUS = select(cast(Table, Authority.__table__).c.status).where(
+    cast(Table, Authority.__table__).c.id == bindparam("b_id"))
 
 
 class IssuanceError(ApplianceError):
@@ -149,8 +171,8 @@ class Issuer:
             csr_names = policy.Names.from_csr(csr)
         if req.credential_names is not None:
             _check_names_match(csr_names, req.credential_names)
-        signer = self._signer(req.provisioner.authority_id)
-        with self.app.db.sessions() as db:
+        with self.app.db.sessions() as db:  # one session for this request's reads
+            signer = self._signer(req.provisioner.authority_id, db)
             found = inventory.find(db, _flat_names(csr_names))
             if req.provisioner.settings.require_inventory and (found is None or found.unmatched):
                 raise inventory.InventoryError(
@@ -203,31 +225,36 @@ class Issuer:
             if cert.tbs_certificate_bytes != trial.tbs_certificate_bytes:
                 raise SignatureCheckError("signed TBS differs from the linted one")
             cert.verify_directly_issued_by(signer.cert)
-            self._store(req, actor, row_id, cert, signer, template_name, found)
+            ocsp = self._sign_ocsp(row_id, signer, serial_hex)
+            self._store(req, actor, row_id, cert, signer, template_name, found, ocsp)
         except BaseException as exc:
             self._fail(row_id, req, actor, exc)
             raise
-        self._presign_ocsp(row_id, serial_hex)
         return Issued(cert, signer.chain, serial_hex)
 
     # -- pieces ----------------------------------------------------------------
 
-    def _presign_ocsp(self, row_id: int, serial_hex: str) -> None:
-        """Its OCSP responses at once; if that fails the issuance stands, the batch retries."""
+    def _sign_ocsp(self, row_id: int, signer: _Signer, serial_hex: str
+                   ) -> tuple[SignedResponse, CertStatus] | None:
+        """The new certificate's OCSP responses ("good"), signed before the certificate is
+        stored so that they are stored in the same transaction (``_store``): a certificate
+        is never handed out without them. If signing fails the issuance stands and the
+        pre-signer batch signs them (as before)."""
+        cs = CertStatus(row_id, signer.authority.id, serial_hex, "issued")
         try:
-            ocsp_presign.presign_one(self.app, row_id)
+            return ocsp_presign.signer_for(self.app).sign(cs), cs
         except Exception:
             log.exception("pre-signing the OCSP response of a new certificate failed; the "
                           "pre-signer batch will sign it", extra={"serial": serial_hex})
+            return None
 
-    def _signer(self, authority_id: int) -> _Signer:
+    def _signer(self, authority_id: int, db: Any) -> _Signer:
         with self._lock:
             cached = self._signers.get(authority_id)
         if cached is not None:
             # The status is read on every request: a CA taken out of service stops signing
             # at once in every worker, not at their next restart.
-            with self.app.db.sessions() as db:
-                status = db.scalar(select(Authority.status).where(Authority.id == authority_id))
+            status = db.execute(_AUTHORITY_STATUS, {"b_id": authority_id}).scalar()
             if status == "active":
                 return cached
             with self._lock:
@@ -260,9 +287,9 @@ class Issuer:
 
     def _template(self, db: Any, prov: ProvisionerContext) -> tuple[str, str]:
         name = prov.settings.template or "tls-server"
-        row = db.scalars(select(Template).where(Template.name == name)).one_or_none()
-        if row is not None:
-            return name, str(row.source)
+        source = db.execute(_TEMPLATE_SOURCE, {"b_name": name}).scalar()
+        if source is not None:
+            return name, str(source)
         builtin = template_render.builtin_templates()
         if name not in builtin:
             raise IssuanceError(f"provisioner {prov.name} names template {name!r}, which does "
@@ -272,15 +299,14 @@ class Issuer:
     def policy_levels(self, db: Any, prov: ProvisionerContext
                       ) -> list[tuple[str, policy.Policy | None]]:
         """The authority's and the provisioner's name policies, in the order checked."""
-        rows = db.scalars(select(NamePolicy).where(
-            (NamePolicy.provisioner_id.is_(None)) | (NamePolicy.provisioner_id == prov.id)
-        )).all()
+        # Read on every request; only the parsing is cached, keyed by the stored text.
+        rows = db.execute(_POLICIES, {"b_prov": prov.id}).all()
         authority = next((r for r in rows if r.provisioner_id is None), None)
         mine = next((r for r in rows if r.provisioner_id == prov.id), None)
         return [
-            ("authority", policy.parse_policy(authority.source, "authority policy")
+            ("authority", _parse_policy(authority.source, "authority policy")
              if authority else None),
-            (f"provisioner {prov.name}", policy.parse_policy(mine.source, f"{prov.name} policy")
+            (f"provisioner {prov.name}", _parse_policy(mine.source, f"{prov.name} policy")
              if mine else None),
         ]
 
@@ -311,45 +337,56 @@ class Issuer:
 
     def _reserve(self, req: SignRequest, signer: _Signer, serial_hex: str, template: str,
                  inventory_id: int | None) -> int:
-        with self.app.db.transaction() as db:
-            row = Certificate(
+        # Committed before the token signs (Core: one INSERT, no unit of work).
+        with self.app.db.write() as db:
+            result = db.execute(_RESERVE, dict(
                 serial_hex=serial_hex, authority_id=signer.authority.id,
                 provisioner_id=req.provisioner.id, provisioner_name=req.provisioner.name,
                 requester=req.requester[:256], template=template,
                 inventory_record_id=inventory_id, status="reserved",
                 renewed_from=req.renewal_of, reserved_at=datetime.now(UTC),
                 request_context=json.dumps({"token": req.token_claims,
-                                            "data": req.template_data or {}}, default=str))
-            db.add(row)
-            db.flush()
-            return row.id
+                                            "data": req.template_data or {}}, default=str)))
+            key = result.inserted_primary_key
+            if not key or key[0] is None:
+                raise DatabaseError("the serial reservation returned no row id")
+            return int(key[0])
 
     def _store(self, req: SignRequest, actor: Actor, row_id: int, cert: x509.Certificate,
-               signer: _Signer, template: str, found: inventory.Match | None) -> None:
+               signer: _Signer, template: str, found: inventory.Match | None,
+               ocsp: tuple[SignedResponse, CertStatus] | None) -> None:
         der = cert.public_bytes(serialization.Encoding.DER)
         sans = _san_list(cert)
+        subject = cert.subject.rfc4514_string()
+        fingerprint = hashlib.sha256(der).hexdigest()
+        serial_hex = f"{cert.serial_number:x}"
         with self.app.db.transaction() as db:
-            row = db.get(Certificate, row_id)
-            assert row is not None
-            row.status = "issued"
-            row.der = der
-            row.subject = cert.subject.rfc4514_string()
-            row.sans = json.dumps(sans)
-            row.not_before = cert.not_valid_before_utc
-            row.not_after = cert.not_valid_after_utc
-            row.fingerprint_sha256 = hashlib.sha256(der).hexdigest()
-            row.issued_at = datetime.now(UTC)
+            # Only the reservation this request made becomes the issued certificate.
+            done = db.execute(_ISSUED, dict(
+                b_id=row_id, status="issued", der=der, subject=subject, sans=json.dumps(sans),
+                not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
+                fingerprint_sha256=fingerprint, issued_at=datetime.now(UTC)))
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                raise DatabaseError(f"serial {serial_hex}: the reservation is gone")
             self.app.audit_log().append(
                 db, "certificate.renewed" if req.renewal_of else "certificate.issued", actor,
-                object_ids={"serial": row.serial_hex, "authority": signer.authority.name,
+                object_ids={"serial": serial_hex, "authority": signer.authority.name,
                             "provisioner": req.provisioner.name},
-                details={"subject": row.subject, "sans": sans, "template": template,
+                details={"subject": subject, "sans": sans, "template": template,
                          "inventory": found.record.name if found else None,
                          "not_before": cert.not_valid_before_utc.isoformat(),
                          "not_after": cert.not_valid_after_utc.isoformat(),
-                         "fingerprint_sha256": row.fingerprint_sha256,
+                         "fingerprint_sha256": fingerprint,
                          "renewal_of": req.renewal_of,
                          "renewed_after_expiry": req.after_expiry})
+            if ocsp is not None:
+                # Signed for "issued", which this transaction set just above under its write
+                # lock (rowcount checked): the status it was signed for is the row's status,
+                # so it is stored as is (what ocsp.presign.store_signed checks, without
+                # re-reading; a prebuilt upsert, as the batch would write it).
+                signed, _ = ocsp
+                db.execute(_ocsp_upsert(self.app.db.dialect),
+                           {f: getattr(signed, f) for f in _OCSP_FIELDS})
 
     def _fail(self, row_id: int, req: SignRequest, actor: Actor, exc: BaseException) -> None:
         with self.app.db.transaction() as db:
@@ -370,6 +407,31 @@ class Issuer:
                 details={"error": exc.code, "message": str(exc)[:1000],
                          "csr_subject": req.csr.subject.rfc4514_string(),
                          "renewal_of": req.renewal_of})
+
+
+@lru_cache(maxsize=256)
+def _parse_policy(text: str, source: str) -> policy.Policy:
+    return policy.parse_policy(text, source)  # immutable (frozen model): safe to share
+
+
+_OCSP_FIELDS = ("certificate_id", "authority_id", "serial_hex", "status", "der", "der_sha256",
+                "this_update", "next_update", "produced_at")
+_OCSP_UPSERTS: dict[str, Any] = {}
+
+
+def _ocsp_upsert(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT (certificate_id) DO UPDATE of an ``ocsp_responses`` row, built
+    once per dialect (values bound per call)."""
+    stmt = _OCSP_UPSERTS.get(dialect)
+    if stmt is None:
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        table = cast(Table, OcspResponse.__table__)
+        ins: Any = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table)
+        stmt = _OCSP_UPSERTS[dialect] = ins.on_conflict_do_update(
+            index_elements=[table.c.certificate_id],
+            set_={c: getattr(ins.excluded, c) for c in _OCSP_FIELDS[1:]})
+    return stmt
 
 
 def _check_csr(csr: x509.CertificateSigningRequest) -> None:

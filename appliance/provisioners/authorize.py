@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 from datetime import UTC, datetime
+from functools import lru_cache
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from appliance.audit.log import Actor
@@ -16,13 +18,34 @@ from appliance.provisioners.settings import ProvisionerSettings, effective, sign
 from appliance.runtime import Appliance
 from appliance.store.models import Provisioner, UsedToken
 
+_PROVISIONERS = cast(Table, Provisioner.__table__)
+_USED_TOKENS = cast(Table, UsedToken.__table__)
+# Built once (values bound per call).
+_SPEND = insert(_USED_TOKENS)
+_BY_NAME = select(*(_PROVISIONERS.c[k] for k in (
+    "id", "name", "type", "config", "credential", "authority_id"))).where(
+    _PROVISIONERS.c.name == bindparam("b_name"))
+
 
 def context(app: Appliance, row: Provisioner) -> ProvisionerContext:
-    settings = ProvisionerSettings.model_validate_json(row.config)
+    return context_of(app, row.id, row.name, row.type, row.config, row.authority_id)
+
+
+def context_of(app: Appliance, id: int, name: str, type: str, config: str,
+               authority_id: int) -> ProvisionerContext:
+    """The context of a provisioner row as read on this request. Only the parsing of the
+    stored settings JSON is cached, keyed by the exact text: a changed row parses afresh on
+    the next request in every worker."""
+    settings = _settings(config)
     return ProvisionerContext(
-        id=row.id, name=row.name, type=row.type, settings=settings,
+        id=id, name=name, type=type, settings=settings,
         claims=effective(settings.claims, app.settings.config.claims),
-        authority_id=row.authority_id)
+        authority_id=authority_id)
+
+
+@lru_cache(maxsize=256)
+def _settings(config: str) -> ProvisionerSettings:
+    return ProvisionerSettings.model_validate_json(config)  # frozen: safe to share
 
 
 def audit_failure(app: Appliance, what: str, claimed: str, exc: Exception) -> None:
@@ -51,12 +74,12 @@ def _one_time_token(app: Appliance, ott: str, path: str
     """Verify a one-time token (JWK or x5c provisioner) and spend it: a second use is
     refused in every worker and node sharing the database."""
     name = tokens.unverified_issuer(ott)
-    with app.db.sessions() as db:
-        row = db.scalars(select(Provisioner).where(Provisioner.name == name)).one_or_none()
-        if row is None or row.type not in ("jwk", "x5c"):
-            raise tokens.TokenError("invalid token: unknown provisioner")
-        ctx = context(app, row)
-        credential = row.credential
+    with app.db.read() as db:  # every request: a changed provisioner counts at once
+        row = db.execute(_BY_NAME, {"b_name": name}).first()
+    if row is None or row.type not in ("jwk", "x5c"):
+        raise tokens.TokenError("invalid token: unknown provisioner")
+    ctx = context_of(app, row.id, row.name, row.type, row.config, row.authority_id)
+    credential = row.credential
     svc = app.settings.config.service
     audience = sign_audience(svc.api_hostname, svc.api_listen, path)
     if ctx.type == "jwk":
@@ -64,10 +87,13 @@ def _one_time_token(app: Appliance, ott: str, path: str
     else:
         claims = x5c.verify(ott, credential, provisioner=name, audience=audience)
     try:
-        with app.db.transaction() as db:
-            db.add(UsedToken(jti=f"{name}:{claims.jti}", provisioner_id=ctx.id,
-                             expires_at=datetime.fromtimestamp(claims.expires_at, UTC),
-                             used_at=datetime.now(UTC)))
+        # Spent before anything is issued; the primary key refuses a replay in every worker
+        # and node sharing the database (Core: one INSERT).
+        with app.db.write() as db:
+            db.execute(_SPEND, {
+                "jti": f"{name}:{claims.jti}", "provisioner_id": ctx.id,
+                "expires_at": datetime.fromtimestamp(claims.expires_at, UTC),
+                "used_at": datetime.now(UTC)})
     except IntegrityError:
         raise tokens.TokenError("token already used") from None
     return ctx, claims

@@ -16,6 +16,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import jwt
@@ -76,6 +77,13 @@ def mint(key: ec.EllipticCurvePrivateKey, *, provisioner: str, audience: str,
     return jwt.encode(claims, key, algorithm=ALGORITHM, headers=headers)
 
 
+@lru_cache(maxsize=256)
+def _verifying_key(jwk_text: str) -> Any:
+    """The provisioner's public key, parsed once per distinct stored JWK text (a changed
+    credential is a different text, so it takes effect on the next request)."""
+    return jwt.PyJWK(json.loads(jwk_text), algorithm=ALGORITHM).key
+
+
 def unverified_issuer(token: str) -> str:
     """The provisioner a token names, to find its key (nothing is trusted yet)."""
     if len(token) > MAX_TOKEN_BYTES:
@@ -93,7 +101,7 @@ def verify(token: str, jwk: dict[str, Any], *, provisioner: str, audience: str) 
     if len(token) > MAX_TOKEN_BYTES:
         raise TokenError("token too large")
     try:
-        key = jwt.PyJWK(jwk, algorithm=ALGORITHM).key
+        key = _verifying_key(json.dumps(jwk, sort_keys=True))
         claims = jwt.decode(
             token, key, algorithms=[ALGORITHM], audience=audience, issuer=provisioner,
             leeway=LEEWAY, options={"require": ["exp", "nbf", "iat", "jti", "sub", "iss", "aud"]},

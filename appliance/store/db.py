@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -74,6 +74,29 @@ class Database:
                     yield session
             except OperationalError as exc:
                 raise DatabaseError(f"database error: {exc.orig!r}") from exc
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One writing transaction on a Core connection (no ORM session): for hot paths that
+        write a row or two. Same locking as ``transaction`` (``BEGIN IMMEDIATE`` on SQLite);
+        commits at the end, or not at all."""
+        try:
+            with self.engine.connect() as conn:
+                if self.dialect == "sqlite":
+                    conn.execution_options(sqlite_immediate=True)
+                with conn.begin():
+                    yield conn
+        except OperationalError as exc:
+            raise DatabaseError(f"database error: {exc.orig!r}") from exc
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A Core connection for a few reads in one snapshot (no ORM session)."""
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+        except OperationalError as exc:
+            raise DatabaseError(f"database error: {exc.orig!r}") from exc
 
     def dispose(self) -> None:
         self.engine.dispose()
