@@ -74,6 +74,10 @@ _INSERT_AUTHZ = insert(_AUTHZS)
 _INSERT_CHALL = insert(_CHALLS)
 _ORDER_BY_ID = select(_ORDERS).where(_ORDERS.c.id == bindparam("b_id"))
 _SET_ORDER = update(_ORDERS).where(_ORDERS.c.id == bindparam("b_id"))
+# ready -> processing only from ready: on PostgreSQL two finalize requests can both read
+# "ready" (no write lock on reads there); only one of them changes the row.
+_CLAIM_ORDER = update(_ORDERS).where(_ORDERS.c.id == bindparam("b_id"),
+                                     _ORDERS.c.status == "ready").values(status="processing")
 _SET_AUTHZ = update(_AUTHZS).where(_AUTHZS.c.id == bindparam("b_id"))
 _SET_CHALL = update(_CHALLS).where(_CHALLS.c.id == bindparam("b_id"))
 _AUTHZ_IDS = select(_AUTHZS.c.id).where(_AUTHZS.c.order_id == bindparam("b_order")).order_by(
@@ -592,8 +596,10 @@ class AcmeService:
                 raise AcmeProblem("orderNotReady", f"the order is {status}, not ready")
             idents = [Identifier(i["type"], i["value"]) for i in json.loads(found.identifiers)]
             _check_csr_names(csr, idents)
-            # under the write lock: ready -> processing exactly once
-            db.execute(_SET_ORDER, {"b_id": order_id, "status": "processing"})
+            # ready -> processing exactly once, whichever database and however many workers
+            claimed = db.execute(_CLAIM_ORDER, {"b_id": order_id})
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                raise AcmeProblem("orderNotReady", "the order is being finalized already")
             not_before, not_after = found.not_before, found.not_after
         eab_level = self._eab_level(acct)
         try:
