@@ -20,11 +20,22 @@ def _appliance() -> Appliance:
     return Appliance(settings)
 
 
+def _quiet_server_header() -> None:
+    """gunicorn writes ``Server: gunicorn`` into every response itself (the app cannot
+    remove it): it names the software and its family to anyone scanning. Its Response
+    reads the name from this module global on each response."""
+    import importlib
+
+    setattr(importlib.import_module("gunicorn.http.wsgi"), "SERVER", "appliance")  # noqa: B010
+
+
 def api_app() -> Flask:
+    _quiet_server_header()
     return create_app(_appliance())
 
 
 def public_app() -> Callable[[dict[str, Any], public.StartResponse], Iterable[bytes]]:
+    _quiet_server_header()
     return public.make_app(_appliance())
 
 

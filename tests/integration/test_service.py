@@ -523,6 +523,7 @@ def test_security_headers_limits_and_json_errors(server: Server) -> None:
         assert "default-src 'none'" in r.headers["Content-Security-Policy"]
         assert r.headers["Cache-Control"] == "no-store"
         assert r.headers["X-Frame-Options"] == "DENY"
+        assert "gunicorn" not in r.headers.get("Server", "").lower()
     assert server.get("/1.0/health").json() == {"status": "ok"}
     # Over service.max_request_bytes: 413 JSON, and the keep-alive connection stays usable
     # (gunicorn drops it, unannounced, if more than 64 KiB of a body is left unread).
