@@ -44,7 +44,9 @@ def _defaults(_endpoint: str, values: dict[str, Any]) -> None:
 @bp.before_request
 def _context() -> None:
     name = g.acme_provisioner
-    if request.method == "POST" and request.path.rsplit("/", 1)[-1] in RATE_LIMITED:
+    parts = request.path.rsplit("/", 2)
+    # Challenge POSTs too: each may hold a worker thread for a whole validation.
+    if request.method == "POST" and (parts[-1] in RATE_LIMITED or parts[-2] == "chall"):
         limiter = current_app.extensions.get("rate_limiter")
         if limiter is not None and not limiter.allow(request.remote_addr or "?"):
             raise AcmeProblem("rateLimited", "too many requests; slow down",

@@ -588,3 +588,25 @@ def test_cli_refuses_bad_acme_settings_and_changes_nothing(env: Env) -> None:
     assert r.returncode == 1
     shown = json.loads(env.server.cli("provisioner", "show", "team", "--json").stdout)
     assert shown["require_eab"] is True and shown["directory"] == env.directory("team")
+
+
+def test_rate_limit_answers_rate_limited_problems(env: Env, tmp_path: Path) -> None:
+    """new-account, new-order, finalize, key-change, revoke-cert and challenge POSTs share the
+    per-client limit (a challenge may hold a worker for a whole validation)."""
+    from tests.ceremony_helpers import clone_data_dir
+
+    d = clone_data_dir(env.server.data_dir, tmp_path / "data")
+    for leftover in ("serve.log",):
+        (d / leftover).unlink(missing_ok=True)
+    with serving(d, rate_limit_per_minute=6) as srv:  # a burst of 1, then one per 10 s
+        c = Client(f"{srv.api}/acme/acme/directory", srv.roots)
+        assert c.register().status_code == 201
+        r = c.order(("dns", "limited.test"))
+        assert r.status_code == 429
+        assert r.headers["Content-Type"] == "application/problem+json"
+        assert r.json()["type"] == "urn:ietf:params:acme:error:rateLimited"
+        assert r.headers["Retry-After"] and r.headers["Replay-Nonce"]
+        r = c.post(f"{srv.api}/acme/acme/chall/whatever", {})
+        assert r.status_code == 429
+        # reads are not limited
+        assert c.post(c.kid or "", None).status_code == 200
