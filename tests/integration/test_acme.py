@@ -610,3 +610,36 @@ def test_rate_limit_answers_rate_limited_problems(env: Env, tmp_path: Path) -> N
         assert r.status_code == 429
         # reads are not limited
         assert c.post(c.kid or "", None).status_code == 200
+
+
+@pytest.mark.postgres
+def test_certbot_issues_and_revokes_on_postgresql(env: Env, tmp_path: Path,
+                                                  pg_available: bool,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same ACME flow with the database on PostgreSQL (several nodes share one CA so):
+    the hot paths' SQL, nonces and the audit chain on the other dialect."""
+    from tests.conftest import create_pg_database, drop_pg_database, require_pg
+
+    require_pg(pg_available)
+    url = create_pg_database()
+    try:
+        monkeypatch.setenv("APPLIANCE_DATABASE_URL", url)
+        d = tmp_path / "data"
+        run_cli("quickstart", "--dir", str(d), check=True)
+        with (d / "appliance.yaml").open("a") as f:
+            f.write(f"\nacme:\n  http01_port: {env.http01}\n"
+                    f"  resolvers: [\"127.0.0.1:{env.dns.port}\"]\n")
+        with serving(d) as srv:
+            pg_env = Env(srv, env.dns, env.http01, env.alpn, env.records, tmp_path)
+            certbot_certonly(pg_env, tmp_path / "cb", "pg.test")
+            live = tmp_path / "cb" / "conf" / "live" / "main"
+            leaf, issuer = split_chain(live / "fullchain.pem", tmp_path)
+            verify(pg_env, leaf, issuer)
+            certbot(pg_env, tmp_path / "cb", "revoke", "--cert-path", str(live / "cert.pem"),
+                    "--no-delete-after-revoke", "--server", pg_env.directory())
+            assert ocsp_status(pg_env, leaf, issuer) == "revoked"
+            out = srv.cli("audit", "verify").stdout
+            assert "intact" in out, out
+        assert srv.proc.returncode == 0, srv.log.read_text()
+    finally:
+        drop_pg_database(url)
