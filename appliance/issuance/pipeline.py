@@ -56,7 +56,6 @@ from appliance.store.models import (
     Certificate,
     HsmKey,
     NamePolicy,
-    OcspResponse,
     Template,
 )
 from appliance.templates import build as template_build
@@ -383,10 +382,10 @@ class Issuer:
                 # Signed for "issued", which this transaction set just above under its write
                 # lock (rowcount checked): the status it was signed for is the row's status,
                 # so it is stored as is (what ocsp.presign.store_signed checks, without
-                # re-reading; a prebuilt upsert, as the batch would write it).
+                # re-reading), with the batch's own statement.
                 signed, _ = ocsp
-                db.execute(_ocsp_upsert(self.app.db.dialect),
-                           {f: getattr(signed, f) for f in _OCSP_FIELDS})
+                db.execute(ocsp_presign.upsert_statement(self.app.db.dialect),
+                           ocsp_presign.row_values(signed))
 
     def _fail(self, row_id: int, req: SignRequest, actor: Actor, exc: BaseException) -> None:
         with self.app.db.transaction() as db:
@@ -412,26 +411,6 @@ class Issuer:
 @lru_cache(maxsize=256)
 def _parse_policy(text: str, source: str) -> policy.Policy:
     return policy.parse_policy(text, source)  # immutable (frozen model): safe to share
-
-
-_OCSP_FIELDS = ("certificate_id", "authority_id", "serial_hex", "status", "der", "der_sha256",
-                "this_update", "next_update", "produced_at")
-_OCSP_UPSERTS: dict[str, Any] = {}
-
-
-def _ocsp_upsert(dialect: str) -> Any:
-    """INSERT ... ON CONFLICT (certificate_id) DO UPDATE of an ``ocsp_responses`` row, built
-    once per dialect (values bound per call)."""
-    stmt = _OCSP_UPSERTS.get(dialect)
-    if stmt is None:
-        from sqlalchemy.dialects import postgresql, sqlite
-
-        table = cast(Table, OcspResponse.__table__)
-        ins: Any = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table)
-        stmt = _OCSP_UPSERTS[dialect] = ins.on_conflict_do_update(
-            index_elements=[table.c.certificate_id],
-            set_={c: getattr(ins.excluded, c) for c in _OCSP_FIELDS[1:]})
-    return stmt
 
 
 def _check_csr(csr: x509.CertificateSigningRequest) -> None:

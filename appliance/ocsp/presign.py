@@ -120,24 +120,36 @@ def store_signed(db: Session, signed: Sequence[SignedResponse],
     for s in signed:
         if now_status.get(s.certificate_id) != expected[s.certificate_id].status:
             continue
-        rows.append({"certificate_id": s.certificate_id, "authority_id": s.authority_id,
-                     "serial_hex": s.serial_hex, "status": s.status, "der": s.der,
-                     "der_sha256": s.der_sha256, "this_update": s.this_update,
-                     "next_update": s.next_update, "produced_at": s.produced_at})
+        rows.append(row_values(s))
     if rows:
-        db.execute(_upsert(db.get_bind().dialect.name), rows)
+        db.execute(upsert_statement(db.get_bind().dialect.name), rows)
     return len(rows)
 
 
-def _upsert(dialect: str) -> Any:
-    from sqlalchemy.dialects import postgresql, sqlite
+_ROW_FIELDS = ("certificate_id", "authority_id", "serial_hex", "status", "der", "der_sha256",
+               "this_update", "next_update", "produced_at")
+_UPSERTS: dict[str, Any] = {}
 
-    stmt: Any = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(OcspResponse)
-    return stmt.on_conflict_do_update(
-        index_elements=[OcspResponse.certificate_id],
-        set_={c: getattr(stmt.excluded, c) for c in (
-            "authority_id", "serial_hex", "status", "der", "der_sha256", "this_update",
-            "next_update", "produced_at")})
+
+def row_values(signed: SignedResponse) -> dict[str, Any]:
+    """The ``ocsp_responses`` row of a signed response (bound to ``upsert_statement``)."""
+    return {f: getattr(signed, f) for f in _ROW_FIELDS}
+
+
+def upsert_statement(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT (certificate_id) DO UPDATE of an ``ocsp_responses`` row, built
+    once per dialect: building it costs more than running it. The caller must know the
+    certificate still has the status the response was signed for (``store_signed`` checks;
+    the issuance pipeline writes in the transaction that sets it)."""
+    stmt = _UPSERTS.get(dialect)
+    if stmt is None:
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        ins: Any = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(OcspResponse)
+        stmt = _UPSERTS[dialect] = ins.on_conflict_do_update(
+            index_elements=[OcspResponse.certificate_id],
+            set_={c: getattr(ins.excluded, c) for c in _ROW_FIELDS[1:]})
+    return stmt
 
 
 # -- the batch --------------------------------------------------------------------------------

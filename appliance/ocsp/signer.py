@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
 from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo, Prehashed
 from cryptography.x509 import ocsp
@@ -199,21 +199,6 @@ def utc(value: datetime) -> datetime:
 
 def validity_of(app: Appliance) -> timedelta:
     return timedelta(seconds=durations.parse(app.settings.config.ocsp.validity))
-
-
-def verify_response(resp: ocsp.OCSPResponse, public: PublicKey) -> None:
-    """The response's signature over its TBS bytes, with the responder's public key."""
-    algo = resp.signature_hash_algorithm
-    if algo is None:
-        raise SignatureCheckError("OCSP response without a signature hash")
-    try:
-        if isinstance(public, rsa.RSAPublicKey):
-            public.verify(resp.signature, resp.tbs_response_bytes, padding.PKCS1v15(), algo)
-        else:
-            public.verify(resp.signature, resp.tbs_response_bytes, ec.ECDSA(algo))
-    except InvalidSignature:
-        raise SignatureCheckError("OCSP response signature does not verify; not released") \
-            from None
 
 
 class OcspSigner:
