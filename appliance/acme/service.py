@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from josepy.jwk import JWK
 from sqlalchemy import Table, bindparam, insert, select, update
 
-from appliance import durations, logs
+from appliance import durations, logs, rfc3339
 from appliance.acme import ari, eab, jws, validation
 from appliance.acme.identifiers import Identifier, parse_list
 from appliance.acme.nonces import Nonces
@@ -53,6 +53,7 @@ from appliance.store.models import (
     Certificate,
     Provisioner,
 )
+from appliance.templates import build as template_build
 from appliance.templates.render import TemplateRefusal
 
 log = logs.get("acme")
@@ -415,8 +416,9 @@ class AcmeService:
                               "order")
 
     def _order_json(self, ctx: Ctx, order: Any, authz_ids: list[str]) -> dict[str, Any]:
+        status = _order_status(order)
         out: dict[str, Any] = {
-            "status": order.status, "expires": _iso(order.expires_at),
+            "status": status, "expires": _iso(order.expires_at),
             "identifiers": json.loads(order.identifiers),
             "authorizations": [ctx.url("authz", a) for a in authz_ids],
             "finalize": ctx.url("order", order.id, "finalize"),
@@ -429,27 +431,20 @@ class AcmeService:
             out["replaces"] = order.replaces
         if order.error:
             out["error"] = json.loads(order.error)
-        if order.certificate_serial and order.status == "valid":
+        elif status != order.status:
+            out["error"] = {"type": "urn:ietf:params:acme:error:malformed",
+                            "detail": "the order expired"}
+        if order.certificate_serial and status == "valid":
             out["certificate"] = ctx.url("cert", order.certificate_serial)
         return out
 
-    def _load_order(self, db: Any, acct: AcmeAccount, order_id: str) -> AcmeOrder:
-        order = db.get(AcmeOrder, order_id)
-        if order is None or order.account_id != acct.id:
-            raise AcmeProblem("malformed", "no such order", status=404)
-        if order.status in ("pending", "ready") and _aware(order.expires_at) <= datetime.now(UTC):
-            order.status = "invalid"
-            order.error = json.dumps({"type": "urn:ietf:params:acme:error:malformed",
-                                      "detail": "the order expired"})
-        return order  # type: ignore[no-any-return]
-
     def get_order(self, ctx: Ctx, acct: AcmeAccount, order_id: str) -> Reply:
         with self.app.db.sessions() as db:
-            order = self._load_order(db, acct, order_id)
-            authz_ids = db.scalars(select(AcmeAuthorization.id).where(
-                AcmeAuthorization.order_id == order_id).order_by(
-                AcmeAuthorization.identifier_value)).all()
-            body = self._order_json(ctx, order, list(authz_ids))
+            found = db.execute(_ORDER_BY_ID, {"b_id": order_id}).first()
+            if found is None or found.account_id != acct.id:
+                raise AcmeProblem("malformed", "no such order", status=404)
+            authz_ids = db.execute(_AUTHZ_IDS, {"b_order": order_id}).scalars().all()
+        body = self._order_json(ctx, found, list(authz_ids))
         headers = {"Retry-After": str(self.app.settings.config.acme.retry_after_seconds)} \
             if body["status"] in ("pending", "processing") else {}
         return Reply(200, body, headers)
@@ -709,20 +704,14 @@ class AcmeService:
                 Certificate.serial_hex == cid.serial_hex)).one_or_none()
             ca = db.get(Authority, row.authority_id) if row is not None else None
             if row is None or ca is None or row.not_before is None or row.not_after is None \
-                    or _ski(authz.certificate(ca)) != cid.key_identifier:
+                    or template_build.authority_key_identifier(
+                        authz.certificate(ca)).key_identifier != cid.key_identifier:
                 raise AcmeProblem("malformed", "no certificate with that certID", status=404)
             start, end = ari.window(_aware(row.not_before), _aware(row.not_after),
                                     _aware(row.revoked_at) if row.revoked_at else None)
         retry = self.app.settings.config.acme.ari_retry_after_seconds
         return Reply(200, {"suggestedWindow": {"start": _iso(start), "end": _iso(end)}},
                      {"Retry-After": str(retry)})
-
-
-def _ski(cert: x509.Certificate) -> bytes:
-    try:
-        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-    except x509.ExtensionNotFound:
-        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
 
 
 class _Row:
@@ -776,13 +765,10 @@ def _contacts(value: Any) -> list[str]:
 def _time(value: Any, what: str) -> datetime | None:
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > 64:
-        raise AcmeProblem("malformed", f"{what} must be an RFC 3339 time")
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return rfc3339.parse(value)
     except ValueError:
         raise AcmeProblem("malformed", f"{what} must be an RFC 3339 time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _check_csr_names(csr: x509.CertificateSigningRequest, idents: list[Identifier]) -> None:

@@ -73,7 +73,8 @@ def effective_validity(desc: CertificateDescription, not_before: datetime, not_a
     return start, end
 
 
-def _authority_key_identifier(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+def authority_key_identifier(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The AKI every certificate ``issuer`` signs carries (ARI's certID names it too)."""
     try:
         ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     except x509.ExtensionNotFound:
@@ -165,7 +166,7 @@ def to_builder(desc: CertificateDescription, *, public_key: CertificatePublicKey
         builder, subject_key=public_key, issuer_key=None, policies=list(desc.policies),
         crl_urls=list(desc.crl_urls), ocsp_urls=list(desc.ocsp_urls),
         ca_issuers_urls=list(desc.ca_issuers_urls))
-    builder = builder.add_extension(_authority_key_identifier(issuer), critical=False)
+    builder = builder.add_extension(authority_key_identifier(issuer), critical=False)
     for ext in desc.extensions:
         builder = builder.add_extension(
             x509.UnrecognizedExtension(ObjectIdentifier(ext.oid), ext.der), critical=ext.critical)
