@@ -20,7 +20,9 @@ Measures, in one run:
   ``PEBBLE_VA_NOSLEEP=1`` (no random sleep before its always-valid answer), driven by
   the same client loop. Pebble validates and issues in the background, so the loop
   polls the authorization and the order (every 20 ms, Retry-After ignored) when an
-  answer is not final yet; the appliance answers both synchronously.
+  answer is not final yet. The appliance validates in the background too, but a challenge
+  POST waits up to ``acme.validation_wait_seconds`` (1 s) for the outcome, so with a
+  quick http-01 target it answers the final status and the loop does not poll.
 
 Server CPU is user + system time from /proc of every process in the server's process
 group (appliance: ``serve``, both gunicorn arbiters and their workers; pebble: its one

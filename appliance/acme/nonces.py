@@ -22,6 +22,7 @@ from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from appliance import durations
+from appliance.audit.log import Actor
 from appliance.runtime import Appliance
 from appliance.store.models import AcmeSecret, AcmeUsedNonce
 
@@ -57,6 +58,11 @@ class Nonces:
         try:
             with self.app.db.transaction() as db:
                 db.add(AcmeSecret(name=KEY_NAME, value=os.urandom(32)))
+                db.flush()  # a second maker fails here, before anything is audited
+                self.app.audit_log().append(
+                    db, "acme.nonce_key.created", Actor("appliance:acme", "system"),
+                    object_ids={"secret": KEY_NAME},
+                    details={"bytes": 32, "purpose": "MAC of ACME replay nonces"})
         except IntegrityError:
             pass  # another worker made it first: use theirs
         with self.app.db.sessions() as db:

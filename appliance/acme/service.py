@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -26,6 +27,7 @@ from appliance.acme import ari, eab, jws, validation
 from appliance.acme.identifiers import Identifier, parse_list
 from appliance.acme.nonces import Nonces
 from appliance.acme.problems import AcmeProblem, subproblem
+from appliance.acme.validation_pool import ValidationPool
 from appliance.audit.log import Actor
 from appliance.errors import ApplianceError
 from appliance.inventory.match import InventoryError
@@ -58,6 +60,10 @@ from appliance.templates.render import TemplateRefusal
 
 log = logs.get("acme")
 MAX_CONTACTS = 4
+# An attempt is bounded by the validation timeout; one older than that plus this margin
+# (clock differences between nodes, the recording transaction) belongs to a process that
+# died. Restarting early is harmless anyway: only the attempt holding the claim records.
+STALE_MARGIN_SECONDS = 10
 _PROVISIONERS = cast(Table, Provisioner.__table__)
 _ACCOUNTS = cast(Table, AcmeAccount.__table__)
 # Per-request reads, built once (values bound per call).
@@ -81,6 +87,15 @@ _CLAIM_ORDER = update(_ORDERS).where(_ORDERS.c.id == bindparam("b_id"),
                                      _ORDERS.c.status == "ready").values(status="processing")
 _SET_AUTHZ = update(_AUTHZS).where(_AUTHZS.c.id == bindparam("b_id"))
 _SET_CHALL = update(_CHALLS).where(_CHALLS.c.id == bindparam("b_id"))
+# pending -> processing, or a stale processing attempt restarted, only from exactly the
+# state the request read: of two POSTs racing on any database, one wins.
+_CLAIM_CHALL = update(_CHALLS).where(
+    _CHALLS.c.id == bindparam("b_id"), _CHALLS.c.status == "pending").values(
+    status="processing", processing_since=bindparam("b_started"))
+_RECLAIM_CHALL = update(_CHALLS).where(
+    _CHALLS.c.id == bindparam("b_id"), _CHALLS.c.status == "processing",
+    _CHALLS.c.processing_since == bindparam("b_since")).values(
+    processing_since=bindparam("b_started"))
 _AUTHZ_IDS = select(_AUTHZS.c.id).where(_AUTHZS.c.order_id == bindparam("b_order")).order_by(
     _AUTHZS.c.identifier_value)
 _AUTHZ_STATUSES = select(_AUTHZS.c.status).where(_AUTHZS.c.order_id == bindparam("b_order"))
@@ -89,7 +104,7 @@ _CHALLS_OF = select(_CHALLS).where(_CHALLS.c.authorization_id == bindparam("b_au
     _CHALLS.c.type)
 _CHALL_AND_AUTHZ = select(
     _CHALLS.c.id, _CHALLS.c.authorization_id, _CHALLS.c.type, _CHALLS.c.token,
-    _CHALLS.c.status, _CHALLS.c.validated_at, _CHALLS.c.error,
+    _CHALLS.c.status, _CHALLS.c.validated_at, _CHALLS.c.error, _CHALLS.c.processing_since,
     _AUTHZS.c.account_id, _AUTHZS.c.order_id, _AUTHZS.c.status.label("authz_status"),
     _AUTHZS.c.expires_at, _AUTHZS.c.identifier_type, _AUTHZS.c.identifier_value,
 ).select_from(_CHALLS.join(_AUTHZS, _AUTHZS.c.id == _CHALLS.c.authorization_id)).where(
@@ -153,6 +168,7 @@ class AcmeService:
             http_port=cfg.http01_port, tls_alpn_port=cfg.tls_alpn01_port,
             resolvers=tuple(cfg.resolvers), timeout=cfg.validation_timeout_seconds)
         self.order_lifetime = timedelta(seconds=durations.parse(cfg.order_lifetime))
+        self.pool = ValidationPool(cfg.max_concurrent_validations)
 
     # -- context ----------------------------------------------------------------
 
@@ -511,8 +527,15 @@ class AcmeService:
 
     def challenge(self, ctx: Ctx, acct: AcmeAccount, chall_id: str,
                   req: jws.Verified) -> Reply:
-        """POST {} starts validation (done before the answer, bounded by the timeout);
-        POST-as-GET only reads."""
+        """POST {} starts validation; POST-as-GET only reads.
+
+        The attempt runs in the bounded validation pool (a slow or silent target does
+        not hold a request worker); the request waits up to
+        ``acme.validation_wait_seconds`` for the outcome and otherwise answers
+        "processing" with Retry-After (RFC 8555 §7.5.1), the client polls. A challenge
+        left "processing" by a process that died can be started again once its attempt
+        is older than the validation timeout plus a margin.
+        """
         start = not req.post_as_get
         if start:
             req.json()  # must be a JSON object (normally {})
@@ -520,46 +543,108 @@ class AcmeService:
             ch = conn.execute(_CHALL_AND_AUTHZ, {"b_id": chall_id}).first()
         if ch is None or ch.account_id != acct.id:
             raise AcmeProblem("malformed", "no such challenge", status=404)
-        authz_id = ch.authorization_id
-        up = {"Link": f'<{ctx.url("authz", authz_id)}>;rel="up"'}
-        if not start or ch.status != "pending" or ch.authz_status != "pending":
-            return Reply(200, self._challenge_json(ctx, ch), up)
-        if _aware(ch.expires_at) <= datetime.now(UTC):
+        up = {"Link": f'<{ctx.url("authz", ch.authorization_id)}>;rel="up"'}
+        now = datetime.now(UTC)
+        if not start or ch.authz_status != "pending" or not (
+                ch.status == "pending" or self._stale(ch, now)):
+            return self._challenge_reply(ctx, ch, up)
+        if _aware(ch.expires_at) <= now:
             raise AcmeProblem("malformed", "the authorization has expired")
-        key_auth = validation.key_authorization(ch.token, acct.thumbprint)
-        error: dict[str, Any] | None = None
+        started = now.replace(microsecond=0)
+        reserved = False
         try:
-            checked = validation.validate(ch.type, ch.identifier_type, ch.identifier_value,
-                                          ch.token, key_auth, self.validation)
-        except validation.ValidationError as exc:
-            checked = ""
-            error = {"type": "urn:ietf:params:acme:error:" + exc.problem, "detail": str(exc),
-                     "status": 400}
+            with self.app.db.transaction() as db:
+                if ch.status == "pending":
+                    claimed = db.execute(_CLAIM_CHALL, {"b_id": ch.id, "b_started": started})
+                else:
+                    claimed = db.execute(_RECLAIM_CHALL, {
+                        "b_id": ch.id, "b_since": ch.processing_since, "b_started": started})
+                if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                    # A slot is taken before the claim commits: a full pool undoes the
+                    # claim, and nobody ever sees an attempt that will not run.
+                    if not self.pool.reserve():
+                        raise AcmeProblem(
+                            "rateLimited", "too many validations are running; retry later",
+                            headers={"Retry-After": str(
+                                self.app.settings.config.acme.retry_after_seconds)})
+                    reserved = True
+                    if ch.status == "processing":
+                        self.app.audit_log().append(
+                            db, "acme.challenge.restarted",
+                            Actor(f"acme:{acct.id}", "client"),
+                            object_ids={"challenge": ch.id,
+                                        "authorization": ch.authorization_id,
+                                        "account": acct.id, "provisioner": ctx.prov.name},
+                            details={"interrupted_attempt_started": _iso(
+                                ch.processing_since)})
+        except BaseException:
+            if reserved:
+                self.pool.release()
+            raise
+        if not reserved:
+            # Another request claimed it first: show where its attempt is.
+            with self.app.db.read() as conn:
+                return self._challenge_reply(ctx, conn.execute(
+                    _CHALL_AND_AUTHZ, {"b_id": ch.id}).one(), up)
+        job = _Validation(self, ctx.prov.name, acct.id, acct.thumbprint, ch, started)
+        future = self.pool.submit(job.run)
+        wait = self.app.settings.config.acme.validation_wait_seconds
+        if wait > 0:  # done or not, the row says where the attempt is
+            futures.wait([future], timeout=wait)
+        with self.app.db.read() as conn:
+            return self._challenge_reply(
+                ctx, conn.execute(_CHALL_AND_AUTHZ, {"b_id": ch.id}).one(), up)
+
+    def _stale(self, ch: Any, now: datetime) -> bool:
+        """A "processing" attempt older than any live one can be (its process died)."""
+        if ch.status != "processing" or ch.processing_since is None:
+            return False
+        limit = self.validation.timeout + STALE_MARGIN_SECONDS
+        return bool(_aware(ch.processing_since) + timedelta(seconds=limit) < now)
+
+    def _challenge_reply(self, ctx: Ctx, ch: Any, up: dict[str, str]) -> Reply:
+        headers = dict(up)
+        if ch.status == "processing":
+            headers["Retry-After"] = str(self.app.settings.config.acme.retry_after_seconds)
+        return Reply(200, self._challenge_json(ctx, ch), headers)
+
+    def record_validation(self, prov_name: str, account_id: str, ch: Any,
+                          started: datetime, checked: str,
+                          error: dict[str, Any] | None) -> None:
+        """Store one attempt's outcome and audit it, in one transaction; only the attempt
+        that holds the claim (same start time, still processing) changes the rows."""
         now = datetime.now(UTC).replace(microsecond=0)
         with self.app.db.transaction() as db:
-            # Re-read under the write lock: only a still-pending challenge and authorization
-            # change (Core statements).
             row: Any = db.execute(_CHALL_AND_AUTHZ, {"b_id": ch.id}).one()
-            if row.status == "pending" and row.authz_status == "pending":
+            mine = row.status == "processing" and row.processing_since is not None and \
+                _aware(row.processing_since) == started
+            recorded = False
+            if mine:
                 new = {"status": "invalid" if error else "valid",
                        "error": json.dumps(error) if error else None,
-                       "validated_at": None if error else now}
+                       "validated_at": None if error else now, "processing_since": None}
+                if row.authz_status != "pending":  # deactivated or expired meanwhile
+                    new = {"status": "invalid", "processing_since": None, "validated_at": None,
+                           "error": json.dumps({
+                               "type": "urn:ietf:params:acme:error:malformed",
+                               "detail": f"the authorization became {row.authz_status}",
+                               "status": 400})}
                 db.execute(_SET_CHALL, {"b_id": ch.id, **new})
-                db.execute(_SET_AUTHZ, {"b_id": authz_id, "status": new["status"]})
-                self._advance_order(db, row.order_id)
-                row = {**row._asdict(), **new}
-            else:
-                row = row._asdict()
+                if row.authz_status == "pending":
+                    db.execute(_SET_AUTHZ, {"b_id": ch.authorization_id,
+                                            "status": new["status"]})
+                    self._advance_order(db, row.order_id)
+                recorded = True
             self.app.audit_log().append(
                 db, "acme.challenge.validated" if not error else "acme.challenge.failed",
-                Actor(f"acme:{acct.id}", "client"), outcome="success" if not error else
-                "failure", object_ids={"challenge": ch.id, "authorization": authz_id,
-                                       "account": acct.id, "provisioner": ctx.prov.name},
+                Actor(f"acme:{account_id}", "client"), outcome="success" if not error else
+                "failure", object_ids={"challenge": ch.id,
+                                       "authorization": ch.authorization_id,
+                                       "account": account_id, "provisioner": prov_name},
                 details={"type": ch.type, "identifier": {"type": ch.identifier_type,
                                                          "value": ch.identifier_value},
-                         "checked": checked, "error": error})
-        body = self._challenge_json(ctx, _Row(row))
-        return Reply(200, body, up)
+                         "checked": checked, "error": error, "started": _iso(started),
+                         "recorded": recorded})
 
     def _advance_order(self, db: Any, order_id: str) -> None:
         order = db.execute(_ORDER_BY_ID, {"b_id": order_id}).first()
@@ -712,6 +797,36 @@ class AcmeService:
         retry = self.app.settings.config.acme.ari_retry_after_seconds
         return Reply(200, {"suggestedWindow": {"start": _iso(start), "end": _iso(end)}},
                      {"Retry-After": str(retry)})
+
+
+class _Validation:
+    """One attempt, run on a pool thread: validate, then record (never raises to the pool
+    for a validation failure; those are outcomes)."""
+
+    def __init__(self, service: AcmeService, prov_name: str, account_id: str,
+                 thumbprint: str, ch: Any, started: datetime) -> None:
+        self.service, self.prov_name, self.account_id = service, prov_name, account_id
+        self.thumbprint, self.ch, self.started = thumbprint, ch, started
+
+    def run(self) -> None:
+        ch = self.ch
+        key_auth = validation.key_authorization(ch.token, self.thumbprint)
+        error: dict[str, Any] | None = None
+        try:
+            checked = validation.validate(ch.type, ch.identifier_type, ch.identifier_value,
+                                          ch.token, key_auth, self.service.validation)
+        except validation.ValidationError as exc:
+            checked = ""
+            error = {"type": "urn:ietf:params:acme:error:" + exc.problem,
+                     "detail": str(exc), "status": 400}
+        except Exception as exc:  # a bug must not leave the challenge looking alive
+            log.exception("validation of challenge %s raised", ch.id)
+            checked = ""
+            error = {"type": "urn:ietf:params:acme:error:serverInternal",
+                     "detail": f"validation failed on the server: {type(exc).__name__}",
+                     "status": 500}
+        self.service.record_validation(self.prov_name, self.account_id, ch, self.started,
+                                       checked, error)
 
 
 class _Row:

@@ -369,3 +369,6 @@ class AcmeChallenge(Base):
     status: Mapped[str] = mapped_column(String(16))  # pending|processing|valid|invalid
     validated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # When the running validation attempt started (status "processing"); see migration 0007.
+    processing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                              nullable=True)

@@ -3,6 +3,7 @@ database, the shared nonce key, EAB keys sealed at rest, one account per key."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,9 +16,17 @@ from sqlalchemy.exc import IntegrityError
 from appliance.acme import eab
 from appliance.acme.nonces import Nonces
 from appliance.acme.problems import AcmeProblem
+from appliance.audit.log import AuditLog
 from appliance.config import ApplianceConfig
 from appliance.store.db import Database
-from appliance.store.models import AcmeAccount, AcmeEabKey, AcmeSecret, Authority, Provisioner
+from appliance.store.models import (
+    AcmeAccount,
+    AcmeEabKey,
+    AcmeSecret,
+    AuditEvent,
+    Authority,
+    Provisioner,
+)
 
 
 @dataclass
@@ -26,6 +35,9 @@ class _App:
 
     db: Database
     settings: SimpleNamespace
+
+    def audit_log(self) -> AuditLog:
+        return AuditLog("node-1")
 
 
 def _app(db: Database, tmp_path: Path) -> _App:
@@ -39,6 +51,9 @@ def test_nonces_single_use_across_instances(db: Database, tmp_path: Path) -> Non
     assert not one.redeem(n) and not two.redeem(n)
     with db.sessions() as s:
         assert len(s.scalars(select(AcmeSecret)).all()) == 1  # one shared key
+        made = s.scalars(select(AuditEvent).where(
+            AuditEvent.event_type == "acme.nonce_key.created")).all()
+    assert len(made) == 1 and json.loads(made[0].object_ids) == {"secret": "nonce-mac"}
     tampered = n[:-2] + ("AA" if n[-2:] != "AA" else "BB")
     assert not one.redeem(tampered)
     assert not one.redeem("x" * 48) and not one.redeem("")

@@ -1,0 +1,256 @@
+"""ACME validation in the background (RFC 8555 §7.5.1), against ``appliance serve``.
+
+A challenge POST claims the challenge and hands the attempt to a bounded pool of threads;
+it waits ``acme.validation_wait_seconds`` for the outcome and otherwise answers
+"processing". The http-01 target here is a real HTTP server that answers only when the
+test releases it, so the test decides when an attempt can end. The API runs one worker
+with a pool of one slot, so "the pool is full" is a state the test can reach; the worker
+that holds an attempt is really killed (SIGKILL) to leave a challenge "processing".
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.acme_client import Client
+from tests.conftest import run_cli
+from tests.service_helpers import Server, free_port, serving
+
+TIMEOUT = 4  # acme.validation_timeout_seconds here
+STALE_AFTER = TIMEOUT + 10  # service.STALE_MARGIN_SECONDS
+
+
+@dataclass
+class Target:
+    """An http-01 responder held closed until ``gate`` is set."""
+
+    port: int
+    answers: dict[str, str] = field(default_factory=dict)
+    gate: threading.Event = field(default_factory=threading.Event)
+    peers: list[int] = field(default_factory=list)  # the validating side's source ports
+    hits: int = 0
+
+    def serve(self) -> http.server.ThreadingHTTPServer:
+        target = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                target.hits += 1
+                target.peers.append(self.client_address[1])
+                target.gate.wait(30)
+                body = target.answers.get(self.path.rsplit("/", 1)[-1], "").encode()
+                try:
+                    self.send_response(200 if body else 404)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:  # the validating process was killed meanwhile
+                    pass
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        srv.daemon_threads = True
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        return srv
+
+
+@dataclass
+class Env:
+    server: Server
+    target: Target
+
+    def client(self) -> Client:
+        c = Client(f"{self.server.api}/acme/acme/directory", self.server.roots)
+        assert c.register().status_code == 201
+        return c
+
+    def challenge(self, c: Client) -> tuple[dict[str, Any], str, str]:
+        """A new order for 127.0.0.1: (its http-01 challenge, the authz URL, the order URL)."""
+        r = c.order(("ip", "127.0.0.1"))
+        assert r.status_code == 201, r.text
+        authz_url = r.json()["authorizations"][0]
+        authz = c.post(authz_url, None).json()
+        ch = next(x for x in authz["challenges"] if x["type"] == "http-01")
+        self.target.answers[ch["token"]] = c.key_authorization(ch["token"])
+        return ch, authz_url, r.headers["Location"]
+
+    def events(self, kind: str, chall_url: str) -> list[dict[str, Any]]:
+        cid = chall_url.rsplit("/", 1)[-1]
+        return [e for e in self.server.events(kind) if e["object_ids"].get("challenge") == cid]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    d = tmp_path_factory.mktemp("acme-async") / "data"
+    run_cli("quickstart", "--dir", str(d), check=True)
+    target = Target(free_port())
+    with (d / "appliance.yaml").open("a") as f:
+        f.write(f"\nacme:\n  http01_port: {target.port}\n"
+                f"  validation_timeout_seconds: {TIMEOUT}\n"
+                "  validation_wait_seconds: 0.3\n  max_concurrent_validations: 1\n"
+                "  retry_after_seconds: 1\n")
+    srv = target.serve()
+    try:
+        with serving(d, rate_limit_per_minute=0, workers=1) as server:
+            yield Env(server, target)
+    finally:
+        target.gate.set()
+        srv.shutdown()
+        srv.server_close()
+
+
+def _poll(c: Client, url: str, want: str, seconds: float = 15) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while True:
+        body: dict[str, Any] = c.post(url, None).json()
+        if body["status"] == want or time.monotonic() > deadline:
+            return body
+        time.sleep(0.1)
+
+
+def test_slow_target_answers_processing_pool_is_bounded_then_valid(env: Env) -> None:
+    env.target.gate.clear()
+    c = env.client()
+    ch_a, authz_a, order_a = env.challenge(c)
+    ch_b, _, _ = env.challenge(c)
+    r = c.post(ch_a["url"], {})
+    # the answer came while the target still holds the attempt open
+    assert r.status_code == 200 and r.json()["status"] == "processing", r.text
+    assert r.headers["Retry-After"] == "1" and 'rel="up"' in r.headers["Link"]
+    assert not env.target.gate.is_set() and env.target.hits >= 1
+    # the one slot is taken: another challenge is refused, and nothing about it changed
+    r = c.post(ch_b["url"], {})
+    assert r.status_code == 429 and r.json()["type"].endswith(":rateLimited"), r.text
+    assert r.headers["Retry-After"] == "1"
+    assert c.post(ch_b["url"], None).json()["status"] == "pending"
+    # the held attempt is visible as such, and the server still answers other work
+    authz = c.post(authz_a, None).json()
+    assert authz["status"] == "pending"
+    assert {x["status"] for x in authz["challenges"] if x["url"] == ch_a["url"]} == {
+        "processing"}
+    assert c.post(order_a, None).json()["status"] == "pending"
+    assert env.server.get("/1.0/health").status_code == 200
+    env.target.gate.set()
+    assert _poll(c, authz_a, "valid")["status"] == "valid"
+    assert c.post(order_a, None).json()["status"] == "ready"
+    # a quick attempt answers its outcome within the wait
+    r = c.post(ch_b["url"], {})
+    assert r.status_code == 200 and r.json()["status"] == "valid", r.text
+    assert "Retry-After" not in r.headers
+    (done,) = env.events("acme.challenge.validated", ch_a["url"])
+    assert done["details"]["recorded"] is True and done["details"]["started"]
+
+
+def test_racing_posts_make_one_attempt(env: Env) -> None:
+    env.target.gate.clear()
+    c = env.client()
+    ch, authz_url, _ = env.challenge(c)
+    others = [Client(c.directory_url, c.ca_file, key=c.key, kid=c.kid) for _ in range(4)]
+    results: list[tuple[int, str]] = []
+
+    def post(client: Client) -> None:
+        r = client.post(ch["url"], {})
+        results.append((r.status_code, r.json().get("status", r.json().get("type"))))
+
+    threads = [threading.Thread(target=post, args=(o,)) for o in others]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    # all saw the one attempt (none was refused for a full pool: it was theirs)
+    assert results == [(200, "processing")] * 4, results
+    env.target.gate.set()
+    assert _poll(c, authz_url, "valid")["status"] == "valid"
+    assert len(env.events("acme.challenge.validated", ch["url"])) == 1
+    assert env.events("acme.challenge.failed", ch["url"]) == []
+
+
+def test_failed_attempt_is_recorded_from_the_background(env: Env) -> None:
+    env.target.gate.set()
+    c = env.client()
+    ch, authz_url, order_url = env.challenge(c)
+    env.target.answers[ch["token"]] = "wrong"
+    r = c.post(ch["url"], {})
+    assert r.status_code == 200 and r.json()["status"] == "invalid", r.text
+    assert r.json()["error"]["type"].endswith(":incorrectResponse")
+    assert c.post(authz_url, None).json()["status"] == "invalid"
+    assert c.post(order_url, None).json()["status"] == "invalid"
+    (failed,) = env.events("acme.challenge.failed", ch["url"])
+    assert failed["outcome"] == "failure" and failed["details"]["recorded"] is True
+
+
+def _healthy(server: Server) -> bool:
+    try:
+        return server.get("/1.0/health").status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _pid_with_local_port(port: int) -> int:
+    """The process holding the TCP socket whose local port is ``port`` (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                return int(pid)
+    raise AssertionError(f"no process holds local port {port}")
+
+
+def test_attempt_of_a_killed_worker_is_started_again_once_stale(env: Env) -> None:
+    env.target.gate.clear()
+    c = env.client()
+    ch, authz_url, _ = env.challenge(c)
+    assert c.post(ch["url"], {}).json()["status"] == "processing"
+    worker = _pid_with_local_port(env.target.peers[-1])
+    assert worker != env.server.proc.pid
+    os.kill(worker, signal.SIGKILL)  # the attempt dies with its process
+    deadline = time.monotonic() + 30
+    while not _healthy(env.server):  # gunicorn starts a new worker
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    with env.server.db() as conn:
+        (since,) = conn.execute("SELECT processing_since FROM acme_challenges WHERE id = ?",
+                                (ch["url"].rsplit("/", 1)[-1],)).fetchone()
+    started = datetime.fromisoformat(since).replace(tzinfo=UTC)
+    # not stale yet: a POST shows the attempt and starts nothing
+    r = c.post(ch["url"], {})
+    assert r.json()["status"] == "processing" and env.events("acme.challenge.restarted",
+                                                             ch["url"]) == []
+    env.target.gate.set()
+    wait = STALE_AFTER + 1 - (datetime.now(UTC) - started).total_seconds()
+    time.sleep(max(0.0, wait))
+    r = c.post(ch["url"], {})
+    assert r.status_code == 200 and r.json()["status"] == "valid", r.text
+    (restarted,) = env.events("acme.challenge.restarted", ch["url"])
+    assert restarted["details"]["interrupted_attempt_started"].startswith(
+        started.strftime("%Y-%m-%dT%H:%M:%S"))
+    assert c.post(authz_url, None).json()["status"] == "valid"
+    (done,) = env.events("acme.challenge.validated", ch["url"])
+    assert done["details"]["recorded"] is True
