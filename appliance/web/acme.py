@@ -45,7 +45,7 @@ def _defaults(_endpoint: str, values: dict[str, Any]) -> None:
 def _context() -> None:
     name = g.acme_provisioner
     parts = request.path.rsplit("/", 2)
-    # Challenge POSTs too: each may hold a worker thread for a whole validation.
+    # Challenge POSTs too: each makes the CA connect to a host the client names.
     if request.method == "POST" and (parts[-1] in RATE_LIMITED or parts[-2] == "chall"):
         limiter = current_app.extensions.get("rate_limiter")
         if limiter is not None and not limiter.allow(request.remote_addr or "?"):

@@ -592,7 +592,7 @@ def test_cli_refuses_bad_acme_settings_and_changes_nothing(env: Env) -> None:
 
 def test_rate_limit_answers_rate_limited_problems(env: Env, tmp_path: Path) -> None:
     """new-account, new-order, finalize, key-change, revoke-cert and challenge POSTs share the
-    per-client limit (a challenge may hold a worker for a whole validation)."""
+    per-client limit (a challenge makes the CA connect out to a host the client names)."""
     from tests.ceremony_helpers import clone_data_dir
 
     d = clone_data_dir(env.server.data_dir, tmp_path / "data")
