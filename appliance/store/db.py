@@ -32,6 +32,9 @@ def make_engine(url: str, busy_timeout: float = 30.0, pool_size: int = 5) -> Eng
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
+            # Every commit is on disk before it returns (the WAL is synced), unless a
+            # caller asks for less with ``write(durable=False)``.
+            cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             cur.close()
@@ -49,6 +52,11 @@ def make_engine(url: str, busy_timeout: float = 30.0, pool_size: int = 5) -> Eng
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
         return create_engine(url, pool_size=pool_size, pool_pre_ping=True)
     raise ConfigError(f"unsupported database URL scheme in {url.split(':', 1)[0]!r}")
+
+
+def _driver(conn: Connection) -> Any:
+    """The sqlite3 connection under ``conn`` (autocommit: ``isolation_level = None``)."""
+    return conn.connection.driver_connection
 
 
 class Database:
@@ -76,16 +84,32 @@ class Database:
                 raise DatabaseError(f"database error: {exc.orig!r}") from exc
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, *, durable: bool = True) -> Iterator[Connection]:
         """One writing transaction on a Core connection (no ORM session): for hot paths that
         write a row or two. Same locking as ``transaction`` (``BEGIN IMMEDIATE`` on SQLite);
-        commits at the end, or not at all."""
+        commits at the end, or not at all.
+
+        ``durable=False`` is for state whose last moments may be lost in a power or
+        operating-system failure (never in a crash of this process): the commit does not
+        wait for the disk (SQLite ``synchronous=NORMAL`` in WAL mode, PostgreSQL
+        ``synchronous_commit = off``). It is atomic and ordered like any other, and the
+        next durable commit of anyone makes it durable too. Used for redeemed ACME nonces.
+        """
         try:
             with self.engine.connect() as conn:
-                if self.dialect == "sqlite":
+                sqlite = self.dialect == "sqlite"
+                if sqlite:
                     conn.execution_options(sqlite_immediate=True)
-                with conn.begin():
-                    yield conn
+                    if not durable:  # on the driver: no SQLAlchemy autobegin around it
+                        _driver(conn).execute("PRAGMA synchronous=NORMAL")
+                try:
+                    with conn.begin():
+                        if not durable and not sqlite:
+                            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                        yield conn
+                finally:
+                    if sqlite and not durable:  # the pooled connection goes back durable
+                        _driver(conn).execute("PRAGMA synchronous=FULL")
         except OperationalError as exc:
             raise DatabaseError(f"database error: {exc.orig!r}") from exc
 

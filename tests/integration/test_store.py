@@ -59,3 +59,32 @@ def test_sqlite_runs_in_wal_mode(tmp_path) -> None:  # type: ignore[no-untyped-d
 def test_unknown_database_scheme_is_refused() -> None:
     with pytest.raises(ConfigError, match="unsupported database"):
         Database("mysql://localhost/x")
+
+
+def _sync_setting(conn: object, sqlite: bool) -> str:
+    query = "PRAGMA synchronous" if sqlite else "SHOW synchronous_commit"
+    return str(conn.exec_driver_sql(query).scalar())  # type: ignore[attr-defined]
+
+
+def test_non_durable_write_is_limited_to_its_own_transaction(db: Database) -> None:
+    """``write(durable=False)`` (redeemed ACME nonces) commits without waiting for the disk;
+    every other transaction, on the same pooled connection too, stays fully durable."""
+    sqlite = db.dialect == "sqlite"
+    durable, relaxed = ("2", "1") if sqlite else ("on", "off")  # FULL / NORMAL
+    with db.write() as conn:
+        assert _sync_setting(conn, sqlite) == durable
+    with db.write(durable=False) as conn:
+        assert _sync_setting(conn, sqlite) == relaxed
+        conn.exec_driver_sql("INSERT INTO acme_secrets (name, value) VALUES ('t1', x'00')"
+                             if sqlite else
+                             "INSERT INTO acme_secrets (name, value) VALUES ('t1', '\\x00')")
+    with pytest.raises(RuntimeError), db.write(durable=False) as conn:
+        conn.exec_driver_sql("DELETE FROM acme_secrets")
+        raise RuntimeError("rolled back")
+    for _ in range(3):  # whichever pooled connection comes next
+        with db.write() as conn:
+            assert _sync_setting(conn, sqlite) == durable
+        with db.read() as conn:
+            assert _sync_setting(conn, sqlite) == durable
+            assert conn.exec_driver_sql("SELECT name FROM acme_secrets").scalars().all() == [
+                "t1"]
