@@ -506,7 +506,11 @@ class AcmeService:
                 if found is None or found.account_id != acct.id:
                     raise AcmeProblem("malformed", "no such authorization", status=404)
                 rows = conn.execute(_CHALLS_OF, {"b_authz": authz_id}).all()
-            return Reply(200, self._authz_json(ctx, found, list(rows)))
+            # A client polling an authorization whose challenge is being validated is told
+            # when to look again (RFC 8555 §8.2), as it is by the challenge itself.
+            headers = {"Retry-After": str(self.app.settings.config.acme.retry_after_seconds)
+                       } if any(r.status == "processing" for r in rows) else {}
+            return Reply(200, self._authz_json(ctx, found, list(rows)), headers)
         with self.app.db.transaction() as db:
             az = self._load_authz(db, acct, authz_id)
             if payload:

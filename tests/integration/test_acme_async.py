@@ -138,14 +138,16 @@ def test_slow_target_answers_processing_pool_is_bounded_then_valid(env: Env) -> 
     assert r.headers["Retry-After"] == "1"
     assert c.post(ch_b["url"], None).json()["status"] == "pending"
     # the held attempt is visible as such, and the server still answers other work
-    authz = c.post(authz_a, None).json()
-    assert authz["status"] == "pending"
+    r = c.post(authz_a, None)
+    authz = r.json()
+    assert authz["status"] == "pending" and r.headers["Retry-After"] == "1"
     assert {x["status"] for x in authz["challenges"] if x["url"] == ch_a["url"]} == {
         "processing"}
     assert c.post(order_a, None).json()["status"] == "pending"
     assert env.server.get("/1.0/health").status_code == 200
     env.target.gate.set()
     assert _poll(c, authz_a, "valid")["status"] == "valid"
+    assert "Retry-After" not in c.post(authz_a, None).headers
     assert c.post(order_a, None).json()["status"] == "ready"
     # a quick attempt answers its outcome within the wait
     r = c.post(ch_b["url"], {})
