@@ -6,15 +6,22 @@ it waits ``acme.validation_wait_seconds`` for the outcome and otherwise answers
 test releases it, so the test decides when an attempt can end. The API runs one worker
 with a pool of one slot, so "the pool is full" is a state the test can reach; the worker
 that holds an attempt is really killed (SIGKILL) to leave a challenge "processing".
+Debian's certbot and lego get certificates through validations slower than the wait, so
+they see "processing" and poll, as against any RFC 8555 server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
+import re
+import shutil
 import signal
+import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +32,7 @@ import pytest
 import requests
 
 from tests.acme_client import Client
+from tests.acme_dns import DnsServer
 from tests.conftest import run_cli
 from tests.service_helpers import Server, free_port, serving
 
@@ -41,6 +49,10 @@ class Target:
     gate: threading.Event = field(default_factory=threading.Event)
     peers: list[int] = field(default_factory=list)  # the validating side's source ports
     hits: int = 0
+    # Unknown tokens go to a real client's own http-01 server on this port, answered
+    # after ``delay`` seconds (longer than the request waits: the client must poll).
+    upstream: int | None = None
+    delay: float = 0.0
 
     def serve(self) -> http.server.ThreadingHTTPServer:
         target = self
@@ -51,6 +63,14 @@ class Target:
                 target.peers.append(self.client_address[1])
                 target.gate.wait(30)
                 body = target.answers.get(self.path.rsplit("/", 1)[-1], "").encode()
+                if not body and target.upstream:
+                    time.sleep(target.delay)
+                    forward = urllib.request.Request(  # lego checks the Host it was sent
+                        f"http://127.0.0.1:{target.upstream}{self.path}",
+                        headers={"Host": self.headers.get("Host", "")})
+                    with contextlib.suppress(OSError), urllib.request.urlopen(
+                            forward, timeout=10) as r:
+                        body = r.read()
                 try:
                     self.send_response(200 if body else 404)
                     self.send_header("Content-Length", str(len(body)))
@@ -72,6 +92,7 @@ class Target:
 class Env:
     server: Server
     target: Target
+    dns: DnsServer
 
     def client(self) -> Client:
         c = Client(f"{self.server.api}/acme/acme/directory", self.server.roots)
@@ -98,19 +119,22 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     d = tmp_path_factory.mktemp("acme-async") / "data"
     run_cli("quickstart", "--dir", str(d), check=True)
     target = Target(free_port())
+    dns = DnsServer().start()  # every name is 127.0.0.1
     with (d / "appliance.yaml").open("a") as f:
         f.write(f"\nacme:\n  http01_port: {target.port}\n"
+                f"  resolvers: [\"127.0.0.1:{dns.port}\"]\n"
                 f"  validation_timeout_seconds: {TIMEOUT}\n"
                 "  validation_wait_seconds: 0.3\n  max_concurrent_validations: 1\n"
                 "  retry_after_seconds: 1\n")
     srv = target.serve()
     try:
         with serving(d, rate_limit_per_minute=0, workers=1) as server:
-            yield Env(server, target)
+            yield Env(server, target, dns)
     finally:
         target.gate.set()
         srv.shutdown()
         srv.server_close()
+        dns.stop()
 
 
 def _poll(c: Client, url: str, want: str, seconds: float = 15) -> dict[str, Any]:
@@ -256,3 +280,43 @@ def test_attempt_of_a_killed_worker_is_started_again_once_stale(env: Env) -> Non
     assert c.post(authz_url, None).json()["status"] == "valid"
     (done,) = env.events("acme.challenge.validated", ch["url"])
     assert done["details"]["recorded"] is True
+
+
+@pytest.mark.skipif(not shutil.which("certbot") or not shutil.which("lego"),
+                    reason="Debian's certbot and lego are installed by install.sh")
+def test_certbot_and_lego_poll_a_processing_challenge(env: Env, tmp_path: Path) -> None:
+    """Each validation takes longer than the request waits, so the clients get "processing"
+    and must poll (certbot: the authorization every second; lego: the challenge, as its
+    Retry-After says) before they can finalize."""
+    env.target.gate.set()
+    client_env = dict(os.environ, REQUESTS_CA_BUNDLE=str(env.server.roots),
+                      LEGO_CA_CERTIFICATES=str(env.server.roots))
+    directory = f"{env.server.api}/acme/acme/directory"
+    for name, cmd in (
+        ("certbot.async.test", lambda port, home: [
+            "certbot", "certonly", "--standalone", "--http-01-port", str(port),
+            "--http-01-address", "127.0.0.1", "--agree-tos", "--non-interactive",
+            "--register-unsafely-without-email", "--server", directory, "--cert-name", "main",
+            "-d", "certbot.async.test", "--config-dir", str(home / "conf"),
+            "--work-dir", str(home / "work"), "--logs-dir", str(home / "logs")]),
+        ("lego.async.test", lambda port, home: [
+            "lego", "--path", str(home), "--accept-tos", "--email", "ops@example.com",
+            "--server", directory, "--domains", "lego.async.test", "--http",
+            "--http.port", f"127.0.0.1:{port}", "run"]),
+    ):
+        home = tmp_path / name
+        env.target.upstream, env.target.delay = free_port(), 1.5
+        try:
+            proc = subprocess.run(cmd(env.target.upstream, home), capture_output=True,
+                                  text=True, timeout=180, env=client_env, check=False)
+        finally:
+            env.target.upstream = None
+        logs = proc.stdout + proc.stderr
+        if (home / "logs" / "letsencrypt.log").exists():
+            logs += (home / "logs" / "letsencrypt.log").read_text()
+        assert proc.returncode == 0, logs[-6000:]
+        (done,) = [e for e in env.server.events("acme.challenge.validated")
+                   if e["details"]["identifier"]["value"] == name]
+        assert done["details"]["recorded"] is True
+        if name.startswith("certbot"):  # certbot logs the bodies it received
+            assert re.search(r'"status": "processing"', logs), logs[-4000:]
