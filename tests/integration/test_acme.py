@@ -643,3 +643,48 @@ def test_certbot_issues_and_revokes_on_postgresql(env: Env, tmp_path: Path,
         assert srv.proc.returncode == 0, srv.log.read_text()
     finally:
         drop_pg_database(url)
+
+
+def test_operator_lists_shows_and_revokes_an_account(env: Env) -> None:
+    c = env.client()
+    contact = f"mailto:ops-{secrets.token_hex(3)}@example.com"
+    assert c.register(contact=[contact]).status_code == 201
+    account_id = (c.kid or "").rsplit("/", 1)[-1]
+    order = _ready_order(env, c, "operator.test")
+    r = c.post(order["finalize"], {"csr": _csr("operator.test")})
+    assert r.json()["status"] == "valid", r.text
+    serial = r.json()["certificate"].rsplit("/", 1)[-1]
+    assert c.order(("dns", "second.operator.test")).status_code == 201
+
+    listed = json.loads(env.server.cli("acme", "account", "list", "--provisioner", "acme",
+                                       "--status", "valid", "--json").stdout)
+    mine = next(a for a in listed if a["id"] == account_id)
+    assert mine["contact"] == [contact] and mine["orders"] == 2 and mine["certificates"] == 1
+    assert mine["provisioner"] == "acme" and mine["status"] == "valid"
+    shown = json.loads(env.server.cli("acme", "account", "show", account_id, "--json").stdout)
+    assert [o["identifiers"] for o in shown["recent_orders"]] == [["second.operator.test"],
+                                                                   ["operator.test"]]
+    assert shown["recent_orders"][1]["certificate_serial"] == serial
+    text = env.server.cli("acme", "account", "show", account_id).stdout
+    assert contact in text and serial in text
+
+    env.server.cli("acme", "account", "revoke", account_id, "--reason", "key leaked in CI")
+    r = c.order(("dns", "after.operator.test"))
+    assert r.status_code == 403 and r.json()["type"].endswith(":unauthorized")
+    assert "revoked" in r.json()["detail"]
+    (event,) = [e for e in env.server.events("acme.account.revoked")
+                if e["object_ids"]["account"] == account_id]
+    assert event["details"]["reason"] == "key leaked in CI"
+    assert account_id in env.server.cli("acme", "account", "list", "--status",
+                                        "revoked").stdout
+    # refusals change nothing and say why
+    again = env.server.cli("acme", "account", "revoke", account_id, "--reason", "x",
+                           check=False)
+    assert again.returncode != 0 and "already revoked" in again.stderr
+    for bad in (["show", "no/such"], ["show", "nosuchaccount"]):
+        r2 = env.server.cli("acme", "account", *bad, check=False)
+        assert r2.returncode != 0 and "ACME account" in r2.stderr
+    assert env.server.cli("acme", "account", "list", "--limit", "0",
+                          check=False).returncode == 2
+    assert len([e for e in env.server.events("acme.account.revoked")
+                if e["object_ids"]["account"] == account_id]) == 1

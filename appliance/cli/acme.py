@@ -1,0 +1,73 @@
+"""``appliance acme account``: the operator's view of ACME accounts, and revoking one."""
+
+from __future__ import annotations
+
+import click
+
+from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx, table
+from appliance.ops import acme_accounts
+from appliance.runtime import cli_actor
+
+
+@click.group()
+def acme() -> None:
+    """The ACME server's accounts (directories: /acme/<provisioner>/directory)."""
+
+
+@acme.group()
+def account() -> None:
+    """ACME accounts: list, show, revoke."""
+
+
+@account.command("list")
+@click.option("--provisioner", default=None, help="Only accounts of this ACME provisioner.")
+@click.option("--status", type=click.Choice(acme_accounts.STATUSES), default=None)
+@click.option("--limit", type=click.IntRange(1, acme_accounts.MAX_LIST), default=100,
+              show_default=True, help="At most this many, newest first.")
+@click.option("--json", "as_json", is_flag=True)
+@location_options
+@pass_ctx
+def list_cmd(ctx: CliContext, provisioner: str | None, status: str | None, limit: int,
+             as_json: bool) -> None:
+    rows = acme_accounts.list_accounts(ctx.app(), provisioner, status, limit)
+    if as_json:
+        emit_json(rows)
+        return
+    table([{**r, "contact": ",".join(r["contact"]), "eab": r["eab_reference"] or ""}
+           for r in rows],
+          ["id", "provisioner", "status", "eab", "contact", "orders", "certificates",
+           "created_at"])
+
+
+@account.command("show")
+@click.argument("account_id")
+@click.option("--json", "as_json", is_flag=True)
+@location_options
+@pass_ctx
+def show_cmd(ctx: CliContext, account_id: str, as_json: bool) -> None:
+    """An account and its most recent orders."""
+    found = acme_accounts.show(ctx.app(), account_id)
+    if as_json:
+        emit_json(found)
+        return
+    for key in ("id", "provisioner", "status", "eab_key", "eab_reference", "contact",
+                "thumbprint", "created_at", "orders", "certificates"):
+        value = found[key]
+        click.echo(f"{key + ':':15s}{', '.join(value) if isinstance(value, list) else value}")
+    click.echo("recent orders:")
+    table([{**o, "identifiers": ",".join(o["identifiers"]),
+            "certificate_serial": o["certificate_serial"] or ""}
+           for o in found["recent_orders"]],
+          ["id", "status", "identifiers", "certificate_serial", "created_at"])
+
+
+@account.command("revoke")
+@click.argument("account_id")
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@location_options
+@pass_ctx
+def revoke_cmd(ctx: CliContext, account_id: str, reason: str) -> None:
+    """Refuse every later request of this account; its certificates stay valid (revoke
+    them with `appliance revoke SERIAL`, serials from `acme account show`)."""
+    done = acme_accounts.revoke(ctx.app(), account_id, cli_actor(), reason)
+    click.echo(f"ACME account {done['id']} revoked at {done['revoked_at']}")
