@@ -9,6 +9,7 @@ import click
 import pydantic
 
 from appliance import __version__, logs
+from appliance.cli.acme import acme
 from appliance.cli.audit import audit
 from appliance.cli.authority import authority
 from appliance.cli.ceremony import ceremony
@@ -66,6 +67,7 @@ cli.add_command(revoke_cmd)
 cli.add_command(crl_group)
 cli.add_command(ocsp)
 cli.add_command(eab)
+cli.add_command(acme)
 
 
 def main() -> None:
