@@ -146,6 +146,9 @@ class AcmeConfig(_Strict):
     validation_wait_seconds: float = Field(default=1.0, ge=0, le=30)
     order_lifetime: Duration = "1d"
     nonce_lifetime: Duration = "1h"
+    # `appliance acme prune` (daily timer) deletes orders that ended this long ago: failed
+    # or expired ones after their expiry, valid ones after their certificate's.
+    retention: Duration = "30d"
     # Retry-After (seconds) sent with orders/challenges still processing and with ARI.
     retry_after_seconds: int = Field(default=3, ge=1, le=86_400)
     ari_retry_after_seconds: int = Field(default=21_600, ge=60, le=86_400 * 7)

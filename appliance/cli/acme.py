@@ -1,11 +1,15 @@
-"""``appliance acme account``: the operator's view of ACME accounts, and revoking one."""
+"""``appliance acme``: the operator's view of ACME accounts (and revoking one), and pruning
+ACME state that ended long ago."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import click
 
+from appliance import durations
 from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx, table
-from appliance.ops import acme_accounts
+from appliance.ops import acme_accounts, acme_retention
 from appliance.runtime import cli_actor
 
 
@@ -71,3 +75,30 @@ def revoke_cmd(ctx: CliContext, account_id: str, reason: str) -> None:
     them with `appliance revoke SERIAL`, serials from `acme account show`)."""
     done = acme_accounts.revoke(ctx.app(), account_id, cli_actor(), reason)
     click.echo(f"ACME account {done['id']} revoked at {done['revoked_at']}")
+
+
+@acme.command("prune")
+@click.option("--older-than", default=None,
+              help="Delete what ended longer ago than this (e.g. 30d; default acme.retention).")
+@click.option("--dry-run", is_flag=True, help="Only count what would go.")
+@click.option("--json", "as_json", is_flag=True)
+@location_options
+@pass_ctx
+def prune_cmd(ctx: CliContext, older_than: str | None, dry_run: bool, as_json: bool) -> None:
+    """Delete ACME orders that ended long ago (failed or expired, or valid with an expired
+    certificate; their authorizations and challenges go too) and spent nonces. Certificates,
+    accounts and the audit log are kept. Run daily by appliance-acme-prune.timer."""
+    app = ctx.app()
+    text = older_than or app.settings.config.acme.retention
+    try:
+        seconds = durations.parse(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    done = acme_retention.prune(app, timedelta(seconds=seconds), cli_actor(), dry_run=dry_run)
+    if as_json:
+        emit_json(done.as_dict())
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb}: {done.orders_ended} ended orders, {done.orders_expired_certificate} "
+               f"orders of expired certificates (before {done.cutoff}), {done.nonces} spent "
+               "nonces")

@@ -465,9 +465,10 @@ def test_ip_identifier_and_rejections(env: Env) -> None:
     assert r.json()["type"].endswith(":malformed")
 
 
-def _ready_order(env: Env, c: Client, name: str, kind: str = "dns") -> dict[str, Any]:
+def _ready_order(env: Env, c: Client, name: str, kind: str = "dns",
+                 **extra: Any) -> dict[str, Any]:
     """An order whose http-01 challenge a tiny local server answers."""
-    r = c.order((kind, name))
+    r = c.order((kind, name), **extra)
     order = r.json() | {"url": r.headers["Location"]}
     authz = c.post(order["authorizations"][0], None).json()
     ch = next(x for x in authz["challenges"] if x["type"] == "http-01")
@@ -688,3 +689,88 @@ def test_operator_lists_shows_and_revokes_an_account(env: Env) -> None:
                           check=False).returncode == 2
     assert len([e for e in env.server.events("acme.account.revoked")
                 if e["object_ids"]["account"] == account_id]) == 1
+
+
+def test_prune_deletes_orders_that_ended_long_ago_and_nothing_else(
+        env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Orders are made for real; time passing is the ``now`` handed to the pruner, on a
+    copy of the data directory (the other tests keep theirs)."""
+    from datetime import timedelta
+
+    from appliance import config
+    from appliance.audit.log import Actor
+    from appliance.ops import acme_retention
+    from appliance.runtime import Appliance
+    from tests.ceremony_helpers import clone_data_dir
+
+    c = env.client()
+    assert c.register().status_code == 201
+    t0 = datetime.now(UTC)
+    pending = c.order(("dns", "pending.prune.test")).headers["Location"]
+    failed = c.order(("dns", "nobody.prune.test"))
+    authz = c.post(failed.json()["authorizations"][0], None).json()
+    http01 = next(ch for ch in authz["challenges"] if ch["type"] == "http-01")
+    assert c.post(http01["url"], {}).json()["status"] == "invalid"
+    short = (t0 + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    order = _ready_order(env, c, "valid.prune.test", notAfter=short)
+    r = c.post(order["finalize"], {"csr": _csr("valid.prune.test")})
+    assert r.json()["status"] == "valid", r.text
+    serial = r.json()["certificate"].rsplit("/", 1)[-1]
+    ids = {"pending": pending.rsplit("/", 1)[-1],
+           "failed": failed.headers["Location"].rsplit("/", 1)[-1],
+           "valid": order["url"].rsplit("/", 1)[-1]}
+
+    # today nothing of this has ended 30 days ago
+    dry = json.loads(env.server.cli("acme", "prune", "--dry-run", "--json").stdout)
+    assert dry["orders_ended"] == 0 and dry["orders_expired_certificate"] == 0
+    bad = env.server.cli("acme", "prune", "--older-than", "soon", check=False)
+    assert bad.returncode == 2 and "--older-than" in bad.stderr
+
+    d = clone_data_dir(env.server.data_dir, tmp_path / "copy")
+    (d / "serve.log").unlink(missing_ok=True)
+    app = Appliance(config.load(d / "appliance.yaml"))
+    actor = Actor("test", "operator")
+
+    def left() -> set[str]:
+        with app.db.read() as conn:
+            rows = conn.exec_driver_sql("SELECT id FROM acme_orders").scalars().all()
+        return {k for k, v in ids.items() if v in rows}
+
+    def count(sql: str) -> int:
+        with app.db.read() as conn:
+            return int(conn.exec_driver_sql(sql).scalar_one())
+
+    try:
+        challenges_before = count("SELECT count(*) FROM acme_challenges")
+        # 30 days and an hour on: the certificate (10 minutes) ended before the cutoff;
+        # the failed and the pending orders expire only a day after they were made
+        done = acme_retention.prune(app, timedelta(days=30), actor,
+                                    now=t0 + timedelta(days=30, hours=1))
+        assert left() == {"pending", "failed"}
+        assert done.orders_expired_certificate >= 1
+        # two days later both have ended 30 days ago; in batches of one, each audited
+        monkeypatch.setattr(acme_retention, "BATCH", 1)
+        done = acme_retention.prune(app, timedelta(days=30), actor,
+                                    now=t0 + timedelta(days=32))
+        assert left() == set() and done.orders_ended >= 2
+        # authorizations and challenges went with their orders; nothing else did
+        assert count("SELECT count(*) FROM acme_authorizations WHERE order_id IN "
+                     f"('{ids['pending']}', '{ids['failed']}', '{ids['valid']}')") == 0
+        assert count("SELECT count(*) FROM acme_challenges") < challenges_before
+        assert count(f"SELECT count(*) FROM certificates WHERE serial_hex = '{serial}'") == 1
+        assert count("SELECT count(*) FROM acme_accounts WHERE id = "
+                     f"'{(c.kid or '').rsplit('/', 1)[-1]}'") == 1
+        with app.db.read() as conn:
+            events = conn.exec_driver_sql(
+                "SELECT details FROM audit_events WHERE event_type = 'acme.pruned'"
+            ).scalars().all()
+        assert sum(json.loads(e).get("orders", 0) for e in events) >= 3
+        assert all(json.loads(e).get("orders", 1) == 1 for e in events[1:])  # batches of 1
+        # nothing left to do: nothing deleted, nothing audited
+        again = acme_retention.prune(app, timedelta(days=30), actor,
+                                     now=t0 + timedelta(days=32))
+        assert (again.orders_ended, again.orders_expired_certificate) == (0, 0)
+    finally:
+        app.close()
+    verified = run_cli("--dir", str(d), "audit", "verify", check=False)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
