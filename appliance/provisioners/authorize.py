@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import UTC, datetime
+import secrets
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import cast
 
-from sqlalchemy import Table, bindparam, insert, select
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from appliance.audit.log import Actor
@@ -18,13 +19,24 @@ from appliance.provisioners.settings import ProvisionerSettings, effective, sign
 from appliance.runtime import Appliance
 from appliance.store.models import Provisioner, UsedToken
 
+PRUNE_ONE_IN = 512
+SPENT_MARGIN = timedelta(seconds=tokens.LEEWAY + 600)
 _PROVISIONERS = cast(Table, Provisioner.__table__)
 _USED_TOKENS = cast(Table, UsedToken.__table__)
 # Built once (values bound per call).
 _SPEND = insert(_USED_TOKENS)
+_PRUNE_SPENT = delete(_USED_TOKENS).where(_USED_TOKENS.c.expires_at < bindparam("b_before"))
 _BY_NAME = select(*(_PROVISIONERS.c[k] for k in (
     "id", "name", "type", "config", "credential", "authority_id"))).where(
     _PROVISIONERS.c.name == bindparam("b_name"))
+
+
+def prune_spent(db: Connection, now: datetime) -> int:
+    """Forget spent token ids that can no longer come back: a token is refused once past
+    its ``exp`` (plus the verification leeway), so its id guards nothing after that. The
+    margin also covers clocks of other nodes that run a little behind."""
+    gone = db.execute(_PRUNE_SPENT, {"b_before": now - SPENT_MARGIN})
+    return int(gone.rowcount)
 
 
 def context(app: Appliance, row: Provisioner) -> ProvisionerContext:
@@ -90,10 +102,13 @@ def _one_time_token(app: Appliance, ott: str, path: str
         # Spent before anything is issued; the primary key refuses a replay in every worker
         # and node sharing the database (Core: one INSERT).
         with app.db.write() as db:
+            now = datetime.now(UTC)
             db.execute(_SPEND, {
                 "jti": f"{name}:{claims.jti}", "provisioner_id": ctx.id,
                 "expires_at": datetime.fromtimestamp(claims.expires_at, UTC),
-                "used_at": datetime.now(UTC)})
+                "used_at": now})
+            if secrets.randbelow(PRUNE_ONE_IN) == 0:  # now and then, as for ACME nonces
+                prune_spent(db, now)
     except IntegrityError:
         raise tokens.TokenError("token already used") from None
     return ctx, claims

@@ -46,7 +46,9 @@ class RenewalGrant:
     request: SignRequest
 
 
-def _certificate_from_token(app: Appliance, token: str) -> tuple[x509.Certificate, str]:
+def _certificate_from_token(app: Appliance, token: str
+                            ) -> tuple[x509.Certificate, str, datetime]:
+    """The certificate in the token's x5c, the token id, and when the token expires."""
     cert = header_chain(token)[0]
     svc = app.settings.config.service
     try:
@@ -61,7 +63,7 @@ def _certificate_from_token(app: Appliance, token: str) -> tuple[x509.Certificat
     jti = claims["jti"]
     if not isinstance(jti, str) or not 8 <= len(jti) <= 200:
         raise TokenError("token id (jti) missing or malformed")
-    return cert, jti
+    return cert, jti, datetime.fromtimestamp(int(claims["exp"]), UTC)
 
 
 def authenticate(app: Appliance, *, peer_der: bytes | None, bearer: str | None) -> RenewalGrant:
@@ -75,8 +77,9 @@ def authenticate(app: Appliance, *, peer_der: bytes | None, bearer: str | None) 
 def _authenticate(app: Appliance, *, peer_der: bytes | None, bearer: str | None
                   ) -> RenewalGrant:
     jti = None
+    token_expires = datetime.now(UTC)
     if bearer:
-        cert, jti = _certificate_from_token(app, bearer)
+        cert, jti, token_expires = _certificate_from_token(app, bearer)
     elif peer_der:
         cert = x509.load_der_x509_certificate(peer_der)
     else:
@@ -118,8 +121,9 @@ def _authenticate(app: Appliance, *, peer_der: bytes | None, bearer: str | None
     if jti is not None:
         try:
             with app.db.transaction() as db:
+                # kept until the token itself has expired (see authorize.prune_spent)
                 db.add(UsedToken(jti=f"renew:{serial}:{jti}", provisioner_id=ctx.id,
-                                 expires_at=now, used_at=now))
+                                 expires_at=token_expires, used_at=now))
         except IntegrityError:
             raise TokenError("token already used") from None
     # Keep the lifetime it was issued with (from issuance, not from the backdated notBefore),

@@ -236,3 +236,39 @@ def test_x5c_provisioner(server: Server, tmp_path: Path) -> None:
     bad = server.sign(csr, x5c_token(rogue, [base64.b64encode(self_signed.public_bytes(
         serialization.Encoding.DER)).decode()], "api.fleet.example.com"))
     assert bad.status_code == 401 and "does not chain" in bad.json()["message"]
+
+
+def test_spent_renewal_token_is_remembered_until_the_token_expires(server: Server,
+                                                                    tmp_path: Path) -> None:
+    """Spent token ids are pruned now and then (authorize.prune_spent); a renewal token's
+    id must outlive the token itself, or the token could be presented again."""
+    from datetime import UTC, datetime, timedelta
+
+    from appliance.provisioners.authorize import SPENT_MARGIN, prune_spent
+    from appliance.store.db import Database
+
+    h = Holder(server, tmp_path, "admin", "spent.example.com")
+    jti = secrets.token_urlsafe(16)
+    token = h.renew_token(jti=jti)
+    assert server.post("/1.0/renew",
+                       headers={"Authorization": f"Bearer {token}"}).status_code == 201
+    exp = datetime.fromtimestamp(jwt.decode(token, options={"verify_signature": False})["exp"],
+                                 UTC)
+
+    def stored() -> datetime | None:
+        with server.db() as conn:
+            row = conn.execute("SELECT expires_at FROM used_tokens WHERE jti LIKE ?",
+                               (f"renew:%:{jti}",)).fetchone()
+        return None if row is None else datetime.fromisoformat(row[0]).replace(tzinfo=UTC)
+
+    assert stored() == exp
+    db = Database(f"sqlite:///{server.data_dir / 'appliance.db'}")
+    try:
+        with db.write() as conn:  # at its expiry (and within the margin) it still counts
+            prune_spent(conn, exp + SPENT_MARGIN - timedelta(seconds=1))
+        assert stored() == exp
+        with db.write() as conn:
+            assert prune_spent(conn, exp + SPENT_MARGIN + timedelta(seconds=1)) >= 1
+        assert stored() is None
+    finally:
+        db.dispose()
