@@ -13,6 +13,7 @@ from appliance.cli.acme import acme
 from appliance.cli.audit import audit
 from appliance.cli.authority import authority
 from appliance.cli.ceremony import ceremony
+from appliance.cli.certificate import cert
 from appliance.cli.context import CliContext
 from appliance.cli.db import db
 from appliance.cli.eab import eab
@@ -67,6 +68,7 @@ cli.add_command(revoke_cmd)
 cli.add_command(crl_group)
 cli.add_command(ocsp)
 cli.add_command(eab)
+cli.add_command(cert)
 cli.add_command(acme)
 
 
