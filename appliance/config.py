@@ -140,6 +140,10 @@ class AcmeConfig(_Strict):
     resolvers: list[Annotated[str, Field(pattern=r"^[0-9A-Fa-f:.\[\]]{2,60}$")]] = Field(
         default_factory=list, max_length=8)
     validation_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # Issuer domain names this CA answers to in CAA records (RFC 8659, with RFC 8657's
+    # accounturi and validationmethods); empty: CAA is not checked.
+    caa_identities: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]{1,253}$")]] = Field(
+        default_factory=list, max_length=8)
     # Validations run in a bounded pool of threads per API worker; a challenge POST waits
     # at most this long for the outcome, then answers "processing" (the client polls).
     max_concurrent_validations: int = Field(default=16, ge=1, le=256)

@@ -2,9 +2,10 @@
 
 Every name has ``A 127.0.0.1`` unless told otherwise, so tests can use made-up names
 ("app.test") that land on local servers; AAAA is always empty so nothing tries ::1.
-TXT records come from :meth:`DnsServer.set_txt` and, re-read on every query, from an
-optional records file (lines ``name value``) that an outside process such as lego's
-``--dns exec`` provider (``tests/acme_lego_dns_exec.sh``) appends to.
+TXT and CAA records come from :meth:`DnsServer.set_txt` and :meth:`DnsServer.set_caa`;
+TXT also, re-read on every query, from an optional records file (lines ``name value``)
+that an outside process such as lego's ``--dns exec`` provider
+(``tests/acme_lego_dns_exec.sh``) appends to.
 
 Serves UDP and TCP on the same free port (TCP so truncated answers can be retried).
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from dnslib import QTYPE, RCODE, RR, TXT, A, DNSRecord
+from dnslib import CAA, QTYPE, RCODE, RR, TXT, A, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 
@@ -38,16 +39,23 @@ class _Resolver(BaseResolver):
         owner = self.owner
         owner.queries.append((name, QTYPE[qtype]))
         with owner._lock:
+            if name in owner._servfail:
+                reply.header.rcode = RCODE.SERVFAIL
+                return reply
             if name in owner._nxdomain:
                 reply.header.rcode = RCODE.NXDOMAIN
                 return reply
             a = owner._a.get(name, owner.default_a)
             txt = list(owner._txt.get(name, []))
+            caa = list(owner._caa.get(name, []))
         if qtype == QTYPE.A and a is not None:
             reply.add_answer(RR(qname, QTYPE.A, rdata=A(a), ttl=0))
         elif qtype == QTYPE.TXT:
             for value in txt + owner._file_txt(name):
                 reply.add_answer(RR(qname, QTYPE.TXT, rdata=TXT(value), ttl=0))
+        elif qtype == QTYPE.CAA:
+            for flags, tag, value in caa:
+                reply.add_answer(RR(qname, QTYPE.CAA, rdata=CAA(flags, tag, value), ttl=0))
         return reply
 
 
@@ -63,6 +71,8 @@ class DnsServer:
         self._a: dict[str, str | None] = {}
         self._txt: dict[str, list[str]] = {}
         self._nxdomain: set[str] = set()
+        self._servfail: set[str] = set()
+        self._caa: dict[str, list[tuple[int, str, str]]] = {}
         self._servers: list[DNSServer] = []
 
     # -- records ---------------------------------------------------------------------
@@ -82,6 +92,20 @@ class DnsServer:
     def clear_txt(self, name: str) -> None:
         with self._lock:
             self._txt.pop(_norm(name), None)
+
+    def set_caa(self, name: str, tag: str, value: str, flags: int = 0) -> None:
+        """Add a CAA property at *name* (RFC 8659)."""
+        with self._lock:
+            self._caa.setdefault(_norm(name), []).append((flags, tag, value))
+
+    def clear_caa(self, name: str) -> None:
+        with self._lock:
+            self._caa.pop(_norm(name), None)
+
+    def set_servfail(self, name: str, on: bool = True) -> None:
+        """Make every query for *name* fail with SERVFAIL (a broken zone)."""
+        with self._lock:
+            (self._servfail.add if on else self._servfail.discard)(_norm(name))
 
     def set_nxdomain(self, name: str) -> None:
         """Make *name* not exist at all (every type answers NXDOMAIN)."""

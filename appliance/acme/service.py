@@ -107,6 +107,7 @@ _CHALL_AND_AUTHZ = select(
     _CHALLS.c.status, _CHALLS.c.validated_at, _CHALLS.c.error, _CHALLS.c.processing_since,
     _AUTHZS.c.account_id, _AUTHZS.c.order_id, _AUTHZS.c.status.label("authz_status"),
     _AUTHZS.c.expires_at, _AUTHZS.c.identifier_type, _AUTHZS.c.identifier_value,
+    _AUTHZS.c.wildcard,
 ).select_from(_CHALLS.join(_AUTHZS, _AUTHZS.c.id == _CHALLS.c.authorization_id)).where(
     _CHALLS.c.id == bindparam("b_id"))
 _OWNED_CERT = select(_CERTS.c.der, _CERTS.c.authority_id).select_from(
@@ -166,7 +167,8 @@ class AcmeService:
         cfg = app.settings.config.acme
         self.validation = validation.ValidationSettings(
             http_port=cfg.http01_port, tls_alpn_port=cfg.tls_alpn01_port,
-            resolvers=tuple(cfg.resolvers), timeout=cfg.validation_timeout_seconds)
+            resolvers=tuple(cfg.resolvers), timeout=cfg.validation_timeout_seconds,
+            caa_identities=tuple(cfg.caa_identities))
         self.order_lifetime = timedelta(seconds=durations.parse(cfg.order_lifetime))
         self.pool = ValidationPool(cfg.max_concurrent_validations)
 
@@ -187,7 +189,9 @@ class AcmeService:
             "newNonce": ctx.url("new-nonce"), "newAccount": ctx.url("new-account"),
             "newOrder": ctx.url("new-order"), "revokeCert": ctx.url("revoke-cert"),
             "keyChange": ctx.url("key-change"), "renewalInfo": ctx.url("renewal-info"),
-            "meta": {"externalAccountRequired": ctx.prov.settings.require_eab},
+            "meta": {"externalAccountRequired": ctx.prov.settings.require_eab,
+                     **({"caaIdentities": list(self.validation.caa_identities)}
+                        if self.validation.caa_identities else {})},
         })
 
     def account_key(self, ctx: Ctx, kid: str) -> tuple[AcmeAccount, JWK]:
@@ -590,7 +594,8 @@ class AcmeService:
             with self.app.db.read() as conn:
                 return self._challenge_reply(ctx, conn.execute(
                     _CHALL_AND_AUTHZ, {"b_id": ch.id}).one(), up)
-        job = _Validation(self, ctx.prov.name, acct.id, acct.thumbprint, ch, started)
+        job = _Validation(self, ctx.prov.name, acct.id, acct.thumbprint, ch, started,
+                          ctx.url("account", acct.id))
         future = self.pool.submit(job.run)
         wait = self.app.settings.config.acme.validation_wait_seconds
         if wait > 0:  # done or not, the row says where the attempt is
@@ -808,17 +813,21 @@ class _Validation:
     for a validation failure; those are outcomes)."""
 
     def __init__(self, service: AcmeService, prov_name: str, account_id: str,
-                 thumbprint: str, ch: Any, started: datetime) -> None:
+                 thumbprint: str, ch: Any, started: datetime, account_uri: str) -> None:
         self.service, self.prov_name, self.account_id = service, prov_name, account_id
         self.thumbprint, self.ch, self.started = thumbprint, ch, started
+        self.account_uri = account_uri
 
     def run(self) -> None:
         ch = self.ch
         key_auth = validation.key_authorization(ch.token, self.thumbprint)
         error: dict[str, Any] | None = None
+        # A wildcard is proven at its base name, but CAA reads issuewild for it.
+        ident = f"*.{ch.identifier_value}" if ch.wildcard else ch.identifier_value
         try:
-            checked = validation.validate(ch.type, ch.identifier_type, ch.identifier_value,
-                                          ch.token, key_auth, self.service.validation)
+            checked = validation.validate(ch.type, ch.identifier_type, ident, ch.token,
+                                          key_auth, self.service.validation,
+                                          account_uri=self.account_uri)
         except validation.ValidationError as exc:
             checked = ""
             error = {"type": "urn:ietf:params:acme:error:" + exc.problem,

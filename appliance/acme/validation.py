@@ -120,6 +120,8 @@ class ValidationSettings:
     resolvers: tuple[str, ...] = ()  # "ip" or "ip:port" ("[::1]:53"); empty = system resolver
     timeout: float = 10.0  # whole validation attempt bound, seconds
     max_redirects: int = 10  # http-01
+    # Issuer domain names this CA answers to in CAA records (RFC 8659); empty: no CAA check.
+    caa_identities: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("http_port", "tls_alpn_port"):
@@ -134,6 +136,12 @@ class ValidationSettings:
             raise ValueError("resolvers must be a tuple of strings, not a string")
         for entry in self.resolvers:
             _parse_resolver(entry)
+        if isinstance(self.caa_identities, str):
+            raise ValueError("caa_identities must be a tuple of strings, not a string")
+        for ident in self.caa_identities:
+            if not 0 < len(ident) <= 253 or not all(
+                    _LABEL.match(lbl) for lbl in ident.lower().removesuffix(".").split(".")):
+                raise ValueError(f"CAA identity {ident!r} is not a domain name")
 
 
 def key_authorization(token: str, account_jwk_thumbprint: str) -> str:
@@ -148,12 +156,15 @@ def dns01_txt_value(key_authorization: str) -> str:
 
 
 def validate(challenge_type: str, identifier_type: str, identifier: str, token: str,
-             key_authorization: str, settings: ValidationSettings) -> str:
+             key_authorization: str, settings: ValidationSettings, *,
+             account_uri: str | None = None) -> str:
     """Run one challenge; return what was checked, or raise :class:`ValidationError`.
 
     The return value is a short human description (URL and address, TXT name, TLS
-    endpoint) meant for the audit log, so a later reader can see *what* vouched for
-    the identifier.
+    endpoint, CAA) meant for the audit log, so a later reader can see *what* vouched for
+    the identifier. With ``settings.caa_identities``, a DNS name whose challenge passed
+    must also be authorized by its CAA records (RFC 8659; ``accounturi`` and
+    ``validationmethods`` of RFC 8657 are honoured, hence ``account_uri``).
     """
     deadline = _Deadline(settings.timeout)
     kind, name = _check_identifier(challenge_type, identifier_type, identifier)
@@ -162,10 +173,16 @@ def validate(challenge_type: str, identifier_type: str, identifier: str, token: 
         raise ValidationError("malformed", f"token {token!r} is not base64url")
     try:
         if challenge_type == "http-01":
-            return _validate_http01(kind, name, token, key_authorization, settings, deadline)
-        if challenge_type == "dns-01":
-            return _validate_dns01(name, key_authorization, settings, deadline)
-        return _validate_tls_alpn01(kind, name, key_authorization, settings, deadline)
+            checked = _validate_http01(kind, name, token, key_authorization, settings,
+                                       deadline)
+        elif challenge_type == "dns-01":
+            checked = _validate_dns01(name, key_authorization, settings, deadline)
+        else:
+            checked = _validate_tls_alpn01(kind, name, key_authorization, settings, deadline)
+        if kind == "dns" and settings.caa_identities:
+            checked += "; " + _check_caa(name, challenge_type, account_uri, settings,
+                                         deadline)
+        return checked
     except ValidationError:
         raise
     except (dns.exception.DNSException, socket.gaierror) as exc:
@@ -635,6 +652,96 @@ def _validate_dns01(name: str, key_authz: str, settings: ValidationSettings,
             f"TXT {qname} via {via} holds {shown}{more}, not the expected {expected!r}",
         )
     return f"TXT {qname} via {via}"
+
+
+# --------------------------------------------------------------------------- CAA (RFC 8659)
+
+# Tags whose meaning is known (none of the others restricts issuance); an unknown tag with
+# the critical flag forbids issuance (RFC 8659 §4.1).
+_CAA_KNOWN_TAGS = frozenset({"issue", "issuewild", "iodef", "issuemail", "issuevmc",
+                             "contactemail", "contactphone"})
+_CAA_CRITICAL = 0x80
+
+
+def _caa_records(resolver: dns.resolver.Resolver, qname: str, settings: ValidationSettings,
+                 deadline: _Deadline) -> list[tuple[int, str, str]]:
+    """(flags, tag, value) of the CAA RRset at ``qname``; [] for none or NXDOMAIN.
+    A failure to get an answer raises: CAA is checked fail-closed."""
+    doing = f"looking up CAA {qname} via {_describe_resolvers(settings)}"
+    try:
+        answer = resolver.resolve(dns.name.from_text(qname), "CAA",
+                                  lifetime=deadline.remaining(doing, "dns"), search=False,
+                                  raise_on_no_answer=False)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except dns.resolver.LifetimeTimeout:
+        raise deadline.expired(doing, "dns") from None
+    except dns.exception.DNSException as exc:
+        raise ValidationError("dns", f"DNS error {doing}: {exc}") from exc
+    if answer.rrset is None:
+        return []
+    return [(int(rd.flags), rd.tag.decode("ascii", "replace").lower(),
+             rd.value.decode("utf-8", "replace")) for rd in answer.rrset]
+
+
+def _caa_authorizes(value: str, identities: tuple[str, ...], challenge_type: str,
+                    account_uri: str | None) -> bool:
+    """Does one issue/issuewild value name this CA, with parameters that let this request
+    through? ``accounturi`` must be this account's URL and ``validationmethods`` must list
+    this challenge type (RFC 8657); other parameters are ignored."""
+    issuer, _, rest = value.partition(";")
+    issuer = issuer.strip().lower().removesuffix(".")
+    if not issuer or issuer not in {i.lower().removesuffix(".") for i in identities}:
+        return False
+    for param in rest.split(";"):
+        key, sep, val = param.strip().partition("=")
+        key, val = key.strip().lower(), val.strip()
+        if not key:
+            continue
+        if not sep:
+            return False  # malformed: a property we cannot read authorizes nothing
+        if key == "accounturi" and val != account_uri:
+            return False
+        if key == "validationmethods" and challenge_type not in {
+                m.strip() for m in val.split(",")}:
+            return False
+    return True
+
+
+def _check_caa(name: str, challenge_type: str, account_uri: str | None,
+               settings: ValidationSettings, deadline: _Deadline) -> str:
+    """RFC 8659 §3: the relevant RRset is the first non-empty one climbing from the name
+    towards the top-level domain. Returns what decided, for the audit log."""
+    wildcard = name.startswith("*.")
+    fqdn = name.removeprefix("*.")
+    resolver = _dns_resolver(settings)
+    via = _describe_resolvers(settings)
+    labels = fqdn.split(".")
+    for i in range(len(labels)):
+        node = ".".join(labels[i:])
+        records = _caa_records(resolver, node, settings, deadline)
+        if records:
+            break
+    else:
+        return f"CAA: no records at {fqdn} or above via {via}"
+    for flags, tag, value in records:
+        if flags & _CAA_CRITICAL and tag not in _CAA_KNOWN_TAGS:
+            raise ValidationError(
+                "caa", f"CAA at {node} via {via} has a critical property this CA does not "
+                f"understand ({tag} {value!r}): issuance for {name} is not allowed")
+    tag = "issuewild" if wildcard and any(t == "issuewild" for _, t, _ in records) else "issue"
+    values = [v for _, t, v in records if t == tag]
+    if not values:
+        return f"CAA at {node} via {via}: no {tag} property"
+    for value in values:
+        if _caa_authorizes(value, settings.caa_identities, challenge_type, account_uri):
+            return f"CAA at {node} via {via}: {tag} {value!r}"
+    shown = ", ".join(repr(v[:80]) for v in values[:5])
+    raise ValidationError(
+        "caa", f"CAA at {node} via {via} ({tag} {shown}) does not authorize this CA "
+        f"({', '.join(settings.caa_identities)}) to issue for {name}"
+        + (f" with {challenge_type} and this account" if any(
+            ";" in v for v in values) else ""))
 
 
 # --------------------------------------------------------------------------- tls-alpn-01

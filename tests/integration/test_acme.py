@@ -87,7 +87,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         with (d / "appliance.yaml").open("a") as f:
             f.write(f"\nacme:\n  http01_port: {http01}\n  tls_alpn01_port: {alpn}\n"
                     f"  resolvers: [\"127.0.0.1:{dns.port}\"]\n"
-                    f"  ari_retry_after_seconds: 120\n")
+                    f"  ari_retry_after_seconds: 120\n  caa_identities: [ca.test]\n")
         run_cli("--dir", str(d), "provisioner", "add", "team", "--type", "acme",
                 "--require-eab", check=True)
         with serving(d, rate_limit_per_minute=0) as srv:
@@ -774,3 +774,63 @@ def test_prune_deletes_orders_that_ended_long_ago_and_nothing_else(
         app.close()
     verified = run_cli("--dir", str(d), "audit", "verify", check=False)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_caa_is_honoured_after_a_passing_challenge(env: Env) -> None:
+    """CAA (RFC 8659, RFC 8657) through the real server: the test DNS server publishes the
+    records, the appliance (acme.caa_identities: [ca.test]) reads them after http-01."""
+    assert env.client().dir["meta"]["caaIdentities"] == ["ca.test"]
+    c = env.client()
+    assert c.register().status_code == 201
+    env.dns.set_caa("caa-other.test", "issue", "letsencrypt.org")
+    r = c.order(("dns", "www.caa-other.test"))
+    order_url = r.headers["Location"]
+    authz = c.post(r.json()["authorizations"][0], None).json()
+    ch = next(x for x in authz["challenges"] if x["type"] == "http-01")
+    answer = c.key_authorization(ch["token"]).encode()
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", env.http01), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        got = c.post(ch["url"], {}).json()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert got["status"] == "invalid", got
+    assert got["error"]["type"] == "urn:ietf:params:acme:error:caa"
+    assert "letsencrypt.org" in got["error"]["detail"]
+    assert c.post(order_url, None).json()["status"] == "invalid"
+    failed = env.server.events("acme.challenge.failed")[-1]
+    assert failed["details"]["identifier"]["value"] == "www.caa-other.test"
+    # bound to this very account (RFC 8657 accounturi): allowed, and the audit says why
+    env.dns.set_caa("caa-mine.test", "issue", f"ca.test; accounturi={c.kid}")
+    order = _ready_order(env, c, "caa-mine.test")
+    r = c.post(order["finalize"], {"csr": _csr("caa-mine.test")})
+    assert r.json()["status"] == "valid", r.text
+    ok = [e for e in env.server.events("acme.challenge.validated")
+          if e["details"]["identifier"]["value"] == "caa-mine.test"]
+    assert "CAA at caa-mine.test" in ok[-1]["details"]["checked"]
+    # another account is not that account
+    other = env.client()
+    assert other.register().status_code == 201
+    r = other.order(("dns", "caa-mine.test"))
+    authz = other.post(r.json()["authorizations"][0], None).json()
+    ch = next(x for x in authz["challenges"] if x["type"] == "dns-01")
+    env.dns.set_txt("_acme-challenge.caa-mine.test", _dns01_value(other, ch["token"]))
+    got = other.post(ch["url"], {}).json()
+    assert got["status"] == "invalid" and got["error"]["type"].endswith(":caa"), got
+
+
+def _dns01_value(c: Client, token: str) -> str:
+    from appliance.acme.validation import dns01_txt_value
+
+    return dns01_txt_value(c.key_authorization(token))

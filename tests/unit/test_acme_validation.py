@@ -577,3 +577,119 @@ def test_tls_alpn01_not_tls_and_refused(http: HttpServer, dns_server: DnsServer)
     expect("connection",
            lambda: validate("tls-alpn-01", "dns", "app.test", TOKEN, KA,
                             settings(dns_server, tls_alpn_port=free_port())), "refused")
+
+
+# --------------------------------------------------------------------------- CAA (RFC 8659)
+
+ACCOUNT = "https://ca.test/acme/acme/account/abc"
+
+
+def caa_settings(dns_server: DnsServer) -> ValidationSettings:
+    return settings(dns_server, caa_identities=("ca.test", "Alias.CA.test."))
+
+
+def dns01(dns_server: DnsServer, name: str, account: str | None = ACCOUNT) -> str:
+    base = name.removeprefix("*.")
+    dns_server.clear_txt(f"_acme-challenge.{base}")
+    dns_server.set_txt(f"_acme-challenge.{base}", dns01_txt_value(KA))
+    return validate("dns-01", "dns", name, TOKEN, KA, caa_settings(dns_server),
+                    account_uri=account)
+
+
+def test_caa_absent_allows_and_climbs_to_the_top(dns_server: DnsServer) -> None:
+    got = dns01(dns_server, "a.b.app.test")
+    assert "CAA: no records at a.b.app.test or above" in got
+    asked = [q for q, t in dns_server.queries if t == "CAA"]
+    assert asked == ["a.b.app.test", "b.app.test", "app.test", "test"]
+    # without identities configured CAA is not looked at
+    dns_server.queries.clear()
+    validate("dns-01", "dns", "a.b.app.test", TOKEN, KA, settings(dns_server))
+    assert not [q for q, t in dns_server.queries if t == "CAA"]
+
+
+def test_caa_issue_for_this_ca_allows_any_alias_any_case(dns_server: DnsServer) -> None:
+    dns_server.set_caa("app.test", "issue", "other.example")
+    dns_server.set_caa("app.test", "issue", "alias.ca.test")
+    got = dns01(dns_server, "www.app.test")
+    assert "CAA at app.test" in got and "'alias.ca.test'" in got
+
+
+def test_caa_issue_for_another_ca_refuses_naming_the_record(dns_server: DnsServer) -> None:
+    dns_server.set_caa("app.test", "issue", "letsencrypt.org")
+    dns_server.set_caa("app.test", "iodef", "mailto:sec@app.test")
+    expect("caa", lambda: dns01(dns_server, "www.app.test"), "CAA at app.test",
+           "'letsencrypt.org'", "www.app.test", "ca.test")
+
+
+def test_caa_closest_rrset_wins(dns_server: DnsServer) -> None:
+    dns_server.set_caa("app.test", "issue", "letsencrypt.org")
+    dns_server.set_caa("www.app.test", "issue", "ca.test")
+    assert "CAA at www.app.test" in dns01(dns_server, "www.app.test")
+    expect("caa", lambda: dns01(dns_server, "api.app.test"))
+
+
+def test_caa_empty_issue_forbids_everyone(dns_server: DnsServer) -> None:
+    dns_server.set_caa("app.test", "issue", ";")
+    expect("caa", lambda: dns01(dns_server, "app.test"))
+
+
+def test_caa_without_issue_properties_allows(dns_server: DnsServer) -> None:
+    dns_server.set_caa("app.test", "iodef", "mailto:sec@app.test")
+    assert "no issue property" in dns01(dns_server, "app.test")
+
+
+def test_caa_issuewild_governs_wildcards(dns_server: DnsServer) -> None:
+    dns_server.set_caa("app.test", "issue", "ca.test")
+    dns_server.set_caa("app.test", "issuewild", ";")
+    assert "issue 'ca.test'" in dns01(dns_server, "app.test")
+    expect("caa", lambda: dns01(dns_server, "*.app.test"), "issuewild")
+    dns_server.clear_caa("app.test")
+    dns_server.set_caa("app.test", "issue", "ca.test")  # no issuewild: issue applies
+    assert "issue 'ca.test'" in dns01(dns_server, "*.app.test")
+
+
+def test_caa_critical_unknown_tag_forbids_known_or_noncritical_does_not(
+        dns_server: DnsServer) -> None:
+    dns_server.set_caa("app.test", "issue", "ca.test")
+    dns_server.set_caa("app.test", "futuretag", "x")  # not critical: ignored
+    dns01(dns_server, "app.test")
+    dns_server.set_caa("app.test", "tbs", "x", flags=128)
+    expect("caa", lambda: dns01(dns_server, "app.test"), "critical", "tbs")
+
+
+def test_caa_account_and_method_binding_rfc8657(dns_server: DnsServer) -> None:
+    dns_server.set_caa("app.test", "issue",
+                       f"ca.test; accounturi={ACCOUNT}; validationmethods=dns-01,http-01")
+    assert "accounturi" in dns01(dns_server, "app.test")
+    expect("caa", lambda: dns01(dns_server, "app.test", account=ACCOUNT + "x"),
+           "this account")
+    dns_server.clear_caa("app.test")
+    dns_server.set_caa("app.test", "issue", "ca.test; validationmethods=http-01")
+    expect("caa", lambda: dns01(dns_server, "app.test"), "dns-01")
+    dns_server.clear_caa("app.test")
+    dns_server.set_caa("app.test", "issue", "ca.test; somefutureparam=1")  # ignored
+    dns01(dns_server, "app.test")
+
+
+def test_caa_lookup_failure_fails_closed_and_nxdomain_climbs(dns_server: DnsServer) -> None:
+    dns_server.set_servfail("app.test")
+    expect("dns", lambda: dns01(dns_server, "www.app.test"), "CAA app.test")
+    dns_server.set_servfail("app.test", on=False)
+    dns_server.set_caa("app.test", "issue", "ca.test")
+    dns_server.set_nxdomain("www.app.test")  # no such name: its parents decide
+    assert "CAA at app.test" in dns01(dns_server, "www.app.test")
+
+
+def test_caa_not_checked_for_ip_identifiers(http: HttpServer, dns_server: DnsServer) -> None:
+    http.routes[PATH] = (200, KA.encode(), {})
+    got = validate("http-01", "ip", "127.0.0.1", TOKEN, KA, settings(
+        dns_server, caa_identities=("ca.test",), http_port=http.port))
+    assert "CAA" not in got
+    assert not [q for q, t in dns_server.queries if t == "CAA"]
+
+
+def test_caa_identities_are_checked() -> None:
+    with pytest.raises(ValueError, match="not a domain name"):
+        ValidationSettings(caa_identities=("bad name",))
+    with pytest.raises(ValueError, match="not a string"):
+        ValidationSettings(caa_identities="ca.test")  # type: ignore[arg-type]
