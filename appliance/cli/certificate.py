@@ -27,7 +27,7 @@ def _name(_ctx: click.Context, _param: click.Parameter, value: str | None) -> st
     return value
 
 
-def _serial(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+def serial_callback(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     # Bad input is a usage error (exit 2) here, as every other malformed argument is.
     try:
         return normalise_serial(value)
@@ -89,7 +89,7 @@ def list_cmd(ctx: CliContext, provisioner: str | None, authority: str | None,
 
 
 @cert.command("show")
-@click.argument("serial", callback=_serial)
+@click.argument("serial", callback=serial_callback)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.option("--pem", "as_pem", is_flag=True, help="Print only the certificate, PEM-encoded.")
 @location_options

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from appliance.cli.certificate import serial_callback
 from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx
 from appliance.revocation import crl
 from appliance.revocation.reasons import CODES
@@ -12,7 +13,7 @@ from appliance.runtime import cli_actor
 
 
 @click.command("revoke")
-@click.argument("serial")
+@click.argument("serial", callback=serial_callback)
 @click.option("--reason", default="unspecified", show_default=True,
               type=click.Choice(list(CODES.values()), case_sensitive=False),
               help="RFC 5280 reason (certificateHold is not offered: revocation is final).")

@@ -168,6 +168,8 @@ def test_revoke_over_http(server: Server, tmp_path: Path) -> None:
     assert hold.status_code == 400 and "certificateHold" in hold.json()["message"]
     assert server.post("/1.0/revoke", json={"serial": "abcdef"}).status_code == 401
     assert server.cli("revoke", "0x1234567", check=False).returncode == 1
+    malformed = server.cli("revoke", "not-hex", check=False)  # a usage error, as in `cert show`
+    assert malformed.returncode == 2 and "not a hexadecimal serial" in malformed.stderr
 
 
 def test_serve_only_public_for_its_own_unit(server: Server, tmp_path: Path) -> None:
