@@ -35,6 +35,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+# Bytecode for the (editable) package, written once: with PYTHONDONTWRITEBYTECODE set (as
+# in the systemd units, and on some machines) every process would otherwise compile it.
+.venv/bin/python -m compileall -q appliance >/dev/null
 # An ACME Renewal Information (RFC 9773) client: Debian's certbot 2.1 predates ARI, so the
 # ARI test runs certbot from PyPI, in its own venv (its pins stay out of the appliance's).
 if [ ! -x .venv-clients/bin/certbot ]; then

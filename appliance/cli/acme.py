@@ -15,7 +15,7 @@ from appliance.runtime import cli_actor
 
 @click.group()
 def acme() -> None:
-    """The ACME server's accounts (directories: /acme/<provisioner>/directory)."""
+    """ACME (directories at /acme/<provisioner>/directory): accounts, pruning."""
 
 
 @acme.group()
