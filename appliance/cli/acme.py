@@ -8,7 +8,14 @@ from datetime import timedelta
 import click
 
 from appliance import durations
-from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx, table
+from appliance.cli.context import (
+    CliContext,
+    duration_callback,
+    emit_json,
+    location_options,
+    pass_ctx,
+    table,
+)
 from appliance.ops import acme_accounts, acme_retention
 from appliance.runtime import cli_actor
 
@@ -78,22 +85,18 @@ def revoke_cmd(ctx: CliContext, account_id: str, reason: str) -> None:
 
 
 @acme.command("prune")
-@click.option("--older-than", default=None,
+@click.option("--older-than", default=None, callback=duration_callback, metavar="DURATION",
               help="Delete what ended longer ago than this (e.g. 30d; default acme.retention).")
 @click.option("--dry-run", is_flag=True, help="Only count what would go.")
 @click.option("--json", "as_json", is_flag=True)
 @location_options
 @pass_ctx
-def prune_cmd(ctx: CliContext, older_than: str | None, dry_run: bool, as_json: bool) -> None:
+def prune_cmd(ctx: CliContext, older_than: int | None, dry_run: bool, as_json: bool) -> None:
     """Delete ACME orders that ended long ago (failed or expired, or valid with an expired
     certificate; their authorizations and challenges go too) and spent nonces. Certificates,
     accounts and the audit log are kept. Run daily by appliance-acme-prune.timer."""
     app = ctx.app()
-    text = older_than or app.settings.config.acme.retention
-    try:
-        seconds = durations.parse(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    seconds = older_than or durations.parse(app.settings.config.acme.retention)
     done = acme_retention.prune(app, timedelta(seconds=seconds), cli_actor(), dry_run=dry_run)
     if as_json:
         emit_json(done.as_dict())

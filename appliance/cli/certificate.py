@@ -6,19 +6,16 @@ from typing import Any
 
 import click
 
-from appliance import durations
-from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx, table
+from appliance.cli.context import (
+    CliContext,
+    duration_callback,
+    emit_json,
+    location_options,
+    pass_ctx,
+    table,
+)
 from appliance.ops import certificates as cert_ops
 from appliance.revocation.revoke import RevocationError, normalise_serial
-
-
-def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return durations.parse(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 def _name(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -54,7 +51,7 @@ def cert() -> None:
 @click.option("--name", default=None, callback=_name,
               help="Case-insensitive substring of the subject or of any SAN "
                    f"(at most {cert_ops.MAX_NAME} characters).")
-@click.option("--expiring-within", default=None, callback=_duration, metavar="DURATION",
+@click.option("--expiring-within", default=None, callback=duration_callback, metavar="DURATION",
               help="Only issued certificates, still valid, that expire within DURATION "
                    "(e.g. 30d, 12h).")
 @click.option("--limit", type=click.IntRange(1, cert_ops.MAX_LIMIT),

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from appliance import config
+from appliance import config, durations
 from appliance.runtime import Appliance
 
 
@@ -71,3 +71,14 @@ def location_options(fn: F) -> F:
     fn = click.option("--dir", type=click.Path(path_type=Path), expose_value=False,
                       callback=_set_dir, help="Data directory holding appliance.yaml.")(fn)
     return fn
+
+
+def duration_callback(_ctx: click.Context, _param: click.Parameter,
+                      value: str | None) -> int | None:
+    """A click callback: "90s", "5m", "24h", "30d" to seconds; a bad value is a usage error."""
+    if value is None:
+        return None
+    try:
+        return durations.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None

@@ -9,8 +9,14 @@ import click
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from appliance import durations
-from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx, table
+from appliance.cli.context import (
+    CliContext,
+    duration_callback,
+    emit_json,
+    location_options,
+    pass_ctx,
+    table,
+)
 from appliance.ops import policies as policy_ops
 from appliance.ops import provisioners as prov_ops
 from appliance.policy.names import parse_policy
@@ -19,23 +25,17 @@ from appliance.provisioners.settings import Claims, ProvisionerSettings, sign_au
 from appliance.runtime import cli_actor
 
 
-def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return durations.parse(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 def claim_options(fn: Any) -> Any:
     for opt in reversed([
-        click.option("--min-duration", callback=_duration, help="Shortest certificate (e.g. 5m)."),
-        click.option("--max-duration", callback=_duration, help="Longest certificate (e.g. 24h)."),
-        click.option("--default-duration", callback=_duration, help="When none is asked for."),
+        click.option("--min-duration", callback=duration_callback,
+                     help="Shortest certificate (e.g. 5m)."),
+        click.option("--max-duration", callback=duration_callback,
+                     help="Longest certificate (e.g. 24h)."),
+        click.option("--default-duration", callback=duration_callback,
+                     help="When none is asked for."),
         click.option("--disable-renewal/--enable-renewal", default=None),
         click.option("--allow-renewal-after-expiry/--deny-renewal-after-expiry", default=None),
-        click.option("--renewal-grace", callback=_duration,
+        click.option("--renewal-grace", callback=duration_callback,
                      help="How long after expiry renewal stays possible (unset: no limit)."),
         click.option("--template", default=None, help="Template name for this provisioner."),
         click.option("--require-inventory/--no-require-inventory", default=None,
@@ -161,9 +161,9 @@ def remove_cmd(ctx: CliContext, name: str) -> None:
 @click.command("token")
 @click.argument("name")
 @click.option("--san", "sans", multiple=True, help="A name for the certificate.")
-@click.option("--not-after", callback=_duration, default=None,
+@click.option("--not-after", callback=duration_callback, default=None,
               help="Ask for a certificate of this lifetime (e.g. 24h).")
-@click.option("--lifetime", callback=_duration, default="5m", show_default=True,
+@click.option("--lifetime", callback=duration_callback, default="5m", show_default=True,
               help="How long the token itself is valid.")
 @click.option("--revoke", "revoke_serial", default=None,
               help="A token to revoke this serial (POST /1.0/revoke) instead of to sign.")
