@@ -15,10 +15,10 @@ import os
 import secrets
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import ColumnElement, Connection, Table, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from appliance import durations
@@ -30,6 +30,16 @@ KEY_NAME = "nonce-mac"
 _RAW_LEN = 8 + 12 + 16
 _USED = cast(Table, AcmeUsedNonce.__table__)
 _INSERT_USED = insert(_USED)  # built once; values bound per call
+
+
+def gone_by(now: datetime) -> ColumnElement[bool]:
+    """Redeemed nonces that can no longer come back (past their lifetime, with the minute
+    of clock difference ``redeem`` allows)."""
+    return _USED.c.expires_at < now - timedelta(seconds=60)
+
+
+def prune_used(db: Connection, now: datetime) -> int:
+    return int(db.execute(delete(_USED).where(gone_by(now))).rowcount)
 
 
 def _b64(data: bytes) -> str:
@@ -102,8 +112,7 @@ class Nonces:
                 db.execute(_INSERT_USED, {"nonce": nonce, "expires_at": datetime.fromtimestamp(
                     made + self.lifetime, UTC)})
                 if secrets.randbelow(512) == 0:  # now and then, forget what cannot come back
-                    db.execute(delete(_USED).where(
-                        _USED.c.expires_at < datetime.fromtimestamp(now - 60, UTC)))
+                    prune_used(db, datetime.fromtimestamp(now, UTC))
         except IntegrityError:
             return False
         return True

@@ -589,20 +589,20 @@ class AcmeService:
             if reserved:
                 self.pool.release()
             raise
-        if not reserved:
-            # Another request claimed it first: show where its attempt is.
-            with self.app.db.read() as conn:
-                return self._challenge_reply(ctx, conn.execute(
-                    _CHALL_AND_AUTHZ, {"b_id": ch.id}).one(), up)
+        if not reserved:  # another request claimed it first: show where its attempt is
+            return self._current_challenge(ctx, ch.id, up)
         job = _Validation(self, ctx.prov.name, acct.id, acct.thumbprint, ch, started,
                           ctx.url("account", acct.id))
         future = self.pool.submit(job.run)
         wait = self.app.settings.config.acme.validation_wait_seconds
         if wait > 0:  # done or not, the row says where the attempt is
             futures.wait([future], timeout=wait)
+        return self._current_challenge(ctx, ch.id, up)
+
+    def _current_challenge(self, ctx: Ctx, chall_id: str, up: dict[str, str]) -> Reply:
         with self.app.db.read() as conn:
             return self._challenge_reply(
-                ctx, conn.execute(_CHALL_AND_AUTHZ, {"b_id": ch.id}).one(), up)
+                ctx, conn.execute(_CHALL_AND_AUTHZ, {"b_id": chall_id}).one(), up)
 
     def _stale(self, ch: Any, now: datetime) -> bool:
         """A "processing" attempt older than any live one can be (its process died)."""
@@ -634,10 +634,9 @@ class AcmeService:
                        "validated_at": None if error else now, "processing_since": None}
                 if row.authz_status != "pending":  # deactivated or expired meanwhile
                     new = {"status": "invalid", "processing_since": None, "validated_at": None,
-                           "error": json.dumps({
-                               "type": "urn:ietf:params:acme:error:malformed",
-                               "detail": f"the authorization became {row.authz_status}",
-                               "status": 400})}
+                           "error": json.dumps(AcmeProblem(
+                               "malformed",
+                               f"the authorization became {row.authz_status}").document())}
                 db.execute(_SET_CHALL, {"b_id": ch.id, **new})
                 if row.authz_status == "pending":
                     db.execute(_SET_AUTHZ, {"b_id": ch.authorization_id,
@@ -830,14 +829,12 @@ class _Validation:
                                           account_uri=self.account_uri)
         except validation.ValidationError as exc:
             checked = ""
-            error = {"type": "urn:ietf:params:acme:error:" + exc.problem,
-                     "detail": str(exc), "status": 400}
+            error = AcmeProblem(exc.problem, str(exc)).document()
         except Exception as exc:  # a bug must not leave the challenge looking alive
             log.exception("validation of challenge %s raised", ch.id)
             checked = ""
-            error = {"type": "urn:ietf:params:acme:error:serverInternal",
-                     "detail": f"validation failed on the server: {type(exc).__name__}",
-                     "status": 500}
+            error = AcmeProblem("serverInternal", "validation failed on the server: "
+                                f"{type(exc).__name__}").document()
         self.service.record_validation(self.prov_name, self.account_id, ch, self.started,
                                        checked, error)
 

@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, delete, func, select
 
+from appliance.acme import nonces
 from appliance.audit.log import Actor
 from appliance.runtime import Appliance
 from appliance.store.models import AcmeOrder, AcmeUsedNonce, Certificate
@@ -70,7 +71,7 @@ def prune(app: Appliance, older_than: timedelta, actor: Actor, *, dry_run: bool 
                 setattr(result, field, conn.execute(
                     select(func.count()).select_from(query.subquery())).scalar_one())
             result.nonces = conn.execute(select(func.count()).select_from(_NONCES).where(
-                _NONCES.c.expires_at < now)).scalar_one()
+                nonces.gone_by(now))).scalar_one()
         return result
     for field, query in (("orders_ended", _ended(cutoff)),
                          ("orders_expired_certificate", _expired_certificate(cutoff))):
@@ -85,8 +86,7 @@ def prune(app: Appliance, older_than: timedelta, actor: Actor, *, dry_run: bool 
                     "what": field, "orders": len(ids), "cutoff": result.cutoff})
             setattr(result, field, getattr(result, field) + len(ids))
     with app.db.transaction() as db:
-        gone = db.execute(delete(_NONCES).where(_NONCES.c.expires_at < now))
-        result.nonces = int(gone.rowcount)  # type: ignore[attr-defined]
+        result.nonces = nonces.prune_used(db.connection(), now)
         if result.nonces:
             app.audit_log().append(db, "acme.pruned", actor, object_ids={}, details={
                 "what": "nonces", "nonces": result.nonces, "before": now.isoformat()})
