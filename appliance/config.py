@@ -33,6 +33,10 @@ class DatabaseConfig(_Strict):
 
 class HsmConfig(_Strict):
     profile: Path = Path("hsm.yaml")
+    # The root key lives in a token of its own that this node never opens (an offline root
+    # node signs this node's CA certificates); serve refuses to start, and root ceremonies
+    # are refused, if this profile's token can reach a root's key.
+    root_offline: bool = False
 
 
 class AuditConfig(_Strict):
@@ -164,6 +168,9 @@ class LoggingConfig(_Strict):
 
 class ApplianceConfig(_Strict):
     node_id: str = Field(default="node-1", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    # "online": serves the API and OCSP/CRLs. "offline-root": holds an offline root; only
+    # ceremonies and operator commands run here, ``serve`` refuses.
+    role: Literal["online", "offline-root"] = "online"
     database: DatabaseConfig = DatabaseConfig()
     hsm: HsmConfig = HsmConfig()
     audit: AuditConfig = AuditConfig()

@@ -9,6 +9,7 @@ every state change is audited in the transaction that makes it.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import secrets
 from concurrent import futures
@@ -57,6 +58,7 @@ from appliance.store.models import (
 )
 from appliance.templates import build as template_build
 from appliance.templates.render import TemplateRefusal
+from appliance.x509.path import PathError
 
 log = logs.get("acme")
 MAX_CONTACTS = 4
@@ -362,11 +364,19 @@ class AcmeService:
         with self.app.db.read() as db:
             levels = self.issuer.policy_levels(db, ctx.prov)
         ordered = [self._eab_level(acct), *reversed(levels)]
+        # The CA's own chain too: an identifier its name constraints forbid can never be
+        # certified, so it is refused now rather than after the client proved control.
+        chain = self.issuer.chain_constraints(ctx.prov.authority_id)
         refused: list[dict[str, Any]] = []
         for ident in idents:
             try:
                 policy.check(ident.names(), ordered)
-            except policy.PolicyError as exc:
+                if ident.type == "ip":
+                    chain.check_names(ips=[ipaddress.ip_address(ident.value)],
+                                      what=f"identifier {ident.value}")
+                else:
+                    chain.check_names(dns=[ident.value], what=f"identifier {ident.value}")
+            except (policy.PolicyError, PathError) as exc:
                 refused.append(subproblem("rejectedIdentifier", str(exc), ident.json()))
         if refused:
             raise AcmeProblem("rejectedIdentifier",
@@ -927,6 +937,11 @@ def _as_problem(exc: BaseException) -> AcmeProblem:
                            subproblems=[subproblem("rejectedIdentifier", str(exc), ident)])
     if isinstance(exc, IssuanceError):
         return AcmeProblem("badCSR", str(exc))
+    if isinstance(exc, PathError):
+        # The CA's own chain forbids it (its name constraints, most often): the identifier
+        # is one this CA can never certify.
+        kind = "rejectedIdentifier" if exc.constraint == "name_constraints" else "unauthorized"
+        return AcmeProblem(kind, str(exc))
     if isinstance(exc, (TemplateRefusal, InventoryError, LintError)):
         return AcmeProblem("unauthorized", str(exc), status=403)
     if isinstance(exc, AuthorityUnavailable):

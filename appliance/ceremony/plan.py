@@ -59,6 +59,13 @@ def _one(st: Any, ref: Any) -> str:
     if isinstance(st, s.CsrStep):
         return (f"make a CSR for {name(st.subject).rfc4514_string()!r} with "
                 f"{ref(st.key, 'key')}")
+    if isinstance(st, s.SignCsrStep):
+        subject = name(st.subject).rfc4514_string() if st.subject else "as in the CSR"
+        pinned = f" (SHA-256 {st.csr_sha256})" if st.csr_sha256 else ""
+        return (f"sign the CSR {ref(st.csr, 'file')}{pinned} "
+                f"as a CA certificate ({subject}) by {ref(st.issuer, 'authority')}, "
+                f"{_validity(st.validity)}, path length {_pl(st.path_length)}; "
+                f"register as {st.authority!r} (its key stays where the CSR was made)")
     if isinstance(st, s.ImportStep):
         return (f"import {st.certificate} (chain {len(st.chain)}, outside root {st.root}) for "
                 f"{ref(st.key, 'key')}; check key, test signature, subject, chain; "

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from sqlalchemy import func, select
@@ -40,6 +41,7 @@ from appliance.ops import authorities as authz
 from appliance.ops import keys as key_ops
 from appliance.runtime import Appliance
 from appliance.store.models import Authority, Crl, HsmKey
+from appliance.x509 import path as x509_path
 
 Echo = Callable[[str], None]
 
@@ -51,10 +53,16 @@ class CaRef:
     name: str
     cert: x509.Certificate
     key: KeyInfo | None
+    # Its chain, itself first, up to the root: what path validation checks new
+    # certificates against before this CA's key signs them.
+    chain: list[x509_path.Link] = field(default_factory=list)
 
     @property
     def public_key(self) -> PublicKey:
         return xb.ca_public_key(self.cert)
+
+    def path(self) -> x509_path.Chain:
+        return x509_path.Chain(self.chain or [x509_path.Link(self.name, self.cert)])
 
 
 @dataclass
@@ -144,6 +152,7 @@ class CeremonyRunner:
             "key": self._key, "root": self._root, "intermediate": self._intermediate,
             "cross-certificate": self._cross, "ocsp-signer": self._ocsp_signer,
             "csr": self._csr, "import": self._import, "crl": self._crl,
+            "sign-csr": self._sign_csr,
         }
         return handlers[step.type](step)
 
@@ -154,6 +163,11 @@ class CeremonyRunner:
         return StepResult(step.id, step.type, key=info, record={"key": _key_record(info)})
 
     def _root(self, step: s.RootStep) -> StepResult:
+        if self.app.settings.config.hsm.root_offline:
+            raise xb.CeremonyError(
+                f"step {step.id}: this node's configuration says its root is offline "
+                "(hsm.root_offline): a root is made on the offline root's own node, in its "
+                "own token, never in this one")
         key = self._resolve_key(step.key)
         now = _now()
         start, end = xb.validity_window(step.validity, now, _cap(step, s.ROOT_MAX_DAYS), None)
@@ -162,7 +176,7 @@ class CeremonyRunner:
         # pkilint and many path builders want it).
         builder = self._ca_builder(step, subject, subject, key.public_key, key.public_key, start,
                                    end, step.path_length, step.name_constraints)
-        cert = self._sign(step, builder, key, key.public_key, "root", f"root {step.id}")
+        cert = self._sign(step, builder, key, key.public_key, "root", f"root {step.id}", None)
         return self._register(step, cert, key, "root", None)
 
     def _intermediate(self, step: s.IntermediateStep) -> StepResult:
@@ -176,7 +190,7 @@ class CeremonyRunner:
                                    key.public_key, issuer.public_key, start, end,
                                    step.path_length, step.name_constraints)
         cert = self._sign(step, builder, self._signing_key(issuer), issuer.public_key,
-                          "intermediate", f"intermediate {step.id}")
+                          "intermediate", f"intermediate {step.id}", issuer)
         return self._register(step, cert, key, "intermediate", issuer)
 
     def _cross(self, step: s.CrossStep) -> StepResult:
@@ -196,7 +210,7 @@ class CeremonyRunner:
                                    subject_ca.key.public_key, issuer.public_key, start,
                                    end, path_length, step.name_constraints)
         cert = self._sign(step, builder, self._signing_key(issuer), issuer.public_key,
-                          "intermediate", f"cross-certificate {step.id}")
+                          "intermediate", f"cross-certificate {step.id}", issuer)
         return self._register(step, cert, subject_ca.key, "cross", issuer)
 
     def _ocsp_signer(self, step: s.OcspSignerStep) -> StepResult:
@@ -218,8 +232,82 @@ class CeremonyRunner:
             policies=step.policies, crl_urls=step.crl_urls, ocsp_urls=step.ocsp_urls,
             ca_issuers_urls=step.ca_issuers_urls)
         cert = self._sign(step, builder, self._signing_key(issuer), issuer.public_key,
-                          "ocsp-signer", f"OCSP signer {step.id}")
+                          "ocsp-signer", f"OCSP signer {step.id}", issuer)
         return self._register(step, cert, key, "ocsp", issuer)
+
+    def _sign_csr(self, step: s.SignCsrStep) -> StepResult:
+        """A CA certificate for a key this token does not hold (made on another node, e.g.
+        the online issuing CA's key, while this node holds the offline root)."""
+        csr_pem, csr_source = self._csr_bytes(step.csr)
+        digest = hashlib.sha256(csr_pem).hexdigest()
+        if step.csr_sha256 is not None and step.csr_sha256 != digest:
+            raise xb.CeremonyError(f"step {step.id}: {csr_source} has SHA-256 {digest}, not the "
+                                   f"{step.csr_sha256} the script expects (wrong or altered "
+                                   "file)")
+        try:
+            csr = (x509.load_pem_x509_csr(csr_pem) if b"-----BEGIN" in csr_pem
+                   else x509.load_der_x509_csr(csr_pem))
+            subject_key = csr.public_key()
+            signature_ok = csr.is_signature_valid
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise xb.CeremonyError(f"step {step.id}: {csr_source} is not a usable CSR "
+                                   f"({exc})") from None
+        if not signature_ok:
+            raise xb.CeremonyError(f"step {step.id}: the CSR's signature does not verify "
+                                   "(its subject does not hold the key)")
+        if not isinstance(subject_key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
+            raise xb.CeremonyError(f"step {step.id}: the CSR's key is neither RSA nor ECDSA")
+        spec = keys.KeySpec.of_public_key(subject_key)  # refuses sizes and curves we don't use
+        if step.subject and csr.subject.public_bytes() != xb.name(step.subject).public_bytes():
+            raise xb.CeremonyError(
+                f"step {step.id}: the CSR's subject {csr.subject.rfc4514_string()!r} is not "
+                f"the {xb.name(step.subject).rfc4514_string()!r} the script expects")
+        issuer = self._resolve_ca(step.issuer)
+        self._require_subordinate_urls(step)
+        _check_issuer_can_sign(issuer, step.path_length)
+        start, end = xb.validity_window(step.validity, _now(),
+                                        _cap(step, s.SUBORDINATE_MAX_DAYS), issuer.cert)
+        builder = self._ca_builder(step, csr.subject, issuer.cert.subject, subject_key,
+                                   issuer.public_key, start, end, step.path_length,
+                                   step.name_constraints)
+        cert = self._sign(step, builder, self._signing_key(issuer), issuer.public_key,
+                          "intermediate", f"subordinate CA {step.id}", issuer)
+        spki = authz.spki_sha256(cert)
+        with self.app.db.transaction() as db:
+            key_row = db.scalars(select(HsmKey).where(HsmKey.spki_sha256 == spki)).first()
+            parent = authz.get(db, issuer.name)
+            row = authz.register(db, name=step.authority, kind="intermediate", cert=cert,
+                                 key=key_row, parent=parent, ceremony=self.ceremony_ref)
+            self.app.audit_log().append(db, "certificate.signed", self.actor, object_ids={
+                "ceremony": self.ceremony_ref, "step": step.id, "authority": row.name,
+                "serial": row.serial_hex},
+                details={"kind": "intermediate", "subject": row.subject, "issuer": issuer.name,
+                         "fingerprint_sha256": row.fingerprint_sha256,
+                         "not_before": _iso(cert.not_valid_before_utc),
+                         "not_after": _iso(cert.not_valid_after_utc),
+                         "csr_sha256": digest, "subject_spki_sha256": spki,
+                         "key_in_this_token": key_row is not None,
+                         "skipped_lints": step.skip_lints})
+        chain_certs = [link.cert for link in issuer.chain] or [issuer.cert]
+        self._write(f"{step.id}.pem", cert.public_bytes(serialization.Encoding.PEM))
+        self._write(f"{step.id}-chain.pem", _pem_chain([cert, *chain_certs]))
+        ca = CaRef(step.authority, cert, None,
+                   [x509_path.Link(step.authority, cert), *(issuer.chain or [
+                       x509_path.Link(issuer.name, issuer.cert)])])
+        return StepResult(step.id, step.type, ca=ca, record={
+            "certificate": _cert_record(cert), "authority": step.authority,
+            "issuer": issuer.name, "csr": {"source": csr_source, "sha256": digest,
+                                           "subject": csr.subject.rfc4514_string(),
+                                           "key_type": spec.name, "spki_sha256": spki}})
+
+    def _csr_bytes(self, ref: str) -> tuple[bytes, str]:
+        """A CSR made by an earlier step of this script, or a file (relative to it)."""
+        earlier = self.results.get(ref)
+        if earlier is not None:
+            name = f"{ref}.csr.pem"
+            return (self.out_dir / name).read_bytes(), name
+        path = self.script.resolve_path(ref)
+        return _read_bounded(path, 100_000), str(path)
 
     def _csr(self, step: s.CsrStep) -> StepResult:
         key = self._resolve_key(step.key)
@@ -258,7 +346,8 @@ class CeremonyRunner:
             parent = None
             for i, outside in enumerate(reversed([*chain, root])):
                 kind = "external-root" if i == 0 else "external-ca"
-                name = f"{step.authority}-{'root' if i == 0 else f'ca{i}'}"
+                name = (step.root_authority or f"{step.authority}-root") if i == 0 else \
+                    f"{step.authority}-ca{i}"
                 existing = db.scalars(select(Authority).where(
                     Authority.fingerprint_sha256 == authz.fingerprint(outside))).one_or_none()
                 parent = existing or authz.register(db, name=name, kind=kind, cert=outside,
@@ -275,7 +364,9 @@ class CeremonyRunner:
                          "checks": ["public key", "test signature", "subject bytes", "chain",
                                     "CA flags", "validity"]})
         self._write(f"{step.id}.pem", _pem_chain([cert, *chain, root]))
-        ca = CaRef(step.authority, cert, key)
+        with self.app.db.sessions() as db:
+            links = authz.chain_links(db, authz.get(db, step.authority))
+        ca = CaRef(step.authority, cert, key, links)
         return StepResult(step.id, step.type, key=key, ca=ca, record={
             "key": _key_record(key), "certificate": _cert_record(cert),
             "authority": step.authority, "outside_root": _cert_record(root)})
@@ -352,19 +443,34 @@ class CeremonyRunner:
             builder = builder.add_extension(xb.eku(step.extended_key_usage), critical=False)
         if constraints is not None:
             builder = builder.add_extension(xb.name_constraints(constraints), critical=True)
+        pc = getattr(step, "policy_constraints", None)
+        if pc is not None:
+            builder = builder.add_extension(x509.PolicyConstraints(
+                pc.require_explicit_policy, pc.inhibit_policy_mapping), critical=True)
+        inhibit_any = getattr(step, "inhibit_any_policy", None)
+        if inhibit_any is not None:
+            builder = builder.add_extension(x509.InhibitAnyPolicy(inhibit_any), critical=True)
         return xb.add_common_extensions(
             builder, subject_key=public_key, issuer_key=issuer_key, policies=step.policies,
             crl_urls=step.crl_urls, ocsp_urls=step.ocsp_urls,
             ca_issuers_urls=step.ca_issuers_urls)
 
     def _sign(self, step: Any, builder: x509.CertificateBuilder, signer: Any, issuer_public: Any,
-              lint_kind: Any, what: str) -> x509.Certificate:
+              lint_kind: Any, what: str, issuer: CaRef | None) -> x509.Certificate:
+        """Sign after the lint gate and, below a CA (``issuer``; None for a self-signed
+        root), after path validation of the trial certificate under the issuer's chain."""
         algo = xb.HASHES[step.signature_hash or xb.default_hash(issuer_public)]
         pad = xb.rsa_padding(issuer_public, step.rsa_padding, algo)
         if isinstance(signer, KeyInfo):
             signer = token_private_key(self.app.pool, signer)
+        check = None
+        if issuer is not None:
+            chain = issuer.path()
+
+            def check(trial: x509.Certificate) -> None:
+                chain.check(trial, what)
         return xb.sign_certificate(builder, signer, algo, pad, issuer_public, lint_kind,
-                                   step.skip_lints, what)
+                                   step.skip_lints, what, check)
 
     def _register(self, step: Any, cert: x509.Certificate, key: KeyInfo, kind: str,
                   issuer: CaRef | None) -> StepResult:
@@ -383,7 +489,8 @@ class CeremonyRunner:
                          "not_after": _iso(cert.not_valid_after_utc),
                          "key_label": key.label, "skipped_lints": step.skip_lints})
         self._write(f"{step.id}.pem", cert.public_bytes(serialization.Encoding.PEM))
-        ca = CaRef(step.authority, cert, key)
+        above = (issuer.chain or [x509_path.Link(issuer.name, issuer.cert)]) if issuer else []
+        ca = CaRef(step.authority, cert, key, [x509_path.Link(step.authority, cert), *above])
         return StepResult(step.id, step.type, key=key, ca=ca, record={
             "key": _key_record(key), "certificate": _cert_record(cert),
             "authority": step.authority, "issuer": issuer.name if issuer else step.authority})
@@ -405,10 +512,11 @@ class CeremonyRunner:
             cert = authz.certificate(row)
             key_row = db.get(HsmKey, row.key_id) if row.key_id is not None else None
             label = key_row.label if key_row is not None else None
+            chain = authz.chain_links(db, row)
         key = None
         if label is not None:
             key = keys.find_key(self.app.pool, label, xb.ca_public_key(cert))
-        return CaRef(ref, cert, key)
+        return CaRef(ref, cert, key, chain)
 
     def _signing_key(self, issuer: CaRef) -> Any:
         if issuer.key is None:
@@ -423,11 +531,11 @@ class CeremonyRunner:
 
     def _expected_subject(self, step: s.ImportStep) -> x509.Name:
         if step.csr is not None:
-            csr_path = self.script.resolve_path(step.csr)
+            data, source = self._csr_bytes(step.csr)
             try:
-                return x509.load_pem_x509_csr(_read_bounded(csr_path)).subject
+                return x509.load_pem_x509_csr(data).subject
             except ValueError as exc:
-                raise xb.CeremonyError(f"{csr_path}: not a PEM CSR") from exc
+                raise xb.CeremonyError(f"{source}: not a PEM CSR") from exc
         assert step.subject is not None
         return xb.name(step.subject)
 
@@ -510,6 +618,15 @@ def check_import(app: Appliance, key: KeyInfo, cert: x509.Certificate,
         root.verify_directly_issued_by(root)
     except Exception:
         problems.append("the outside root is not self-signed")
+    if not problems:
+        # The whole imported path as a relying party sees it (the outside root's name
+        # constraints and path length bind our CA too).
+        names = ["the imported CA", *[f"outside CA {i + 1}" for i in range(len(chain))],
+                 "the outside root"]
+        try:
+            x509_path.Chain([x509_path.Link(n, c) for n, c in zip(names, path, strict=True)])
+        except x509_path.PathError as exc:
+            problems.append(f"the imported chain does not validate: {exc}")
     return problems
 
 

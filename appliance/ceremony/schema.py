@@ -116,6 +116,21 @@ class NameConstraints(_Strict):
         return self
 
 
+class PolicyConstraints(_Strict):
+    """RFC 5280 §4.2.1.11 (critical): after how many more certificates an explicit policy is
+    required of the path, and policy mapping is no longer allowed."""
+
+    require_explicit_policy: int | None = Field(default=None, ge=0, le=10)
+    inhibit_policy_mapping: int | None = Field(default=None, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _one(self) -> PolicyConstraints:
+        if self.require_explicit_policy is None and self.inhibit_policy_mapping is None:
+            raise ValueError("policy_constraints: give require_explicit_policy and/or "
+                             "inhibit_policy_mapping")
+        return self
+
+
 class Quorum(_Strict):
     """Dual control: this step runs only after ``required`` distinct officers of
     ``officers`` have authenticated in this run."""
@@ -171,18 +186,25 @@ class _Certificate(_Signed):
         return subject
 
 
+class _CaProfile(_Certificate):
+    """What a CA certificate step can say about the certificates below it."""
+
+    name_constraints: NameConstraints | None = None
+    policy_constraints: PolicyConstraints | None = None
+    inhibit_any_policy: int | None = Field(default=None, ge=0, le=10)
+
+
 class KeyStep(_Step):
     type: Literal["key"]
     label: Annotated[str, Field(min_length=1, max_length=64)]
     key_type: KeyType
 
 
-class RootStep(_Certificate):
+class RootStep(_CaProfile):
     type: Literal["root"]
     key: Ref
     authority: AuthorityName
     path_length: int | None = Field(default=None, ge=0, le=10)
-    name_constraints: NameConstraints | None = None
 
     @model_validator(mode="after")
     def _no_eku(self) -> RootStep:
@@ -191,16 +213,15 @@ class RootStep(_Certificate):
         return self
 
 
-class IntermediateStep(_Certificate):
+class IntermediateStep(_CaProfile):
     type: Literal["intermediate"]
     key: Ref
     issuer: Ref
     authority: AuthorityName
     path_length: int | None = Field(default=0, ge=0, le=10)
-    name_constraints: NameConstraints | None = None
 
 
-class CrossStep(_Certificate):
+class CrossStep(_CaProfile):
     """A certificate for an existing CA's subject and key, signed by another CA."""
 
     type: Literal["cross-certificate"]
@@ -211,7 +232,6 @@ class CrossStep(_Certificate):
         default_factory=dict
     )
     path_length: int | None = Field(default=None, ge=0, le=10)
-    name_constraints: NameConstraints | None = None
 
     @model_validator(mode="after")
     def _subject_is_copied(self) -> CrossStep:
@@ -225,6 +245,22 @@ class OcspSignerStep(_Certificate):
     key: Ref
     issuer: Ref
     authority: AuthorityName
+
+
+class SignCsrStep(_CaProfile):
+    """Sign a subordinate CA's CSR with a CA of this node: the subordinate's key stays in
+    the token where it was made (an offline root signing its online issuing CA)."""
+
+    type: Literal["sign-csr"]
+    csr: Annotated[str, Field(min_length=1, max_length=1000)]  # a file, or an earlier csr step
+    csr_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    issuer: Ref
+    authority: AuthorityName
+    # Copied from the CSR byte for byte; if given, the CSR's subject must be exactly this.
+    subject: dict[SubjectAttr, Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=dict
+    )
+    path_length: int | None = Field(default=0, ge=0, le=10)
 
 
 class CsrStep(_Signed):
@@ -248,6 +284,9 @@ class ImportStep(_Step):
     )
     csr: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
     subject: dict[SubjectAttr, Annotated[str, Field(min_length=1, max_length=64)]] | None = None
+    # The name the outside root is registered under (default: <authority>-root); give the
+    # name relying parties fetch it by, e.g. "root" for /ca/root.crt and /crl/root.crl.
+    root_authority: AuthorityName | None = None
 
     @model_validator(mode="after")
     def _expected_subject(self) -> ImportStep:
@@ -274,11 +313,12 @@ class CrlStep(_Signed):
 
 
 Step = Annotated[
-    KeyStep | RootStep | IntermediateStep | CrossStep | OcspSignerStep | CsrStep | ImportStep
-    | CrlStep,
+    KeyStep | RootStep | IntermediateStep | CrossStep | OcspSignerStep | CsrStep | SignCsrStep
+    | ImportStep | CrlStep,
     Field(discriminator="type"),
 ]
-CERTIFICATE_STEPS = (RootStep, IntermediateStep, CrossStep, OcspSignerStep, ImportStep)
+CERTIFICATE_STEPS = (RootStep, IntermediateStep, CrossStep, OcspSignerStep, SignCsrStep,
+                     ImportStep)
 
 
 class Ceremony(_Strict):
@@ -310,7 +350,7 @@ class Ceremony(_Strict):
                 if unknown:
                     raise ValueError(f"step {step.id}: quorum names officers with no verifier: "
                                      f"{', '.join(unknown)}")
-            for field in ("key", "issuer", "subject_authority"):
+            for field in ("key", "issuer", "subject_authority", "csr"):
                 ref = getattr(step, field, None)
                 if ref is not None and ref in seen:
                     _check_ref_kind(step.id, field, ref, seen[ref])
@@ -329,10 +369,12 @@ class Ceremony(_Strict):
 
 
 _KEY_MAKERS = {"key"}
-_CA_MAKERS = {"root", "intermediate", "cross-certificate", "import"}
+_CA_MAKERS = {"root", "intermediate", "cross-certificate", "import", "sign-csr"}
 
 
 def _check_ref_kind(step_id: str, field: str, ref: str, ref_type: str) -> None:
+    if field == "csr" and ref_type != "csr":
+        raise ValueError(f"step {step_id}: csr {ref!r} is a {ref_type} step, not a csr step")
     if field == "key" and ref_type not in _KEY_MAKERS:
         raise ValueError(f"step {step_id}: key {ref!r} is a {ref_type} step, not a key step")
     if field in ("issuer", "subject_authority") and ref_type not in _CA_MAKERS:

@@ -184,10 +184,15 @@ def rsa_padding(signer_public: PublicKey, choice: str, algo: CaHash) -> Any:
 
 def sign_certificate(builder: x509.CertificateBuilder, signer: Any, algo: CaHash,
                      pad: Any, issuer_public: PublicKey, lint_kind: pkilint_gate.CertKind,
-                     skip_lints: Iterable[str], what: str) -> x509.Certificate:
-    """Lint with a throw-away signature, then sign the same TBS with the token key."""
+                     skip_lints: Iterable[str], what: str,
+                     check: Callable[[x509.Certificate], None] | None = None
+                     ) -> x509.Certificate:
+    """Lint with a throw-away signature (and run ``check`` on it: path validation), then
+    sign the same TBS with the token key."""
     trial_key = throwaway_key(issuer_public)
     trial = builder.sign(trial_key, algo, rsa_padding=pad)
+    if check is not None:
+        check(trial)
     findings = pkilint_gate.lint_certificate(trial.public_bytes(Encoding.DER), lint_kind)
     pkilint_gate.require_clean(findings, what, skip_lints)
     cert = builder.sign(signer, algo, rsa_padding=pad)

@@ -60,6 +60,7 @@ from appliance.store.models import (
 )
 from appliance.templates import build as template_build
 from appliance.templates import render as template_render
+from appliance.x509 import path as x509_path
 
 log = logs.get("issuance")
 MAX_CSR_BYTES = 10_000
@@ -138,6 +139,7 @@ class _Signer:
     cert: x509.Certificate
     key: TokenPrivateKey
     chain: list[x509.Certificate]
+    path: x509_path.Chain  # the chain's constraints, checked once, for every new certificate
 
 
 class Issuer:
@@ -156,7 +158,7 @@ class Issuer:
             return self._issue(req, actor)
         except (IssuanceError, AuthorityUnavailable, policy.PolicyError,
                 template_render.TemplateRefusal,
-                inventory.InventoryError, pkilint_gate.LintError) as exc:
+                inventory.InventoryError, pkilint_gate.LintError, x509_path.PathError) as exc:
             self._audit_refusal(req, actor, exc)
             raise
 
@@ -204,6 +206,9 @@ class Issuer:
             not_before=start, not_after=end)
         trial = builder.sign(xb.throwaway_key(xb.ca_public_key(signer.cert)), _hash(signer))
         policy.check(policy.Names.from_certificate(trial), levels)
+        # As a relying party would see it under the whole chain (name constraints, path
+        # length, validity nesting, policies, EKU): never sign what the chain forbids.
+        signer.path.check(trial, "the requested certificate")
         findings = [
             f for f in pkilint_gate.lint_certificate(
                 trial.public_bytes(serialization.Encoding.DER), "leaf")
@@ -268,21 +273,38 @@ class Issuer:
             key_row = db.get(HsmKey, ca.key_id)
             assert key_row is not None
             cert = authz.certificate(ca)
-            chain = [cert]
-            parent_id = ca.parent_id
-            while parent_id is not None:
-                parent = db.get(Authority, parent_id)
-                if parent is None:
-                    break
-                chain.append(authz.certificate(parent))
-                parent_id = parent.parent_id
+            links = authz.chain_links(db, ca)
             db.expunge(ca)
+        try:
+            path = x509_path.Chain(links)
+        except x509_path.PathError as exc:
+            raise AuthorityUnavailable(f"authority {ca.name} cannot issue: its own chain does "
+                                       f"not validate: {exc}") from exc
         pool = self.app.signing_pool()
         info = keys.find_key(pool, key_row.label, xb.ca_public_key(cert))
-        signer = _Signer(ca, cert, token_private_key(pool, info), chain)
+        signer = _Signer(ca, cert, token_private_key(pool, info), [lk.cert for lk in links],
+                         path)
         with self._lock:
             self._signers[authority_id] = signer
         return signer
+
+    def chain_constraints(self, authority_id: int) -> x509_path.Chain:
+        """The issuing CA's chain as path validation sees it, without the token: for checks
+        ahead of issuance (ACME identifiers at newOrder). Issuance checks again anyway."""
+        with self._lock:
+            cached = self._signers.get(authority_id)
+        if cached is not None:
+            return cached.path
+        with self.app.db.sessions() as db:
+            ca = db.get(Authority, authority_id)
+            if ca is None:
+                raise IssuanceError("the provisioner's authority cannot issue")
+            links = authz.chain_links(db, ca)
+        try:
+            return x509_path.Chain(links)
+        except x509_path.PathError as exc:
+            raise AuthorityUnavailable(f"authority {ca.name} cannot issue: its own chain does "
+                                       f"not validate: {exc}") from exc
 
     def _template(self, db: Any, prov: ProvisionerContext) -> tuple[str, str]:
         name = prov.settings.template or "tls-server"

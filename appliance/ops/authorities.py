@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from appliance.errors import ApplianceError
 from appliance.hsm.keys import KeyInfo
 from appliance.store.models import Authority, HsmKey
+from appliance.x509.path import Link
 
 
 class AuthorityError(ApplianceError):
@@ -49,6 +50,11 @@ class AuthorityView:
 
 def fingerprint(cert: x509.Certificate) -> str:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def spki_sha256(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
 
 
 def key_row(session: Session, info: KeyInfo) -> HsmKey:
@@ -92,6 +98,21 @@ def get(session: Session, name: str) -> Authority:
 
 def certificate(row: Authority) -> x509.Certificate:
     return x509.load_der_x509_certificate(row.certificate_der)
+
+
+def chain_links(session: Session, row: Authority) -> list[Link]:
+    """``row``'s chain, itself first, up through its registered parents to the root."""
+    links = [Link(row.name, certificate(row))]
+    seen = {row.id}
+    parent_id = row.parent_id
+    while parent_id is not None and parent_id not in seen:
+        parent = session.get(Authority, parent_id)
+        if parent is None:
+            break
+        seen.add(parent.id)
+        links.append(Link(parent.name, certificate(parent)))
+        parent_id = parent.parent_id
+    return links
 
 
 def list_all(session: Session) -> list[AuthorityView]:

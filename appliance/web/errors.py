@@ -22,7 +22,7 @@ STATUS_BY_CODE = {
     "bad_request": 400, "policy_refused": 403, "template_refused": 403,
     "inventory_refused": 403, "lint_failed": 422, "template_error": 500,
     "unauthorized": 401, "forbidden": 403, "not_found": 404, "rate_limited": 429,
-    "provisioner_error": 404, "authority_unavailable": 503,
+    "provisioner_error": 404, "authority_unavailable": 503, "path_constraint": 403,
 }
 
 
