@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from appliance.cli.certificate import serial_callback
@@ -51,3 +53,18 @@ def publish_cmd(ctx: CliContext, authority: str | None, as_json: bool) -> None:
     for p in done:
         click.echo(f"{p.authority}: CRL #{p.number}, {p.entries} entries, next update "
                    f"{p.next_update:%Y-%m-%dT%H:%M:%SZ}")
+
+
+@crl_group.command("import")
+@click.argument("crl_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--authority", required=True,
+              help="The CA that signed it elsewhere (e.g. an offline root: its crl ceremony).")
+@location_options
+@pass_ctx
+def import_cmd(ctx: CliContext, crl_file: Path, authority: str) -> None:
+    """Publish a CRL signed on another node (checked: issuer, signature, newer number)."""
+    with crl_file.open("rb") as fh:  # bounded: one byte more than the limit says "too large"
+        data = fh.read(crl.MAX_IMPORTED_CRL_BYTES + 1)
+    p = crl.import_signed(ctx.app(), authority, data, cli_actor())
+    click.echo(f"{p.authority}: CRL #{p.number} published, {p.entries} entries, next update "
+               f"{p.next_update:%Y-%m-%dT%H:%M:%SZ}")

@@ -21,7 +21,7 @@ from appliance.audit.log import Actor
 from appliance.cli.context import CliContext, location_options, pass_ctx
 from appliance.config import ServiceConfig
 from appliance.hsm import selftest
-from appliance.ops import schema, tls
+from appliance.ops import offline_root, schema, tls
 
 
 def gunicorn_command(entry: str, bind: str, workers: int, threads: int, timeout: int,
@@ -65,6 +65,9 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
     app = ctx.app()
     svc = app.settings.config.service
     schema.upgrade(app, Actor("appliance:serve", "system"))
+    offline_root.require_offline(app)
+    for warning in tls.stale_ca_urls(app):
+        click.echo(f"warning: {warning}", err=True)
     selftest.require(app.pool)
     files = tls.issue_api_certificate(app) if only != "public" else None
     config_path = str(app.settings.path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -29,8 +30,12 @@ def _write_secret(path: Path, value: str) -> None:
 
 
 def init(directory: Path, actor: Actor, node_id: str = "node-1",
-         database_url: str | None = None) -> Path:
-    """Create the data directory; returns the path of its configuration file."""
+         database_url: str | None = None, *, token_label: str = TOKEN_LABEL,
+         settings: dict[str, Any] | None = None) -> Path:
+    """Create the data directory; returns the path of its configuration file.
+
+    ``settings`` are configuration blocks written over the defaults (e.g. ``{"service":
+    {"public_base_url": ...}}``), validated like the file itself before anything is made."""
     directory = directory.absolute()
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise ConfigError(f"{directory} already exists and is not empty; refusing to clobber it")
@@ -44,13 +49,13 @@ def init(directory: Path, actor: Actor, node_id: str = "node-1",
         _write_secret(secrets_dir / "user.pin", user_pin)
         conf = softhsm.write_config(directory / "softhsm")
         module = softhsm.find_module()
-        softhsm.init_token(conf, TOKEN_LABEL, so_pin, user_pin, module)
+        softhsm.init_token(conf, token_label, so_pin, user_pin, module)
         del so_pin, user_pin
 
         profile = {
             "name": "softhsm",
             "module": str(module),
-            "token": {"label": TOKEN_LABEL},
+            "token": {"label": token_label},
             "pin": {"file": "secrets/user.pin"},
             "pool_size": 4,
             "module_env": {"SOFTHSM2_CONF": "${profile_dir}/softhsm/softhsm2.conf"},
@@ -59,7 +64,7 @@ def init(directory: Path, actor: Actor, node_id: str = "node-1",
         (directory / "hsm.yaml").write_text(
             "# HSM profile of this data directory (SoftHSM v2, made by `appliance init`).\n"
             + yaml.safe_dump(profile, sort_keys=False), encoding="utf-8")
-        config = {
+        config: dict[str, Any] = {
             "node_id": node_id,
             "database": {"url": database_url or "sqlite:///appliance.db"},
             "hsm": {"profile": "hsm.yaml"},
@@ -67,6 +72,11 @@ def init(directory: Path, actor: Actor, node_id: str = "node-1",
                       "checkpoint_interval_seconds": 3600},
             "logging": {"level": "INFO"},
         }
+        for block, values in (settings or {}).items():
+            if isinstance(values, dict) and isinstance(config.get(block), dict):
+                config[block] = {**config[block], **values}
+            else:
+                config[block] = values
         path = directory / CONFIG_NAME
         path.write_text(
             "# Appliance configuration (made by `appliance init`). Relative paths are\n"
@@ -79,7 +89,7 @@ def init(directory: Path, actor: Actor, node_id: str = "node-1",
             with app.db.transaction() as s:
                 app.audit_log().append(
                     s, "appliance.initialized", actor,
-                    object_ids={"node_id": node_id, "token_label": TOKEN_LABEL},
+                    object_ids={"node_id": node_id, "token_label": token_label},
                     details={"data_dir": str(directory), "hsm_profile": "softhsm",
                              "schema": migrate.head()},
                 )

@@ -61,10 +61,11 @@ def issue_api_certificate(app: Appliance) -> TlsFiles:
     with app.db.sessions() as db:
         ca = authz.get(db, svc.issuing_authority)
         # Trust anchors for the API's clients and for client certificates (mTLS renewal):
-        # our roots and our own CAs, so a client presenting only its leaf is verified too.
+        # our roots and our own CAs, so a client presenting only its leaf is verified too,
+        # and a root whose key is elsewhere (offline, or an outside root we were signed by).
         roots = db.scalars(select(Authority).where(
-            Authority.kind.in_(("root", "intermediate")), Authority.key_id.is_not(None),
-            Authority.status == "active")).all()
+            (Authority.kind.in_(("root", "intermediate")) & Authority.key_id.is_not(None))
+            | (Authority.kind == "external-root"), Authority.status == "active")).all()
         root_pem = b"".join(authz.certificate(r).public_bytes(serialization.Encoding.PEM)
                             for r in roots)
     ctx = ProvisionerContext(
@@ -85,3 +86,37 @@ def issue_api_certificate(app: Appliance) -> TlsFiles:
                                                for c in chain), 0o644)
     _write_private(files.roots, root_pem, 0o644)
     return files
+
+
+def stale_ca_urls(app: Appliance) -> list[str]:
+    """URLs in the issuing CA's certificate (CRL DP, AIA) outside ``public_base_url``.
+
+    A CA certificate cannot change: after ``public_base_url`` moved, leaves point at the
+    new place but relying parties still fetch the CA's own status from the old one, until a
+    new CA certificate is made. Worth saying at every start."""
+    svc = app.settings.config.service
+    base = svc.public_base_url.rstrip("/") + "/"
+    with app.db.sessions() as db:
+        try:
+            cert = authz.certificate(authz.get(db, svc.issuing_authority))
+        except authz.AuthorityError:
+            return []
+    names: list[x509.GeneralName] = []
+    try:
+        for dp in cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value:
+            names += dp.full_name or []
+    except (x509.ExtensionNotFound, ValueError):
+        pass
+    try:
+        names += [a.access_location for a in cert.extensions.get_extension_for_class(
+            x509.AuthorityInformationAccess).value]
+    except (x509.ExtensionNotFound, ValueError):
+        pass
+    urls = [n.value for n in names if isinstance(n, x509.UniformResourceIdentifier)]
+    stale = [u for u in urls if not u.startswith(base)]
+    if not stale:
+        return []
+    return [f"the issuing CA {svc.issuing_authority!r} points relying parties at "
+            f"{', '.join(stale)}, outside service.public_base_url ({svc.public_base_url}); "
+            "its CRL/issuer certificate must stay reachable there, or make a new issuing CA "
+            "with the new URLs (quickstart --public-base-url chooses them up front)"]

@@ -234,6 +234,55 @@ def _lint_sample(ca: Authority, cert: x509.Certificate, url: str, number: int, n
         trial.public_bytes(serialization.Encoding.DER)), f"CRL of {ca.name} (sample)")
 
 
+MAX_IMPORTED_CRL_BYTES = 10_000_000  # Microsoft's advice for a CRL's size; an ARL is tiny
+
+
+def import_signed(app: Appliance, authority: str, data: bytes, actor: Actor) -> Published:
+    """Publish a CRL that ``authority``'s key signed elsewhere (an offline root's ``crl``
+    ceremony): checked against the registered CA certificate, never older than what is
+    published, then stored and audited like one signed here."""
+    if len(data) > MAX_IMPORTED_CRL_BYTES:
+        raise CrlError(f"the CRL is larger than {MAX_IMPORTED_CRL_BYTES} bytes")
+    try:
+        crl = (x509.load_pem_x509_crl(data) if b"-----BEGIN" in data
+               else x509.load_der_x509_crl(data))
+        number_ext = crl.extensions.get_extension_for_class(x509.CRLNumber).value
+        entries = len(crl)
+    except x509.ExtensionNotFound:
+        raise CrlError("the CRL has no CRL number") from None
+    except ValueError as exc:
+        raise CrlError(f"not a CRL (PEM or DER): {exc}") from None
+    now = datetime.now(UTC)
+    with app.db.transaction() as db:
+        ca = authz.get(db, authority)
+        cert = authz.certificate(ca)
+        if crl.issuer.public_bytes() != cert.subject.public_bytes():
+            raise CrlError(f"the CRL's issuer {crl.issuer.rfc4514_string()!r} is not "
+                           f"{authority} ({cert.subject.rfc4514_string()!r})")
+        if not crl.is_signature_valid(xb.ca_public_key(cert)):
+            raise CrlError(f"the CRL is not signed by {authority}'s key")
+        this_update, next_update = crl.last_update_utc, crl.next_update_utc
+        if next_update is None or next_update <= now:
+            raise CrlError("the CRL has expired (or has no nextUpdate); sign a new one")
+        if this_update > now + timedelta(minutes=5):
+            raise CrlError("the CRL's thisUpdate lies in the future")
+        newest = db.scalar(select(func.max(Crl.number)).where(Crl.authority_id == ca.id))
+        if newest is not None and number_ext.crl_number <= newest:
+            raise CrlError(f"CRL #{number_ext.crl_number} is not newer than the published "
+                           f"#{newest} of {authority}")
+        der = crl.public_bytes(serialization.Encoding.DER)
+        digest = hashlib.sha256(der).hexdigest()
+        db.add(Crl(authority_id=ca.id, number=number_ext.crl_number, this_update=this_update,
+                   next_update=next_update, entries=entries, der=der, created_at=now))
+        db.flush()
+        app.audit_log().append(db, "crl.imported", actor, object_ids={
+            "authority": authority, "crl_number": number_ext.crl_number},
+            details={"entries": entries, "this_update": this_update.isoformat(),
+                     "next_update": next_update.isoformat(), "sha256": digest})
+    return Published(authority, number_ext.crl_number, entries, this_update, next_update,
+                     digest)
+
+
 def publish_all(app: Appliance, actor: Actor) -> list[Published]:
     """A new CRL for every active CA with a key (roots and intermediates)."""
     with app.db.sessions() as db:

@@ -58,7 +58,8 @@ def health() -> Any:
 @bp.get("/roots")
 def roots() -> Any:
     with appliance().db.sessions() as db:
-        rows = db.query(Authority).filter(Authority.kind == "root",
+        # Ours and imported ones (an offline or outside root): what clients must trust.
+        rows = db.query(Authority).filter(Authority.kind.in_(("root", "external-root")),
                                           Authority.status == "active").all()
         pems = [authz.certificate(r).public_bytes(serialization.Encoding.PEM).decode()
                 for r in rows]
