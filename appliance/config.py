@@ -67,6 +67,11 @@ class ServiceConfig(_Strict):
     workers: int = Field(default=2, ge=1, le=64)
     threads: int = Field(default=4, ge=1, le=64)
     timeout_seconds: int = Field(default=30, ge=1, le=600)
+    # A serial reservation still open after this long belongs to a request that died (a
+    # killed worker): it is ended as failed and audited (at worker start, then in passing).
+    # Keep it well above the longest a request can take (timeout_seconds plus the database
+    # busy timeout).
+    reservation_timeout_seconds: int = Field(default=300, ge=5, le=86_400)
     # The plain-HTTP listener (OCSP, CRLs, CA certificates), keep-alive on:
     # "httptools" (default): the appliance's own lean HTTP/1.1 server (asyncio Protocol on
     #   uvloop with the httptools parser, one SO_REUSEPORT process per worker;

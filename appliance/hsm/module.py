@@ -17,6 +17,7 @@ import fcntl
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,7 +26,7 @@ from pkcs11 import exceptions as p11e
 from pkcs11._pkcs11 import lib as _Pkcs11Lib
 
 from appliance import logs
-from appliance.errors import ConfigError, HsmError
+from appliance.errors import ConfigError, HsmError, HsmUnavailableError
 from appliance.hsm.profile import HsmProfile
 
 log = logs.get("hsm.module")
@@ -53,11 +54,70 @@ class _InitArgs(ctypes.Structure):
     ]
 
 
+class ModuleGate:
+    """Every call into a module holds the gate shared; re-initialising it holds it alone.
+
+    ``C_Finalize`` while another thread is inside the module is undefined behaviour (SoftHSM
+    frees what that call is using), so a reconnect waits until no thread is in a token
+    operation and lets none start until it is done. Shared holds nest in one thread (an
+    operation that calls another never waits for itself)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._exclusive = False
+        self._depth = threading.local()
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        depth = getattr(self._depth, "n", 0)
+        with self._cond:
+            while self._exclusive and depth == 0:
+                self._cond.wait()
+            self._active += 1
+        self._depth.n = depth + 1
+        try:
+            yield
+        finally:
+            self._depth.n = depth
+            with self._cond:
+                self._active -= 1
+                if self._active == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self, timeout: float) -> Iterator[bool]:
+        """Yields whether the gate is held alone: False if another thread is re-initialising
+        already, or operations did not finish within ``timeout``."""
+        nested: int = getattr(self._depth, "n", 0)
+        with self._cond:
+            if self._exclusive or nested:
+                got = False
+            else:
+                self._exclusive = True
+                deadline = time.monotonic() + timeout
+                while self._active and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                got = self._active == 0
+                if not got:
+                    self._exclusive = False
+                    self._cond.notify_all()
+        try:
+            yield got
+        finally:
+            if got:
+                with self._cond:
+                    self._exclusive = False
+                    self._cond.notify_all()
+
+
 class ThreadSafeModule(_Pkcs11Lib):
     """A python-pkcs11 ``lib`` whose module is initialised for OS locking."""
 
     _c: ctypes.CDLL
     _init_pid: int
+    gate: ModuleGate
+    ready: bool = True  # False after a re-initialisation failed: nothing may call in
 
     def initialize(self) -> None:
         c = ctypes.CDLL(self.so)
@@ -65,6 +125,7 @@ class ThreadSafeModule(_Pkcs11Lib):
         if getattr(self, "_init_pid", None) not in (None, os.getpid()):
             # Forked child: the parent's module state is not ours; start over.
             c.C_Finalize(None)
+        self.gate = ModuleGate()  # a forked child's threads are not the parent's
         args = _InitArgs(None, None, None, None, CKF_OS_LOCKING_OK, None)
         rv = c.C_Initialize(ctypes.byref(args))
         if rv == CKR_CRYPTOKI_ALREADY_INITIALIZED:
@@ -74,6 +135,21 @@ class ThreadSafeModule(_Pkcs11Lib):
         elif rv != CKR_OK:
             raise HsmError(f"C_Initialize of {self.so} failed: CKR 0x{rv:08x}")
         self._init_pid = os.getpid()
+
+    def reinitialize(self) -> None:
+        """``C_Finalize`` then ``C_Initialize``: every session and login of this process
+        ends, and the module sees its tokens afresh (SoftHSM reads its token store only at
+        ``C_Initialize``, and a token whose files went away stays invalid until then).
+        The caller holds ``gate.exclusive``."""
+        self.ready = False
+        self._c.C_Finalize(None)
+        args = _InitArgs(None, None, None, None, CKF_OS_LOCKING_OK, None)
+        rv = self._c.C_Initialize(ctypes.byref(args))
+        if rv not in (CKR_OK, CKR_CRYPTOKI_ALREADY_INITIALIZED):
+            # SoftHSM refuses to initialise while its token store is missing: stay not
+            # ready (every call says so) until a later attempt succeeds.
+            raise HsmUnavailableError(f"C_Initialize of {self.so} failed: CKR 0x{rv:08x}")
+        self.ready = True
 
     def login_user(self, session_handle: int, pin: str) -> int:
         """``C_Login(CKU_USER)`` on an open session; returns the CKR code.
@@ -171,7 +247,7 @@ def find_token(profile: HsmProfile) -> Any:
         raise HsmError(f"more than one token matches {wanted}; select by serial")
     if not matches:
         extra = f" (unreadable: {', '.join(broken)})" if broken else ""
-        raise HsmError(f"no token matches {wanted} in {profile.module}{extra}")
+        raise HsmUnavailableError(f"no token matches {wanted} in {profile.module}{extra}")
     return matches[0]
 
 

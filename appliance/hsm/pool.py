@@ -23,6 +23,12 @@ Why these rules:
 * A session the token has invalidated, or a token that reports a device error,
   is replaced and the operation retried a bounded number of times; after that
   the caller gets :class:`HsmUnavailableError`.
+* A token that went away and came back (an HSM restarted, a network HSM reconnected,
+  SoftHSM's token files moved away and back) is not seen again by a module until it is
+  re-initialised: SoftHSM, for one, marks such a token invalid for good. So when no
+  session can be opened or a key the caller knows is not found, the module is
+  re-initialised (at most every ``reconnect_interval_seconds``, once no thread is inside
+  it) and the operation tried once more: the service comes back by itself.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from typing import Any, TypeVar
 from pkcs11 import exceptions as p11e
 
 from appliance import logs
-from appliance.errors import HsmError, HsmLoginError, HsmUnavailableError
+from appliance.errors import HsmError, HsmLoginError, HsmUnavailableError, KeyNotFoundError
 from appliance.hsm.module import (
     CKR_OK,
     CKR_USER_ALREADY_LOGGED_IN,
@@ -105,6 +111,8 @@ class SessionPool:
         self._login_error: HsmLoginError | None = None
         self._generation = 0
         self._closed = False
+        self._recovered_at = -1e9
+        self.reconnects = 0
 
     # -- public -----------------------------------------------------------
 
@@ -112,7 +120,7 @@ class SessionPool:
     def token(self) -> Any:
         """The python-pkcs11 token (label, serial, manufacturer, model...)."""
         self._ensure_process()
-        with self._lock:
+        with load_module(self.profile).gate.shared(), self._lock:
             return self._find_token()
 
     @property
@@ -126,6 +134,25 @@ class SessionPool:
         ``retry=False`` is for operations that must not run twice (key
         generation): a fault is still reported clearly, the session replaced.
         """
+        try:
+            return self._run(fn, retry)
+        except (HsmUnavailableError, KeyNotFoundError) as exc:
+            # The token may have gone and come back: see the module docstring.
+            if not self._reconnect(exc) or not retry:
+                raise
+        return self._run(fn, retry)
+
+    def _run(self, fn: Callable[[PooledSession], T], retry: bool) -> T:
+        module = load_module(self.profile)
+        with module.gate.shared():
+            if not module.ready:
+                raise HsmUnavailableError(
+                    f"the PKCS#11 module {self.profile.module} could not be initialised (token "
+                    f"unavailable); it is tried again every "
+                    f"{self.profile.reconnect_interval_seconds:g}s")
+            return self._attempts(fn, retry)
+
+    def _attempts(self, fn: Callable[[PooledSession], T], retry: bool) -> T:
         attempts = (self.profile.max_retries + 1) if retry else 1
         last: Exception | None = None
         for attempt in range(attempts):
@@ -158,6 +185,39 @@ class SessionPool:
             f"token {self.profile.token.label or self.profile.token.serial} unavailable after "
             f"{attempts} attempt(s): {type(last).__name__}"
         ) from last
+
+    def _reconnect(self, cause: Exception) -> bool:
+        """Re-initialise the module (every session of this process on it ends) if the last
+        time was long enough ago and no thread is inside it; whether it was done."""
+        if self._closed or self._login_error is not None:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            if now - self._recovered_at < self.profile.reconnect_interval_seconds:
+                return False
+            self._recovered_at = now
+        module = load_module(self.profile)
+        with module.gate.exclusive(self._borrow_timeout) as alone:
+            if not alone:
+                return False
+            with self._lock:
+                # Handles die with the module's state: forget them, never close them.
+                self._count -= len(self._idle)
+                self._idle.clear()
+                self._token = None
+                self._logged_in = False
+                self._generation += 1
+            try:
+                with startup_lock(self.profile):
+                    module.reinitialize()
+            except HsmError as exc:
+                log.error("re-initialising the PKCS#11 module failed; the token is still "
+                          "unavailable", extra={"fault": str(exc)[:200]})
+                return False
+        self.reconnects += 1
+        log.warning("token looked gone; the PKCS#11 module was re-initialised",
+                    extra={"fault": type(cause).__name__, "reconnects": self.reconnects})
+        return True
 
     def close(self) -> None:
         """Close every idle session (borrowed ones close when given back); the login ends

@@ -82,6 +82,10 @@ class HsmProfile(_Strict):
     pool_size: int = Field(default=4, ge=1, le=64)
     max_retries: int = Field(default=3, ge=0, le=10)
     retry_delay_seconds: float = Field(default=0.2, ge=0, le=30)
+    # When the token seems gone (no session opens, a known key is not found), the module is
+    # re-initialised at most this often, so the service comes back by itself when the token
+    # does, without hammering it meanwhile.
+    reconnect_interval_seconds: float = Field(default=5.0, ge=0.5, le=3600)
     allowed_key_types: tuple[KeyType, ...] = ALL_KEY_TYPES
     allowed_mechanisms: tuple[Mechanism, ...] = ALL_MECHANISMS
     module_env: dict[str, str] = Field(default_factory=dict)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -75,6 +76,13 @@ _TEMPLATE_SOURCE = select(_TEMPLATES.c.source).where(_TEMPLATES.c.name == bindpa
 _NP = cast(Table, NamePolicy.__table__)
 _POLICIES = select(_NP.c.provisioner_id, _NP.c.source).where(
     _NP.c.provisioner_id.is_(None) | (_NP.c.provisioner_id == bindparam("b_prov")))
+_ABANDONED = (select(_CERTS.c.id, _CERTS.c.serial_hex, _CERTS.c.provisioner_name,
+                     _CERTS.c.reserved_at)
+              .where(_CERTS.c.status == "reserved", _CERTS.c.reserved_at < bindparam("b_before"))
+              .order_by(_CERTS.c.id).limit(1000))
+_ABANDON = (update(_CERTS).where(_CERTS.c.id == bindparam("b_id"), _CERTS.c.status == "reserved")
+            .values(status="failed"))
+RECONCILE_EVERY_SECONDS = 60.0
 _AUTHORITY_STATUS = select(cast(Table, Authority.__table__).c.status).where(
     cast(Table, Authority.__table__).c.id == bindparam("b_id"))
 
@@ -149,11 +157,13 @@ class Issuer:
         self.app = app
         self._signers: dict[int, _Signer] = {}
         self._lock = threading.Lock()
+        self._reconciled_at = time.monotonic()
 
     # -- the pipeline ----------------------------------------------------------
 
     def issue(self, req: SignRequest) -> Issued:
         actor = Actor(req.requester, "service")
+        self._maybe_reconcile()
         try:
             return self._issue(req, actor)
         except (IssuanceError, AuthorityUnavailable, policy.PolicyError,
@@ -235,6 +245,57 @@ class Issuer:
             self._fail(row_id, req, actor, exc)
             raise
         return Issued(cert, signer.chain, serial_hex)
+
+    # -- reservations whose request never finished -------------------------------
+
+    def reconcile_abandoned(self) -> int:
+        """End reservations older than ``service.reservation_timeout_seconds`` as ``failed``.
+
+        A reservation is committed before the token signs; the request that made it ends it
+        (issued, or failed). Only a request whose process died (a killed worker) or that
+        could not write its failure (the database gone at that moment) leaves one behind.
+        No certificate was handed out under it: the response is sent only after the store
+        commits, and that store is conditional on the row still being ``reserved``, so a
+        request that is merely slow and loses this race fails closed rather than issuing.
+        Each one ended is audited."""
+        timeout = self.app.settings.config.service.reservation_timeout_seconds
+        before = datetime.now(UTC) - timedelta(seconds=timeout)
+        actor = Actor("appliance", "system")
+        ended = 0
+        with self.app.db.transaction() as db:
+            for row in db.execute(_ABANDONED, {"b_before": before}).all():
+                if db.execute(_ABANDON, {"b_id": row.id}).rowcount != 1:  # type: ignore[attr-defined]
+                    continue
+                ended += 1
+                self.app.audit_log().append(
+                    db, "certificate.reservation.abandoned", actor, outcome="failure",
+                    object_ids={"serial": row.serial_hex, "provisioner": row.provisioner_name},
+                    details={"reserved_at": str(row.reserved_at), "timeout_seconds": timeout,
+                             "reason": "the request that reserved this serial never finished "
+                                       "(its worker died, or its failure could not be "
+                                       "written); nothing was issued under it"})
+        if ended:
+            log.warning("ended abandoned serial reservations", extra={"count": ended})
+        return ended
+
+    def reconcile_soon(self) -> None:
+        """Reconcile on the next request (a new worker may replace a killed one)."""
+        self._reconciled_at = time.monotonic() - RECONCILE_EVERY_SECONDS
+
+    def _maybe_reconcile(self) -> None:
+        """Now and then, in passing (at most once a minute per process, or every half
+        reservation timeout if that is shorter): never in the way of the request, whatever
+        it finds or fails at."""
+        now = time.monotonic()
+        timeout = self.app.settings.config.service.reservation_timeout_seconds
+        if now - self._reconciled_at < min(RECONCILE_EVERY_SECONDS, timeout / 2):
+            return
+        self._reconciled_at = now
+        try:
+            self.reconcile_abandoned()
+        except Exception:
+            log.warning("reconciling abandoned reservations failed; will retry later",
+                        exc_info=True)
 
     # -- pieces ----------------------------------------------------------------
 

@@ -7,6 +7,7 @@ the certificate goes through the same issuance pipeline (template
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -102,16 +103,12 @@ def stale_ca_urls(app: Appliance) -> list[str]:
         except authz.AuthorityError:
             return []
     names: list[x509.GeneralName] = []
-    try:
+    with contextlib.suppress(x509.ExtensionNotFound, ValueError):
         for dp in cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value:
             names += dp.full_name or []
-    except (x509.ExtensionNotFound, ValueError):
-        pass
-    try:
+    with contextlib.suppress(x509.ExtensionNotFound, ValueError):
         names += [a.access_location for a in cert.extensions.get_extension_for_class(
             x509.AuthorityInformationAccess).value]
-    except (x509.ExtensionNotFound, ValueError):
-        pass
     urls = [n.value for n in names if isinstance(n, x509.UniformResourceIdentifier)]
     stale = [u for u in urls if not u.startswith(base)]
     if not stale:

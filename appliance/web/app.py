@@ -63,6 +63,8 @@ def create_app(appliance: Appliance) -> Flask:
     app.extensions["appliance"] = appliance
     issuer = Issuer(appliance)
     app.extensions["issuer"] = issuer
+    # A worker that starts may be replacing one that was killed mid-request.
+    issuer.reconcile_soon()
     app.extensions["acme"] = AcmeService(appliance, issuer)
     limiter = RateLimiter(svc.rate_limit_per_minute)
     app.extensions["rate_limiter"] = limiter
