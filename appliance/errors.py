@@ -36,6 +36,9 @@ class HsmUnavailableError(HsmError):
     """The token stayed unreachable after the bounded retries."""
 
     code = "hsm_unavailable"
+    # False when the token itself is not in doubt (every session busy; sessions that broke
+    # one by one under the operation): the pool then does not re-initialise the module.
+    token_gone: bool = True
 
 
 class KeyNotFoundError(HsmError):

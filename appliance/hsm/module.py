@@ -118,6 +118,9 @@ class ThreadSafeModule(_Pkcs11Lib):
     _init_pid: int
     gate: ModuleGate
     ready: bool = True  # False after a re-initialisation failed: nothing may call in
+    # Bumped by every re-initialisation: every pool on this module (not only the one that
+    # asked) must then forget its sessions, token and login, which died with the old state.
+    epoch: int = 0
 
     def initialize(self) -> None:
         c = ctypes.CDLL(self.so)
@@ -142,6 +145,7 @@ class ThreadSafeModule(_Pkcs11Lib):
         ``C_Initialize``, and a token whose files went away stays invalid until then).
         The caller holds ``gate.exclusive``."""
         self.ready = False
+        self.epoch += 1
         self._c.C_Finalize(None)
         args = _InitArgs(None, None, None, None, CKF_OS_LOCKING_OK, None)
         rv = self._c.C_Initialize(ctypes.byref(args))

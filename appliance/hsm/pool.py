@@ -112,6 +112,7 @@ class SessionPool:
         self._generation = 0
         self._closed = False
         self._recovered_at = -1e9
+        self._epoch: int | None = None  # the module epoch our sessions belong to
         self.reconnects = 0
 
     # -- public -----------------------------------------------------------
@@ -137,7 +138,11 @@ class SessionPool:
         try:
             return self._run(fn, retry)
         except (HsmUnavailableError, KeyNotFoundError) as exc:
-            # The token may have gone and come back: see the module docstring.
+            # The token may have gone and come back: see the module docstring. A busy pool or
+            # sessions that broke one by one under the operation are not that: a new session
+            # was already tried, and re-initialising would end every other pool's sessions.
+            if isinstance(exc, HsmUnavailableError) and not exc.token_gone:
+                raise
             if not self._reconnect(exc) or not retry:
                 raise
         return self._run(fn, retry)
@@ -145,6 +150,7 @@ class SessionPool:
     def _run(self, fn: Callable[[PooledSession], T], retry: bool) -> T:
         module = load_module(self.profile)
         with module.gate.shared():
+            self._follow_epoch(module)
             if not module.ready:
                 raise HsmUnavailableError(
                     f"the PKCS#11 module {self.profile.module} could not be initialised (token "
@@ -181,10 +187,12 @@ class SessionPool:
                 return result
             log.warning("token fault, retrying",
                         extra={"fault": type(last).__name__, "attempt": attempt + 1})
-        raise HsmUnavailableError(
+        err = HsmUnavailableError(
             f"token {self.profile.token.label or self.profile.token.serial} unavailable after "
             f"{attempts} attempt(s): {type(last).__name__}"
-        ) from last
+        )
+        err.token_gone = isinstance(last, _DEVICE_FAULTS)
+        raise err from last
 
     def _reconnect(self, cause: Exception) -> bool:
         """Re-initialise the module (every session of this process on it ends) if the last
@@ -200,13 +208,6 @@ class SessionPool:
         with module.gate.exclusive(self._borrow_timeout) as alone:
             if not alone:
                 return False
-            with self._lock:
-                # Handles die with the module's state: forget them, never close them.
-                self._count -= len(self._idle)
-                self._idle.clear()
-                self._token = None
-                self._logged_in = False
-                self._generation += 1
             try:
                 with startup_lock(self.profile):
                     module.reinitialize()
@@ -214,10 +215,29 @@ class SessionPool:
                 log.error("re-initialising the PKCS#11 module failed; the token is still "
                           "unavailable", extra={"fault": str(exc)[:200]})
                 return False
+            finally:
+                self._follow_epoch(module)
         self.reconnects += 1
         log.warning("token looked gone; the PKCS#11 module was re-initialised",
                     extra={"fault": type(cause).__name__, "reconnects": self.reconnects})
         return True
+
+    def _follow_epoch(self, module: Any) -> None:
+        """Forget sessions opened before the module was last re-initialised (by this pool or
+        another on the same module): their handles and the login died with that state, so
+        they are dropped, never closed. Called with the gate held (shared or alone), so no
+        session of the old epoch is borrowed meanwhile."""
+        epoch = module.epoch
+        if self._epoch == epoch:
+            return
+        with self._lock:
+            if self._epoch is not None and self._epoch != epoch:
+                self._count -= len(self._idle)
+                self._idle.clear()
+                self._token = None
+                self._logged_in = False
+                self._generation += 1
+            self._epoch = epoch
 
     def close(self) -> None:
         """Close every idle session (borrowed ones close when given back); the login ends
@@ -266,10 +286,12 @@ class SessionPool:
                         return ps
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        raise HsmUnavailableError(
+                        busy = HsmUnavailableError(
                             f"no token session free within {self._borrow_timeout:.0f}s "
                             f"(pool size {self.profile.pool_size})"
                         )
+                        busy.token_gone = False
+                        raise busy
                     self._available.wait(remaining)
             finally:
                 self._waiters -= 1

@@ -186,3 +186,29 @@ def _token_label(token_dir: Path) -> str:
     data = (token_dir / "token.object").read_bytes() if (token_dir / "token.object").exists() \
         else b""
     return data.decode("latin-1")
+
+
+def test_a_module_reinitialised_by_one_pool_leaves_every_other_pool_working(
+    token: TestToken,
+) -> None:
+    """Re-initialising the module ends every session of the process: a second pool on the
+    same module must drop its stale sessions and login, not fail on them (CI saw
+    SessionHandleInvalid in an unrelated pool after one pool reconnected)."""
+    first = SessionPool(token.profile(pool_size=2, reconnect_interval_seconds=0.5))
+    second = SessionPool(token.profile(pool_size=2))
+    try:
+        info = keys.generate_keypair(second, unique_label("epoch"), "ec-p256")
+        key = token_private_key(second, info)
+        assert isinstance(key, TokenECPrivateKey)
+        key.sign(b"before", ec.ECDSA(hashes.SHA256()))
+        assert first.run(lambda ps: len(ps.session.generate_random(64))) == 8
+        assert first._reconnect(RuntimeError("test: token looked gone"))
+        # The second pool's idle sessions died with the module state; it opens new ones,
+        # even for an operation that is never retried (key generation).
+        assert keys.generate_keypair(second, unique_label("epoch2"), "ec-p256").label
+        signature = key.sign(b"after", ec.ECDSA(hashes.SHA256()))
+        _verify_all(info.spki_der, [(b"after", signature)])
+        assert first.run(lambda ps: len(ps.session.generate_random(64))) == 8
+    finally:
+        first.close()
+        second.close()
