@@ -178,10 +178,14 @@ def scenario(kind: str, base: Path, work: Path, args: argparse.Namespace) -> dic
         wall = time.monotonic() - t0
         while fault is not None and fault.ended is None:
             time.sleep(0.2)
-        # After the fault: how long until a sign succeeds again.
+        # After the fault: how long until a sign succeeds again (one of the campaign's own
+        # answers if any came after the fault ended, else a probe sent from then on).
         recovery = None
         if fault is not None and fault.ended is not None:
-            end = time.monotonic() + 120
+            after_end = [done for o, _, _, done in results if o == "201" and done > fault.ended]
+            if after_end:
+                recovery = min(after_end) - fault.ended
+            end = time.monotonic() + (0 if after_end else 120)
             i = 0
             while time.monotonic() < end:
                 i += 1
