@@ -32,6 +32,9 @@ def test_init_lays_out_the_data_directory_with_private_secrets(data_dir: Path) -
     for name in ("appliance.yaml", "hsm.yaml", "appliance.db", "softhsm/softhsm2.conf"):
         assert (data_dir / name).exists(), name
     assert stat.S_IMODE((data_dir / "secrets").stat().st_mode) == 0o700
+    assert stat.S_IMODE((data_dir / "softhsm" / "tokens").stat().st_mode) == 0o700
+    for db_file in data_dir.glob("appliance.db*"):  # and -wal/-shm while they exist
+        assert stat.S_IMODE(db_file.stat().st_mode) == 0o600, db_file
     for pin in ("so.pin", "user.pin"):
         assert stat.S_IMODE((data_dir / "secrets" / pin).stat().st_mode) == 0o600
     so_pin, user_pin = _pins(data_dir)
