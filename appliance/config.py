@@ -58,6 +58,16 @@ class ClaimsConfig(_Strict):
     allow_renewal_after_expiry: bool = False
     renewal_grace: Duration | None = None
 
+    @model_validator(mode="after")
+    def _ordered(self) -> ClaimsConfig:
+        # A default left unset is clamped into the bounds at issuance (``max_duration: 1h``
+        # alone means a 1h default); one written outside them is a mistake.
+        default = (durations.parse(self.default_duration)
+                   if "default_duration" in self.model_fields_set else None)
+        durations.check_bounds(durations.parse(self.min_duration), default,
+                               durations.parse(self.max_duration), "claims")
+        return self
+
 
 class ServiceConfig(_Strict):
     """``appliance serve``: the HTTPS API and the plain-HTTP CRL/OCSP listener."""

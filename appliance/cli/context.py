@@ -40,15 +40,37 @@ def emit_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+EMPTY_CELL = "-"
+
+
+def cell(value: Any) -> str:
+    """A value as people read it: nothing (``None``, ``""``) is ``-``, not ``None``; a
+    mapping is ``key=value, ...`` and a list ``a, b`` (not Python's repr)."""
+    if value is None or value == "":
+        return EMPTY_CELL
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={cell(v)}" for k, v in value.items()) or EMPTY_CELL
+    if isinstance(value, (list, tuple)):
+        return ", ".join(cell(v) for v in value) or EMPTY_CELL
+    return str(value)
+
+
 def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     """A plain aligned table for people; ``--json`` is for programs."""
     if not rows:
         click.echo("(none)")
         return
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns))
-    for r in rows:
-        click.echo("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def fields(values: dict[str, Any], width: int = 20) -> None:
+    """A ``show`` command's ``key  value`` lines (``-`` for nothing, like ``table``)."""
+    for key, value in values.items():
+        click.echo(f"{key:{width}}{cell(value)}")
 
 
 def _set_dir(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:

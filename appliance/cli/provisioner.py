@@ -13,6 +13,7 @@ from appliance.cli.context import (
     CliContext,
     duration_callback,
     emit_json,
+    fields,
     location_options,
     pass_ctx,
     table,
@@ -21,7 +22,12 @@ from appliance.ops import policies as policy_ops
 from appliance.ops import provisioners as prov_ops
 from appliance.policy.names import parse_policy
 from appliance.provisioners import tokens
-from appliance.provisioners.settings import Claims, ProvisionerSettings, sign_audience
+from appliance.provisioners.settings import (
+    Claims,
+    ProvisionerSettings,
+    check_effective,
+    sign_audience,
+)
 from appliance.runtime import cli_actor
 
 
@@ -49,6 +55,17 @@ def claim_options(fn: Any) -> Any:
     ]):
         fn = opt(fn)
     return fn
+
+
+def _check_claims(ctx: CliContext, claims: dict[str, Any]) -> None:
+    """Refuse (before anything is written) claims whose bounds no request could meet."""
+    try:
+        check_effective(Claims.model_validate(claims), ctx.app().settings.config.claims)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        errors = getattr(exc, "errors", None)
+        message = (str(errors()[0]["msg"]).removeprefix("Value error, ") if callable(errors)
+                   else str(exc))
+        raise click.UsageError(message) from None
 
 
 def _settings_changes(kw: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +104,7 @@ def add_cmd(ctx: CliContext, /, name: str, ptype: str, root_pem: Path | None,
             authority: str | None, policy_file: Path | None, **kw: Any) -> None:
     """Add a provisioner (a jwk one gets a token-signing key in DATA/secrets/)."""
     changes = _settings_changes(kw)
+    _check_claims(ctx, changes.get("claims", {}))
     settings = ProvisionerSettings.model_validate(
         {**changes, "claims": Claims.model_validate(changes.get("claims", {}))})
     app = ctx.app()
@@ -132,8 +150,7 @@ def show_cmd(ctx: CliContext, name: str, as_json: bool) -> None:
     if as_json:
         emit_json(out)
     else:
-        for k, v in out.items():
-            click.echo(f"{k:20}{v}")
+        fields(out)
 
 
 @provisioner.command("update")
@@ -145,6 +162,10 @@ def update_cmd(ctx: CliContext, /, name: str, **kw: Any) -> None:
     changes = _settings_changes(kw)
     if not changes:
         raise click.UsageError("nothing to change")
+    if "claims" in changes:
+        with ctx.app().db.sessions() as db:
+            stored = ProvisionerSettings.model_validate_json(prov_ops.get(db, name).config)
+        _check_claims(ctx, {**stored.claims.model_dump(), **changes["claims"]})
     prov_ops.update(ctx.app(), name, changes, cli_actor())
     click.echo(f"provisioner {name!r} updated")
 

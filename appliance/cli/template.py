@@ -49,10 +49,17 @@ def list_cmd(ctx: CliContext, as_json: bool) -> None:
 
 @template.command("show")
 @click.argument("name")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print name, source (stored or built-in), updated_at and text as JSON.")
 @location_options
 @pass_ctx
-def show_cmd(ctx: CliContext, name: str) -> None:
-    click.echo(templates.show(ctx.app(), name), nl=False)
+def show_cmd(ctx: CliContext, name: str, as_json: bool) -> None:
+    """Print the template issuance uses under NAME (a stored one before a built-in one)."""
+    found = templates.describe(ctx.app(), name)
+    if as_json:
+        emit_json(found)
+    else:
+        click.echo(found["text"], nl=False)
 
 
 @template.command("remove")

@@ -64,11 +64,17 @@ def list_all(app: Appliance) -> list[dict[str, Any]]:
 
 
 def show(app: Appliance, name: str) -> str:
+    return str(describe(app, name)["text"])
+
+
+def describe(app: Appliance, name: str) -> dict[str, Any]:
+    """The template issuance uses under ``name``: its text, and whether it is stored."""
     with app.db.sessions() as db:
         row = db.scalars(select(Template).where(Template.name == name)).one_or_none()
         if row is not None:
-            return str(row.source)
+            return {"name": name, "source": "stored", "updated_at": row.updated_at.isoformat(),
+                    "text": str(row.source)}
     builtin = builtin_templates()
     if name in builtin:
-        return builtin[name]
+        return {"name": name, "source": "built-in", "updated_at": None, "text": builtin[name]}
     raise TemplateStoreError(f"no template named {name!r}")
