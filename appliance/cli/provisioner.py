@@ -20,6 +20,7 @@ from appliance.cli.context import (
 )
 from appliance.ops import policies as policy_ops
 from appliance.ops import provisioners as prov_ops
+from appliance.policy import syntax
 from appliance.policy.names import parse_policy
 from appliance.provisioners import tokens
 from appliance.provisioners.settings import (
@@ -179,9 +180,37 @@ def remove_cmd(ctx: CliContext, name: str) -> None:
     click.echo(f"provisioner {name!r} removed")
 
 
+def _san_callback(_ctx: click.Context, _param: click.Parameter,
+                  values: tuple[str, ...]) -> tuple[str, ...]:
+    """Each ``--san`` checked (and a DNS name or IP address normalised) as the pipeline will
+    read it, so a token is never minted for a name no certificate can carry."""
+    out: list[str] = []
+    for value in values:
+        try:
+            checked = syntax.check_san(value)[1]
+        except syntax.MalformedName as exc:
+            raise click.BadParameter(str(exc)) from None
+        if checked not in out:
+            out.append(checked)
+    return tuple(out)
+
+
+def _cn_callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return syntax.check_common_name(value)
+    except syntax.MalformedName as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command("token")
 @click.argument("name")
-@click.option("--san", "sans", multiple=True, help="A name for the certificate.")
+@click.option("--san", "sans", multiple=True, callback=_san_callback,
+              help="A name for the certificate: DNS name (*.host for a wildcard), IP address, "
+                   "email address or URI.")
+@click.option("--cn", "common_name", default=None, callback=_cn_callback,
+              help="A subject common name the CSR carries that is none of its SANs.")
 @click.option("--not-after", callback=duration_callback, default=None,
               help="Ask for a certificate of this lifetime (e.g. 24h).")
 @click.option("--lifetime", callback=duration_callback, default="5m", show_default=True,
@@ -190,8 +219,8 @@ def remove_cmd(ctx: CliContext, name: str) -> None:
               help="A token to revoke this serial (POST /1.0/revoke) instead of to sign.")
 @location_options
 @pass_ctx
-def token_cmd(ctx: CliContext, name: str, sans: tuple[str, ...], not_after: int | None,
-              lifetime: int, revoke_serial: str | None) -> None:
+def token_cmd(ctx: CliContext, name: str, sans: tuple[str, ...], common_name: str | None,
+              not_after: int | None, lifetime: int, revoke_serial: str | None) -> None:
     """Print a one-time token of a jwk provisioner for these SANs."""
     app = ctx.app()
     path = prov_ops.key_path(app, name)
@@ -210,7 +239,8 @@ def token_cmd(ctx: CliContext, name: str, sans: tuple[str, ...], not_after: int 
     else:
         if not sans:
             raise click.UsageError("give --san (or --revoke SERIAL)")
+        names = list(sans) + ([common_name] if common_name and common_name not in sans else [])
         token = tokens.mint(key, provisioner=name, audience=sign_audience(
-            svc.api_hostname, svc.api_listen), sans=list(sans), lifetime=lifetime,
+            svc.api_hostname, svc.api_listen), sans=names, lifetime=lifetime,
             cert_lifetime=not_after)
     click.echo(token)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jwt
 import pytest
 
 from tests.conftest import run_cli
@@ -75,3 +76,28 @@ def test_tables_and_show_print_a_dash_for_nothing(qs: Path) -> None:
         assert "None" not in out, (args, out)
     listed = _cli(qs, "template", "list", check=True)[1].splitlines()
     assert any(line.split()[-1] == "-" for line in listed if "built-in" in line)
+
+
+def _token_claims(token: str) -> dict[str, object]:
+    claims: dict[str, object] = jwt.decode(token, options={"verify_signature": False})
+    return claims
+
+
+@pytest.mark.parametrize(("san", "message"), [
+    ("bad name", '"bad name" is not a DNS name: whitespace or control character'),
+    ("*.*.example.com", "is not a DNS name: wildcard only allowed as the whole leftmost label"),
+    ("ops@@example.com", "is not an email address"),
+])
+def test_token_refuses_a_san_no_certificate_can_carry(qs: Path, san: str, message: str) -> None:
+    rc, out, err = _cli(qs, "token", "admin", "--san", "ok.example.com", "--san", san)
+    assert rc == 2 and message in err, err
+    assert out == ""  # no token
+
+
+def test_token_carries_checked_normalised_names_and_a_common_name(qs: Path) -> None:
+    out = _cli(qs, "token", "admin", "--san", "Web.Example.COM", "--san", "2001:DB8::1",
+               "--san", "ops@example.com", "--san", "spiffe://example.org/web",
+               "--cn", "Web Service", check=True)[1]
+    assert _token_claims(out.strip())["sans"] == [
+        "web.example.com", "2001:db8::1", "ops@example.com", "spiffe://example.org/web",
+        "Web Service"]
