@@ -1,8 +1,13 @@
-"""Rough edges an operator meets first (issue 11, item 7), each run as an operator would."""
+"""Rough edges an operator meets first (issue 11, item 7), each run as an operator would.
+
+One quickstart data directory for the module; each ``appliance`` call is a process of its
+own (about a second), so what a refusal must leave unchanged is read from the database.
+"""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import jwt
@@ -23,41 +28,51 @@ def _cli(d: Path, *args: str, check: bool = False) -> tuple[int, str, str]:
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def _provisioners(d: Path) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = json.loads(
-        _cli(d, "provisioner", "list", "--json", check=True)[1])
-    return rows
+def _rows(d: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+    con = sqlite3.connect(f"file:{d / 'appliance.db'}?mode=ro", uri=True)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--min-duration", "2h", "--max-duration", "1h"],
-     "min_duration 2h is longer than max_duration 1h"),
-    (["--max-duration", "1h", "--default-duration", "2h"],
-     "default_duration 2h is longer than max_duration 1h"),
-    (["--min-duration", "1h", "--default-duration", "30m"],
-     "default_duration 30m is shorter than min_duration 1h"),
-    # the authority's min_duration (5m, appliance.yaml) is above this provisioner's maximum
-    (["--max-duration", "1m"], "min_duration 5m is longer than max_duration 1m"),
-])
-def test_provisioner_add_refuses_bounds_no_request_can_meet(
-        qs: Path, args: list[str], message: str) -> None:
-    before = _provisioners(qs)
-    rc, _out, err = _cli(qs, "provisioner", "add", "bounds", "--type", "jwk", *args)
-    assert rc == 2 and message in err, err
-    assert _provisioners(qs) == before
+def _state(d: Path) -> tuple[object, ...]:
+    """Provisioners, templates and the number of audit records: what a refusal leaves alone."""
+    return (_rows(d, "SELECT name, config FROM provisioners ORDER BY name"),
+            _rows(d, "SELECT name, source FROM templates ORDER BY name"),
+            _rows(d, "SELECT count(*) FROM audit_events"))
+
+
+# -- duration bounds ---------------------------------------------------------------------------
+
+
+def test_provisioner_add_and_update_refuse_bounds_no_request_can_meet(qs: Path) -> None:
+    before = _state(qs)
+    for args, message in [
+        (["--min-duration", "2h", "--max-duration", "1h"],
+         "min_duration 2h is longer than max_duration 1h"),
+        (["--max-duration", "1h", "--default-duration", "2h"],
+         "default_duration 2h is longer than max_duration 1h"),
+        # the authority's min_duration (5m, appliance.yaml) is above this maximum
+        (["--max-duration", "1m"], "min_duration 5m is longer than max_duration 1m"),
+    ]:
+        rc, _out, err = _cli(qs, "provisioner", "add", "bounds", "--type", "jwk", *args)
+        assert rc == 2 and message in err, (args, err)
+    assert _state(qs) == before
     assert not (qs / "secrets" / "provisioner-bounds.pem").exists()
 
-
-def test_provisioner_update_checks_the_bounds_it_would_leave(qs: Path) -> None:
     _cli(qs, "provisioner", "add", "short", "--type", "jwk", "--max-duration", "1h", check=True)
-    before = _provisioners(qs)
+    before = _state(qs)
     rc, _out, err = _cli(qs, "provisioner", "update", "short", "--min-duration", "2h")
     assert rc == 2 and "min_duration 2h is longer than max_duration 1h" in err, err
-    assert _provisioners(qs) == before
+    assert _state(qs) == before
     _cli(qs, "provisioner", "update", "short", "--min-duration", "30m", check=True)
     shown = json.loads(_cli(qs, "provisioner", "show", "short", "--json", check=True)[1])
     assert shown["claims"]["min_duration"] == "30m"
     assert shown["claims"]["default_duration"] == "1h"  # the authority's 24h, clamped
+
+
+# -- --json and empty cells --------------------------------------------------------------------
 
 
 def test_json_on_template_show_and_db_current(qs: Path) -> None:
@@ -70,34 +85,67 @@ def test_json_on_template_show_and_db_current(qs: Path) -> None:
 
 
 def test_tables_and_show_print_a_dash_for_nothing(qs: Path) -> None:
-    for args in (["template", "list"], ["provisioner", "list"], ["provisioner", "show", "admin"],
-                 ["authority", "list"], ["hsm", "info"]):
-        out = _cli(qs, *args, check=True)[1]
-        assert "None" not in out, (args, out)
-    listed = _cli(qs, "template", "list", check=True)[1].splitlines()
-    assert any(line.split()[-1] == "-" for line in listed if "built-in" in line)
+    listed = _cli(qs, "template", "list", check=True)[1]
+    assert "None" not in listed
+    assert all(line.split()[-1] == "-" for line in listed.splitlines() if "built-in" in line)
+    shown = _cli(qs, "provisioner", "show", "admin", check=True)[1]
+    assert "None" not in shown and "{" not in shown  # no Python reprs either
+    assert any(line.split() == ["template", "-"] for line in shown.splitlines())
 
 
-def _token_claims(token: str) -> dict[str, object]:
-    claims: dict[str, object] = jwt.decode(token, options={"verify_signature": False})
-    return claims
+# -- token SANs --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("san", "message"), [
-    ("bad name", '"bad name" is not a DNS name: whitespace or control character'),
-    ("*.*.example.com", "is not a DNS name: wildcard only allowed as the whole leftmost label"),
-    ("ops@@example.com", "is not an email address"),
-])
-def test_token_refuses_a_san_no_certificate_can_carry(qs: Path, san: str, message: str) -> None:
-    rc, out, err = _cli(qs, "token", "admin", "--san", "ok.example.com", "--san", san)
-    assert rc == 2 and message in err, err
-    assert out == ""  # no token
+def test_token_refuses_a_san_no_certificate_can_carry(qs: Path) -> None:
+    for san, message in [
+        ("bad name", '"bad name" is not a DNS name: whitespace or control character'),
+        ("*.*.example.com", "is not a DNS name: wildcard only allowed as the whole leftmost"),
+    ]:
+        rc, out, err = _cli(qs, "token", "admin", "--san", "ok.example.com", "--san", san)
+        assert rc == 2 and message in err, err
+        assert out == ""  # no token
 
 
 def test_token_carries_checked_normalised_names_and_a_common_name(qs: Path) -> None:
     out = _cli(qs, "token", "admin", "--san", "Web.Example.COM", "--san", "2001:DB8::1",
                "--san", "ops@example.com", "--san", "spiffe://example.org/web",
                "--cn", "Web Service", check=True)[1]
-    assert _token_claims(out.strip())["sans"] == [
-        "web.example.com", "2001:db8::1", "ops@example.com", "spiffe://example.org/web",
-        "Web Service"]
+    claims = jwt.decode(out.strip(), options={"verify_signature": False})
+    assert claims["sans"] == ["web.example.com", "2001:db8::1", "ops@example.com",
+                              "spiffe://example.org/web", "Web Service"]
+
+
+# -- templates are tried before they are stored ------------------------------------------------
+
+BROKEN_TEMPLATE = '{"subject": {"CN": {{ subject.common_name | tojson }}}}\n'  # misspelt
+TLS_ONLY_TEMPLATE = ('{"subject": {"CN": {{ dns_names[0] | tojson }}}, "sans": {{ sans | tojson'
+                     ' }}, "key_usage": ["digital_signature"], "basic_constraints": '
+                     '{"ca": false}}\n')
+
+
+def test_template_add_trial_renders_and_refuses_a_broken_template(qs: Path,
+                                                                  tmp_path: Path) -> None:
+    broken = tmp_path / "broken.j2"
+    broken.write_text(BROKEN_TEMPLATE)
+    before = _state(qs)
+    rc, _out, err = _cli(qs, "template", "add", "broken", str(broken))
+    assert rc == 1, err
+    assert "template 'broken': with the sample tls server request (it renders for none" in err
+    assert "has no attribute 'common_name'" in err, err
+    assert _state(qs) == before
+    proc = run_cli("template", "check", str(broken))  # needs no data directory
+    assert proc.returncode == 1 and "common_name" in proc.stderr
+
+    partial = tmp_path / "tls-only.j2"
+    partial.write_text(TLS_ONLY_TEMPLATE)
+    proc = run_cli("template", "check", "--json", str(partial), check=True)
+    assert {o["sample"]: o["outcome"] for o in json.loads(proc.stdout)} == {
+        "tls server": "rendered", "person": "failed", "device": "failed"}
+    rc, _out, err = _cli(qs, "template", "add", "tls-only", "--strict", str(partial))
+    assert rc == 1 and "sample person request" in err
+    assert _state(qs) == before
+    rc, out, err = _cli(qs, "template", "add", "tls-only", str(partial))
+    assert rc == 0 and "template 'tls-only' stored" in out
+    assert "sample person:      failed" in out and "would fail at issuance" in err
+    assert _rows(qs, "SELECT count(*) FROM audit_events WHERE event_type = 'template.set'"
+                 ) == [(1,)]
