@@ -7,11 +7,15 @@ own (about a second), so what a refusal must leave unchanged is read from the da
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import jwt
 import pytest
+import yaml
 
 from tests.conftest import run_cli
 
@@ -149,3 +153,30 @@ def test_template_add_trial_renders_and_refuses_a_broken_template(qs: Path,
     assert "sample person:      failed" in out and "would fail at issuance" in err
     assert _rows(qs, "SELECT count(*) FROM audit_events WHERE event_type = 'template.set'"
                  ) == [(1,)]
+
+
+# -- scripts/up.sh -----------------------------------------------------------------------------
+
+
+def test_up_sh_says_what_it_does_and_where_the_configuration_serves(qs: Path,
+                                                                    tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(qs, data)
+    cfg = data / "appliance.yaml"
+    doc = yaml.safe_load(cfg.read_text())
+    doc["service"].update(api_listen="127.0.0.1:9555", api_hostname="ca.example.test",
+                          public_base_url="http://ca.example.test:8089")
+    cfg.write_text(yaml.safe_dump(doc))
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "APPLIANCE_DATA": str(data), "APPLIANCE_NO_SERVE": "1",
+           "APPLIANCE_SKIP_INSTALL": "1"}
+    env.pop("SOFTHSM2_CONF", None)
+    proc = subprocess.run([str(repo / "scripts" / "up.sh")], capture_output=True, text=True,
+                          env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "now serves" not in out and "not serving (APPLIANCE_NO_SERVE=1)" in out
+    assert "8443" not in out
+    assert "https://ca.example.test:9555/1.0/health" in out
+    assert "OCSP/CRLs at http://ca.example.test:8089" in out
+    assert f"--cacert {data.resolve()}/tls/roots.pem" in out
