@@ -544,9 +544,14 @@ def test_keep_alive_pipelining_and_framing_limits(ctx: Ctx, tmp_path: Path) -> N
 
 def test_presign_cli_and_audit(ctx: Ctx, tmp_path: Path) -> None:
     issue(ctx, tmp_path)
-    out = ctx.server.cli("ocsp", "presign", "--all").stdout
+    proc = ctx.server.cli("ocsp", "presign", "--all", "--progress", "--batch", "1")
+    out = proc.stdout
     m = re.search(r"all: (\d+) candidates, (\d+) signed, 0 failed", out)
     assert m and int(m.group(1)) == int(m.group(2)) >= 2, out
+    # progress on stderr (asked for: not a terminal), from none to all; the summary on stdout
+    assert f"all: 0/{m.group(1)} (0%)" in proc.stderr, proc.stderr
+    assert f"all: {m.group(1)}/{m.group(1)} (100%)" in proc.stderr, proc.stderr
+    assert "(100%)" not in out
     again = ctx.server.cli("ocsp", "presign", "--stale").stdout
     assert again.startswith("stale: 0 candidates"), again
     events = ctx.server.events("ocsp.presign")

@@ -180,3 +180,19 @@ def test_up_sh_says_what_it_does_and_where_the_configuration_serves(qs: Path,
     assert "https://ca.example.test:9555/1.0/health" in out
     assert "OCSP/CRLs at http://ca.example.test:8089" in out
     assert f"--cacert {data.resolve()}/tls/roots.pem" in out
+
+
+# -- progress of long runs ---------------------------------------------------------------------
+
+
+def test_crl_publish_reports_its_steps_when_asked_and_always_a_summary(qs: Path) -> None:
+    rc, out, err = _cli(qs, "crl", "publish", "--progress")
+    assert rc == 0, err
+    steps = err.splitlines()
+    assert steps[0] == "[1/2] root: reading revoked certificates", err
+    assert any(s.startswith("[2/2] issuing: building, linting and signing CRL #") for s in steps)
+    assert any(s.startswith("[2/2] issuing: storing CRL #") for s in steps)
+    assert out.splitlines()[-1].startswith("published 2 CRLs (0 entries) in ")
+    rc, out, err = _cli(qs, "crl", "publish", "--authority", "issuing")  # stderr: no terminal
+    assert rc == 0 and "reading revoked" not in err
+    assert out.splitlines()[-1].startswith("published 1 CRL (0 entries) in ")
