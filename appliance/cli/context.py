@@ -123,6 +123,7 @@ class Progress:
         self.started = time.monotonic()
         self._last = -1e9
         self._open = False  # a rewritten line is waiting for its newline
+        self._counted = False  # the first count is always shown, then throttled ones
 
     def _write(self, text: str, *, force: bool) -> None:
         now = time.monotonic()
@@ -145,8 +146,9 @@ class Progress:
         """``done`` of ``total`` items, with the rate so far."""
         elapsed = max(time.monotonic() - self.started, 1e-6)
         pct = 100 * done // total if total else 100
+        first, self._counted = not self._counted, True
         self._write(f"{label}: {done}/{total} ({pct}%), {done / elapsed:.0f}/s, "
-                    f"{elapsed:.0f}s", force=done in (0, total))
+                    f"{elapsed:.0f}s", force=first or done == total)
 
     def _end_line(self) -> None:
         if self._open:
