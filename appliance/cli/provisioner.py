@@ -21,6 +21,7 @@ from appliance.cli.context import (
 from appliance.ops import policies as policy_ops
 from appliance.ops import provisioners as prov_ops
 from appliance.policy import syntax
+from appliance.policy.model import wildcard_notice
 from appliance.policy.names import parse_policy
 from appliance.provisioners import tokens
 from appliance.provisioners.settings import (
@@ -111,7 +112,10 @@ def add_cmd(ctx: CliContext, /, name: str, ptype: str, root_pem: Path | None,
     app = ctx.app()
     policy_text = policy_file.read_text(encoding="utf-8") if policy_file else None
     if policy_text is not None:
-        parse_policy(policy_text, str(policy_file))  # a bad policy refuses the whole add
+        parsed = parse_policy(policy_text, str(policy_file))  # a bad one refuses the whole add
+        notice = wildcard_notice(parsed, "provisioner")
+        if notice:
+            click.echo(f"note: {notice}", err=True)
     prov_ops.add(app, name, ptype, settings, cli_actor(), authority=authority,
                  roots_pem=root_pem.read_bytes() if root_pem else None)
     if policy_text is not None:

@@ -196,3 +196,19 @@ def test_crl_publish_reports_its_steps_when_asked_and_always_a_summary(qs: Path)
     rc, out, err = _cli(qs, "crl", "publish", "--authority", "issuing")  # stderr: no terminal
     assert rc == 0 and "reading revoked" not in err
     assert out.splitlines()[-1].startswith("published 1 CRL (0 entries) in ")
+
+
+# -- wildcards under a deny-only authority policy ----------------------------------------------
+
+
+def test_setting_a_deny_only_authority_policy_says_it_refuses_wildcards(qs: Path,
+                                                                        tmp_path: Path) -> None:
+    deny_only = tmp_path / "deny.yaml"
+    deny_only.write_text("x509:\n  deny:\n    dns: [forbidden.example.com]\n")
+    rc, out, err = _cli(qs, "policy", "set", "--authority", str(deny_only))
+    try:
+        assert rc == 0 and "policy set for the authority" in out, err
+        assert "note: this policy has only deny rules" in err
+        assert "every provisioner" in err and "allow_wildcard_names: true" in err
+    finally:
+        _cli(qs, "policy", "remove", "--authority", check=True)
