@@ -112,15 +112,16 @@ def add_cmd(ctx: CliContext, /, name: str, ptype: str, root_pem: Path | None,
     app = ctx.app()
     policy_text = policy_file.read_text(encoding="utf-8") if policy_file else None
     if policy_text is not None:
-        parsed = parse_policy(policy_text, str(policy_file))  # a bad one refuses the whole add
-        notice = wildcard_notice(parsed, "provisioner")
-        if notice:
-            click.echo(f"note: {notice}", err=True)
+        parse_policy(policy_text, str(policy_file))  # a bad policy refuses the whole add
     prov_ops.add(app, name, ptype, settings, cli_actor(), authority=authority,
                  roots_pem=root_pem.read_bytes() if root_pem else None)
+    notice = None
     if policy_text is not None:
-        policy_ops.set_policy(app, "provisioner", name, policy_text, cli_actor())
+        notice = wildcard_notice(policy_ops.set_policy(app, "provisioner", name, policy_text,
+                                                       cli_actor()), "provisioner")
     click.echo(f"provisioner {name!r} ({ptype}) added")
+    if notice:
+        click.echo(f"note: {notice}", err=True)
     if ptype == "jwk":
         click.echo(f"  token-signing key: {prov_ops.key_path(app, name)} (mode 0600)")
 
