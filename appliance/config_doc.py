@@ -26,6 +26,7 @@ from pydantic.fields import FieldInfo
 from appliance import config
 
 REDACTED = "REDACTED"
+_DURATION_PATTERN = typing.get_args(config.Duration)[1].metadata[0].pattern
 _WIDTH = 92
 
 
@@ -100,11 +101,14 @@ def _literal_choices(annotation: Any) -> list[str]:
 
 
 def _is_duration(info: FieldInfo) -> bool:
-    args = typing.get_args(info.annotation) if isinstance(info.annotation, types.UnionType) \
-        else (info.annotation,)
-    return any(getattr(m, "pattern", None) == r"^(\d{1,7}[smhd])+$"
-               for a in args for m in getattr(a, "__metadata__", ())) or any(
-        getattr(m, "pattern", None) == r"^(\d{1,7}[smhd])+$" for m in info.metadata)
+    """Whether the field is a ``config.Duration`` (its pattern), optional or not."""
+    ann = info.annotation
+    union = typing.get_origin(ann) in (typing.Union, types.UnionType)
+    metadata = list(info.metadata)
+    for arg in typing.get_args(ann) if union else ():
+        for m in getattr(arg, "__metadata__", ()):
+            metadata += m.metadata if isinstance(m, FieldInfo) else [m]
+    return any(getattr(m, "pattern", None) == _DURATION_PATTERN for m in metadata)
 
 
 def _wrap(text: str, indent: str) -> list[str]:
