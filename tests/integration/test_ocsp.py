@@ -37,7 +37,7 @@ from appliance.ocsp.certid import cert_id_hashes
 from appliance.runtime import Appliance
 from tests.ceremony_helpers import clone_data_dir, openssl
 from tests.conftest import run_cli
-from tests.service_helpers import Server, load_pem, make_csr, serving
+from tests.service_helpers import Server, configure, load_pem, make_csr, serving
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 OCSP_TYPE = "application/ocsp-response"
@@ -72,8 +72,7 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
     spare = clone_data_dir(d, d.parent / "spare")
     prefix = f"test-ocsp-{secrets.token_hex(6)}:"
     if REDIS:
-        with (d / "appliance.yaml").open("a") as f:
-            f.write(f"ocsp:\n  redis_url: {REDIS_URL}\n  redis_prefix: '{prefix}'\n")
+        configure(d, "ocsp", redis_url=REDIS_URL, redis_prefix=prefix)
     with serving(d) as srv:
         r = requests.get(srv.http + "/ca/root.pem", timeout=10)
         root = d.parent / "root.pem"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import yaml
 from pydantic import BaseModel
 
 from appliance import config_doc, strict_yaml
 from appliance.config import ApplianceConfig, Settings
+from appliance.errors import ConfigError
 
 
 def _leaves(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -71,3 +73,14 @@ def test_passwords_in_urls_are_redacted(tmp_path: Any, monkeypatch: Any) -> None
                                           "ocsp": {"redis_url": "redis://:pw2@h:6379/0"}})
     shown = config_doc.document(config_doc.effective(Settings(cfg, tmp_path)))
     assert "pw1" not in shown and "pw2" not in shown and shown.count("REDACTED") == 2
+
+
+def test_a_section_given_twice_is_refused_not_silently_replaced() -> None:
+    text = config_doc.document(ApplianceConfig()) + "service:\n  workers: 8\n"
+    with pytest.raises(ConfigError, match=r"found duplicate key 'service'"):
+        _load(text)
+    with pytest.raises(ConfigError, match=r"found duplicate key 'workers'"):
+        _load("service: {workers: 2, workers: 3}\n")
+    # a key that overrides one brought in by a YAML merge is not a duplicate
+    merged = _load("service: {<<: {workers: 2, threads: 2}, workers: 3}\n")
+    assert (merged.service.workers, merged.service.threads) == (3, 2)
