@@ -26,12 +26,15 @@ class _Strict(BaseModel):
 
 
 class DatabaseConfig(_Strict):
+    # sqlite:///FILE (relative: to this file's folder) or postgresql://user@host/db (several
+    # nodes sharing one CA); APPLIANCE_DATABASE_URL overrides it.
     url: str = "sqlite:///appliance.db"
     pool_size: int = Field(default=5, ge=1, le=100)
     busy_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
 
 
 class HsmConfig(_Strict):
+    # The PKCS#11 token profile (module, token, PIN source): see hsm_profiles/.
     profile: Path = Path("hsm.yaml")
     # The root key lives in a token of its own that this node never opens (an offline root
     # node signs this node's CA certificates); serve refuses to start, and root ceremonies
@@ -58,10 +61,21 @@ class ClaimsConfig(_Strict):
     allow_renewal_after_expiry: bool = False
     renewal_grace: Duration | None = None
 
+    @model_validator(mode="after")
+    def _ordered(self) -> ClaimsConfig:
+        # A default left unset is clamped into the bounds at issuance (``max_duration: 1h``
+        # alone means a 1h default); one written outside them is a mistake.
+        default = (durations.parse(self.default_duration)
+                   if "default_duration" in self.model_fields_set else None)
+        durations.check_bounds(durations.parse(self.min_duration), default,
+                               durations.parse(self.max_duration), "claims")
+        return self
+
 
 class ServiceConfig(_Strict):
     """``appliance serve``: the HTTPS API and the plain-HTTP CRL/OCSP listener."""
 
+    # host:port of the HTTPS API (REST and ACME) and of the plain-HTTP OCSP/CRL listener.
     api_listen: str = Field(default="127.0.0.1:8443", pattern=r"^[\w.:\[\]-]+:\d{1,5}$")
     http_listen: str = Field(default="127.0.0.1:8080", pattern=r"^[\w.:\[\]-]+:\d{1,5}$")
     workers: int = Field(default=2, ge=1, le=64)
@@ -168,10 +182,12 @@ class AcmeConfig(_Strict):
 
 
 class LoggingConfig(_Strict):
+    # Operational log (JSON lines on stderr; the audit log is separate): debug .. error.
     level: str = Field(default="INFO", pattern=r"^(?i:debug|info|warning|error)$")
 
 
 class ApplianceConfig(_Strict):
+    # This node's name in the audit log (each node of a shared database has its own).
     node_id: str = Field(default="node-1", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     # "online": serves the API and OCSP/CRLs. "offline-root": holds an offline root; only
     # ceremonies and operator commands run here, ``serve`` refuses.

@@ -25,3 +25,23 @@ def format_seconds(seconds: int) -> str:
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def check_bounds(minimum: int | None, default: int | None, maximum: int | None,
+                 where: str = "") -> None:
+    """ValueError unless ``minimum <= default <= maximum`` (for the values given).
+
+    A bound pair that cannot be met makes every request fail, and a default outside its
+    bounds is silently clamped: both are mistakes to refuse when they are written, naming
+    the values.
+    """
+    prefix = f"{where}: " if where else ""
+    if minimum is not None and maximum is not None and minimum > maximum:
+        raise ValueError(f"{prefix}min_duration {format_seconds(minimum)} is longer than "
+                         f"max_duration {format_seconds(maximum)}")
+    if default is not None and minimum is not None and default < minimum:
+        raise ValueError(f"{prefix}default_duration {format_seconds(default)} is shorter "
+                         f"than min_duration {format_seconds(minimum)}")
+    if default is not None and maximum is not None and default > maximum:
+        raise ValueError(f"{prefix}default_duration {format_seconds(default)} is longer "
+                         f"than max_duration {format_seconds(maximum)}")

@@ -1,14 +1,17 @@
 """Strict YAML documents validated by pydantic models.
 
 Every operator-written file (configuration, HSM profiles, ceremony scripts)
-is read the same way: exactly one YAML mapping, safe loader, unknown keys
-refused by the model, and one readable line per problem.
+is read the same way: exactly one YAML mapping, safe loader, a key given twice in
+one mapping refused (YAML says keys are unique; PyYAML would silently keep the
+last, so a second ``service:`` block appended to a generated ``appliance.yaml``
+would drop the first), unknown keys refused by the model, and one readable line
+per problem.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -17,6 +20,37 @@ from appliance.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 MAX_YAML_BYTES = 1_000_000
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a mapping that names a key twice."""
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    """The mapping, unless one of its own keys appears twice (a key that overrides one
+    brought in by a ``<<`` merge is not a duplicate: that is what merges are for)."""
+    seen: set[Any] = set()
+    for key_node, _value in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key: SafeLoader's own error says so below
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"found duplicate key {str(key)[:100]!r}", key_node.start_mark)
+    return loader.construct_mapping(node, deep=True)  # resolves the merges
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _unique_mapping)
 
 
 def read_text(path: Path, what: str) -> str:
@@ -31,7 +65,7 @@ def read_text(path: Path, what: str) -> str:
 def parse(text: str, model: type[M], source: str, what: str) -> M:
     """``text`` as one YAML mapping validated by ``model``, or a ConfigError naming each problem."""
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = list(yaml.load_all(text, Loader=_UniqueKeyLoader))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
     if len(docs) != 1 or not isinstance(docs[0], dict):

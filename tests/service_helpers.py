@@ -26,6 +26,7 @@ from typing import Any
 
 import jwt
 import requests
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -56,6 +57,15 @@ def configure_service(data_dir: Path, **extra: Any) -> tuple[int, int]:
     lines = "".join(f"  {k}: {v}\n" for k, v in block.items())
     path.write_text(text.rstrip("\n") + "\nservice:\n" + lines)
     return api, http
+
+
+def configure(data_dir: Path, block: str, **values: Any) -> None:
+    """Set ``values`` in the ``block:`` section of DIR/appliance.yaml (every section is
+    already there, as init writes it; a second ``block:`` would be a duplicate key)."""
+    path = data_dir / "appliance.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc[block] = {**(doc.get(block) or {}), **values}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 @dataclass

@@ -10,6 +10,7 @@ import click
 from appliance import durations
 from appliance.cli.context import (
     CliContext,
+    cell,
     duration_callback,
     emit_json,
     location_options,
@@ -64,7 +65,7 @@ def show_cmd(ctx: CliContext, account_id: str, as_json: bool) -> None:
     for key in ("id", "provisioner", "status", "eab_key", "eab_reference", "contact",
                 "thumbprint", "created_at", "orders", "certificates"):
         value = found[key]
-        click.echo(f"{key + ':':15s}{', '.join(value) if isinstance(value, list) else value}")
+        click.echo(f"{key + ':':15s}{', '.join(value) if isinstance(value, list) else cell(value)}")
     click.echo("recent orders:")
     table([{**o, "identifiers": ",".join(o["identifiers"]),
             "certificate_serial": o["certificate_serial"] or ""}

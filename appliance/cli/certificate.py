@@ -8,6 +8,7 @@ import click
 
 from appliance.cli.context import (
     CliContext,
+    cell,
     duration_callback,
     emit_json,
     location_options,
@@ -131,4 +132,4 @@ def show_cmd(ctx: CliContext, serial: str, as_json: bool, as_pem: bool) -> None:
     ]
     width = max(len(k) for k, _ in lines) + 1
     for key, value in lines:
-        click.echo(f"{(key + ':').ljust(width)} {value}")
+        click.echo(f"{(key + ':').ljust(width)} {cell(value)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from appliance.cli.context import CliContext, location_options, pass_ctx
+from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx
 from appliance.ops import schema
 from appliance.runtime import cli_actor
 from appliance.store import migrate
@@ -25,8 +25,13 @@ def upgrade(ctx: CliContext) -> None:
 
 
 @db.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @location_options
 @pass_ctx
-def current(ctx: CliContext) -> None:
+def current(ctx: CliContext, as_json: bool) -> None:
     """Show the schema revision of the database and the newest one known."""
-    click.echo(f"database: {migrate.current(ctx.app().db) or '(empty)'}  newest: {migrate.head()}")
+    revision, newest = migrate.current(ctx.app().db), migrate.head()
+    if as_json:
+        emit_json({"database": revision, "newest": newest, "up_to_date": revision == newest})
+    else:
+        click.echo(f"database: {revision or '(empty)'}  newest: {newest}")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx, table
+from appliance.cli.context import (
+    CliContext,
+    emit_json,
+    fields,
+    location_options,
+    pass_ctx,
+    table,
+)
 from appliance.hsm import keys, selftest
 from appliance.hsm.module import token_text
 from appliance.hsm.profile import ALL_KEY_TYPES
@@ -89,5 +96,4 @@ def info(ctx: CliContext, as_json: bool) -> None:
     if as_json:
         emit_json(out)
     else:
-        for k, v in out.items():
-            click.echo(f"{k:13}{v}")
+        fields(out, 13)

@@ -19,6 +19,7 @@ from appliance.errors import ApplianceError
 _COMMANDS = {
     "init": ("appliance.cli.init", "init_cmd"),
     "db": ("appliance.cli.db", "db"),
+    "config": ("appliance.cli.config", "config_group"),
     "hsm": ("appliance.cli.hsm", "hsm"),
     "audit": ("appliance.cli.audit", "audit"),
     "ceremony": ("appliance.cli.ceremony", "ceremony"),

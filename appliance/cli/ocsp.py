@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx
+from appliance.cli.context import (
+    CliContext,
+    emit_json,
+    location_options,
+    make_progress,
+    pass_ctx,
+    progress_option,
+)
 from appliance.ocsp import presign as presigner
 from appliance.runtime import cli_actor
 
@@ -25,14 +32,23 @@ def ocsp() -> None:
 @click.option("--processes", type=click.IntRange(1, 64), default=None,
               help="Signing processes for large batches (default: ocsp.presign_processes).")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@progress_option
 @location_options
 @pass_ctx
 def presign_cmd(ctx: CliContext, mode: str, batch: int, processes: int | None,
-                as_json: bool) -> None:
-    """Sign OCSP responses ahead of time, oldest first; one failure never stops the batch."""
+                as_json: bool, progress: bool | None) -> None:
+    """Sign OCSP responses ahead of time, oldest first; one failure never stops the batch.
+
+    How many are done (and the rate) is reported on stderr when it is a terminal (or with
+    --progress); a summary line (or --json) ends the output."""
     app = ctx.app()
-    result = presigner.presign(app, stale_only=mode == "stale", batch=batch,
-                               processes=processes, actor=cli_actor())
+    report = make_progress(progress)
+    try:
+        result = presigner.presign(
+            app, stale_only=mode == "stale", batch=batch, processes=processes,
+            actor=cli_actor(), progress=lambda done, total: report.count(mode, done, total))
+    finally:
+        report.close()
     if as_json:
         emit_json(result.as_dict())
     else:

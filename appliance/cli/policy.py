@@ -8,6 +8,7 @@ import click
 
 from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx
 from appliance.ops import policies
+from appliance.policy.model import wildcard_notice
 from appliance.runtime import cli_actor
 
 
@@ -30,8 +31,12 @@ def policy() -> None:
 @pass_ctx
 def set_cmd(ctx: CliContext, authority: bool, provisioner: str | None, file: Path) -> None:
     level, name = _target(authority, provisioner)
-    policies.set_policy(ctx.app(), level, name, file.read_text(encoding="utf-8"), cli_actor())
+    set_to = policies.set_policy(ctx.app(), level, name, file.read_text(encoding="utf-8"),
+                                 cli_actor())
     click.echo(f"policy set for {name or 'the authority'}")
+    notice = wildcard_notice(set_to, level)
+    if notice:
+        click.echo(f"note: {notice}", err=True)
 
 
 @policy.command("show")

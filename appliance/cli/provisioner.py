@@ -13,15 +13,23 @@ from appliance.cli.context import (
     CliContext,
     duration_callback,
     emit_json,
+    fields,
     location_options,
     pass_ctx,
     table,
 )
 from appliance.ops import policies as policy_ops
 from appliance.ops import provisioners as prov_ops
+from appliance.policy import syntax
+from appliance.policy.model import wildcard_notice
 from appliance.policy.names import parse_policy
 from appliance.provisioners import tokens
-from appliance.provisioners.settings import Claims, ProvisionerSettings, sign_audience
+from appliance.provisioners.settings import (
+    Claims,
+    ProvisionerSettings,
+    check_effective,
+    sign_audience,
+)
 from appliance.runtime import cli_actor
 
 
@@ -49,6 +57,17 @@ def claim_options(fn: Any) -> Any:
     ]):
         fn = opt(fn)
     return fn
+
+
+def _check_claims(ctx: CliContext, claims: dict[str, Any]) -> None:
+    """Refuse (before anything is written) claims whose bounds no request could meet."""
+    try:
+        check_effective(Claims.model_validate(claims), ctx.app().settings.config.claims)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        errors = getattr(exc, "errors", None)
+        message = (str(errors()[0]["msg"]).removeprefix("Value error, ") if callable(errors)
+                   else str(exc))
+        raise click.UsageError(message) from None
 
 
 def _settings_changes(kw: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +106,7 @@ def add_cmd(ctx: CliContext, /, name: str, ptype: str, root_pem: Path | None,
             authority: str | None, policy_file: Path | None, **kw: Any) -> None:
     """Add a provisioner (a jwk one gets a token-signing key in DATA/secrets/)."""
     changes = _settings_changes(kw)
+    _check_claims(ctx, changes.get("claims", {}))
     settings = ProvisionerSettings.model_validate(
         {**changes, "claims": Claims.model_validate(changes.get("claims", {}))})
     app = ctx.app()
@@ -95,9 +115,13 @@ def add_cmd(ctx: CliContext, /, name: str, ptype: str, root_pem: Path | None,
         parse_policy(policy_text, str(policy_file))  # a bad policy refuses the whole add
     prov_ops.add(app, name, ptype, settings, cli_actor(), authority=authority,
                  roots_pem=root_pem.read_bytes() if root_pem else None)
+    notice = None
     if policy_text is not None:
-        policy_ops.set_policy(app, "provisioner", name, policy_text, cli_actor())
+        notice = wildcard_notice(policy_ops.set_policy(app, "provisioner", name, policy_text,
+                                                       cli_actor()), "provisioner")
     click.echo(f"provisioner {name!r} ({ptype}) added")
+    if notice:
+        click.echo(f"note: {notice}", err=True)
     if ptype == "jwk":
         click.echo(f"  token-signing key: {prov_ops.key_path(app, name)} (mode 0600)")
 
@@ -132,8 +156,7 @@ def show_cmd(ctx: CliContext, name: str, as_json: bool) -> None:
     if as_json:
         emit_json(out)
     else:
-        for k, v in out.items():
-            click.echo(f"{k:20}{v}")
+        fields(out)
 
 
 @provisioner.command("update")
@@ -145,6 +168,10 @@ def update_cmd(ctx: CliContext, /, name: str, **kw: Any) -> None:
     changes = _settings_changes(kw)
     if not changes:
         raise click.UsageError("nothing to change")
+    if "claims" in changes:
+        with ctx.app().db.sessions() as db:
+            stored = ProvisionerSettings.model_validate_json(prov_ops.get(db, name).config)
+        _check_claims(ctx, {**stored.claims.model_dump(), **changes["claims"]})
     prov_ops.update(ctx.app(), name, changes, cli_actor())
     click.echo(f"provisioner {name!r} updated")
 
@@ -158,9 +185,37 @@ def remove_cmd(ctx: CliContext, name: str) -> None:
     click.echo(f"provisioner {name!r} removed")
 
 
+def _san_callback(_ctx: click.Context, _param: click.Parameter,
+                  values: tuple[str, ...]) -> tuple[str, ...]:
+    """Each ``--san`` checked (and a DNS name or IP address normalised) as the pipeline will
+    read it, so a token is never minted for a name no certificate can carry."""
+    out: list[str] = []
+    for value in values:
+        try:
+            checked = syntax.check_san(value)[1]
+        except syntax.MalformedName as exc:
+            raise click.BadParameter(str(exc)) from None
+        if checked not in out:
+            out.append(checked)
+    return tuple(out)
+
+
+def _cn_callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return syntax.check_common_name(value)
+    except syntax.MalformedName as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command("token")
 @click.argument("name")
-@click.option("--san", "sans", multiple=True, help="A name for the certificate.")
+@click.option("--san", "sans", multiple=True, callback=_san_callback,
+              help="A name for the certificate: DNS name (*.host for a wildcard), IP address, "
+                   "email address or URI.")
+@click.option("--cn", "common_name", default=None, callback=_cn_callback,
+              help="A subject common name the CSR carries that is none of its SANs.")
 @click.option("--not-after", callback=duration_callback, default=None,
               help="Ask for a certificate of this lifetime (e.g. 24h).")
 @click.option("--lifetime", callback=duration_callback, default="5m", show_default=True,
@@ -169,8 +224,8 @@ def remove_cmd(ctx: CliContext, name: str) -> None:
               help="A token to revoke this serial (POST /1.0/revoke) instead of to sign.")
 @location_options
 @pass_ctx
-def token_cmd(ctx: CliContext, name: str, sans: tuple[str, ...], not_after: int | None,
-              lifetime: int, revoke_serial: str | None) -> None:
+def token_cmd(ctx: CliContext, name: str, sans: tuple[str, ...], common_name: str | None,
+              not_after: int | None, lifetime: int, revoke_serial: str | None) -> None:
     """Print a one-time token of a jwk provisioner for these SANs."""
     app = ctx.app()
     path = prov_ops.key_path(app, name)
@@ -189,7 +244,8 @@ def token_cmd(ctx: CliContext, name: str, sans: tuple[str, ...], not_after: int 
     else:
         if not sans:
             raise click.UsageError("give --san (or --revoke SERIAL)")
+        names = list(sans) + ([common_name] if common_name and common_name not in sans else [])
         token = tokens.mint(key, provisioner=name, audience=sign_audience(
-            svc.api_hostname, svc.api_listen), sans=list(sans), lifetime=lifetime,
+            svc.api_hostname, svc.api_listen), sans=names, lifetime=lifetime,
             cert_lifetime=not_after)
     click.echo(token)

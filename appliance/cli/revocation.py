@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 
 from appliance.cli.certificate import serial_callback
-from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx
+from appliance.cli.context import (
+    CliContext,
+    emit_json,
+    location_options,
+    make_progress,
+    pass_ctx,
+    progress_option,
+)
 from appliance.revocation import crl
 from appliance.revocation.reasons import CODES
 from appliance.revocation.revoke import revoke
@@ -37,13 +45,23 @@ def crl_group() -> None:
 @crl_group.command("publish")
 @click.option("--authority", default=None, help="Only this CA (default: every CA).")
 @click.option("--json", "as_json", is_flag=True)
+@progress_option
 @location_options
 @pass_ctx
-def publish_cmd(ctx: CliContext, authority: str | None, as_json: bool) -> None:
-    """Sign and publish a new full CRL (also run on revocation and by the timer)."""
+def publish_cmd(ctx: CliContext, authority: str | None, as_json: bool,
+                progress: bool | None) -> None:
+    """Sign and publish a new full CRL (also run on revocation and by the timer).
+
+    Each step (reading, linting, signing, storing) is reported on stderr when it is a
+    terminal (or with --progress); a summary line ends the output."""
     app = ctx.app()
-    done = ([crl.publish(app, authority, cli_actor())] if authority
-            else crl.publish_all(app, cli_actor()))
+    report = make_progress(progress)
+    started = time.monotonic()
+    try:
+        done = ([crl.publish(app, authority, cli_actor(), progress=report.step)] if authority
+                else crl.publish_all(app, cli_actor(), progress=report.step))
+    finally:
+        report.close()
     if as_json:
         emit_json([{"authority": p.authority, "number": p.number, "entries": p.entries,
                     "this_update": p.this_update.isoformat(),
@@ -53,6 +71,8 @@ def publish_cmd(ctx: CliContext, authority: str | None, as_json: bool) -> None:
     for p in done:
         click.echo(f"{p.authority}: CRL #{p.number}, {p.entries} entries, next update "
                    f"{p.next_update:%Y-%m-%dT%H:%M:%SZ}")
+    click.echo(f"published {len(done)} CRL{'' if len(done) == 1 else 's'} "
+               f"({sum(p.entries for p in done)} entries) in {time.monotonic() - started:.2f}s")
 
 
 @crl_group.command("import")

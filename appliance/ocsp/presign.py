@@ -25,7 +25,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -54,6 +54,10 @@ log = logs.get("ocsp.presign")
 
 BATCH = 500
 PARALLEL_MIN = 2000  # below this, one process: spawning another costs ~1 s
+PROGRESS_INTERVAL = 0.5  # seconds between progress reports from the parallel workers
+
+Progress = Callable[[int, int], None]
+"""Told (candidates handled so far, candidates) after each chunk."""
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 BACKOFF_BUDGET = 120.0  # seconds a batch waits for the token before giving up on the rest
@@ -263,8 +267,10 @@ class _Writer:
 
 def process_ids(app: Appliance, ids: Sequence[int], *, batch: int = BATCH,
                 backoff: tuple[float, float, float] = (BACKOFF_FIRST, BACKOFF_MAX,
-                                                       BACKOFF_BUDGET)) -> BatchResult:
-    """Sign and store responses for ``ids`` in this process, ``batch`` per transaction."""
+                                                       BACKOFF_BUDGET),
+                progress: Callable[[int], None] | None = None) -> BatchResult:
+    """Sign and store responses for ``ids`` in this process, ``batch`` per transaction;
+    ``progress`` is told how many candidates each chunk handled."""
     first, most, budget = backoff
     result = BatchResult(candidates=len(ids))
     signer = signer_for(app)
@@ -312,6 +318,8 @@ def process_ids(app: Appliance, ids: Sequence[int], *, batch: int = BATCH,
                 writer.submit(signed, statuses)
             if gave_up:
                 break
+            if progress is not None:
+                progress(len(chunk))
     finally:
         writer.close()
     result.add(writer.result)
@@ -324,13 +332,27 @@ def process_ids(app: Appliance, ids: Sequence[int], *, batch: int = BATCH,
     return result
 
 
+_handled: Any = None  # in a worker: the shared count of candidates handled (for progress)
+
+
+def _init_worker(counter: Any) -> None:
+    global _handled
+    _handled = counter
+
+
+def _count(n: int) -> None:
+    with _handled.get_lock():
+        _handled.value += n
+
+
 def _worker(config_path: str, ids: list[int], batch: int,
             backoff: tuple[float, float, float]) -> dict[str, Any]:
     settings = config.load(Path(config_path))
     logs.configure(settings.config.logging.level)
     app = Appliance(settings)
     try:
-        return asdict(process_ids(app, ids, batch=batch, backoff=backoff))
+        return asdict(process_ids(app, ids, batch=batch, backoff=backoff,
+                                  progress=_count if _handled is not None else None))
     finally:
         app.close()
 
@@ -338,23 +360,41 @@ def _worker(config_path: str, ids: list[int], batch: int,
 def presign(app: Appliance, *, stale_only: bool, batch: int = BATCH,
             processes: int | None = None, actor: Actor | None = None,
             backoff: tuple[float, float, float] = (BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_BUDGET),
-            ) -> BatchResult:
-    """The batch: pick, sign (in parallel when large), store, audit."""
+            progress: Progress | None = None) -> BatchResult:
+    """The batch: pick, sign (in parallel when large), store, audit. ``progress`` is told
+    (handled, candidates) once the candidates are known, then as chunks are done."""
     started = time.perf_counter()
     ids = candidates(app, stale_only=stale_only)
+    total = len(ids)
+    if progress is not None:
+        progress(0, total)
     wanted = processes or app.settings.config.ocsp.presign_processes
     nproc = min(wanted, max(1, len(ids) // (PARALLEL_MIN // 2)))
     if nproc > 1 and app.settings.path is not None and len(ids) >= PARALLEL_MIN:
         parts = [[i for i in ids if i % nproc == k] for k in range(nproc)]
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(nproc) as pool:
-            outs = pool.starmap(_worker, [(str(app.settings.path), part, batch, backoff)
-                                          for part in parts])
+        counter = ctx.Value("q", 0)
+        with ctx.Pool(nproc, initializer=_init_worker, initargs=(counter,)) as pool:
+            pending = pool.starmap_async(_worker, [(str(app.settings.path), part, batch,
+                                                    backoff) for part in parts])
+            while not pending.ready():
+                pending.wait(PROGRESS_INTERVAL)
+                if progress is not None:
+                    progress(min(int(counter.value), total), total)
+            outs = pending.get()
         result = BatchResult(candidates=len(ids), processes=nproc)
         for out in outs:
             result.add(BatchResult(**out))
     else:
-        result = process_ids(app, ids, batch=batch, backoff=backoff)
+        handled = 0
+
+        def step(n: int) -> None:
+            nonlocal handled
+            handled += n
+            if progress is not None:
+                progress(handled, total)
+
+        result = process_ids(app, ids, batch=batch, backoff=backoff, progress=step)
     result.candidates = len(ids)
     result.seconds = round(time.perf_counter() - started, 3)
     with app.db.transaction() as db:

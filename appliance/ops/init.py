@@ -13,16 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-from appliance import secretfile
+from appliance import config_doc, secretfile, strict_yaml
 from appliance.audit.log import Actor
-from appliance.config import CONFIG_NAME, load
+from appliance.config import CONFIG_NAME, ApplianceConfig, load
 from appliance.errors import ConfigError
 from appliance.hsm import softhsm
 from appliance.runtime import Appliance
 from appliance.store import migrate
 
 TOKEN_LABEL = "appliance"  # noqa: S105 - a token label, not a secret
+HEADER = """Appliance configuration (made by `appliance init`): every setting, with its default
+unless init was told otherwise. Relative paths are read against this file's folder.
+Unknown keys are refused; `appliance config show` prints what is in force."""
 
 
 def _write_secret(path: Path, value: str) -> None:
@@ -39,6 +43,20 @@ def init(directory: Path, actor: Actor, node_id: str = "node-1",
     directory = directory.absolute()
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise ConfigError(f"{directory} already exists and is not empty; refusing to clobber it")
+    config: dict[str, Any] = {
+        "node_id": node_id,
+        "database": {"url": database_url or "sqlite:///appliance.db"},
+        "hsm": {"profile": "hsm.yaml"},
+    }
+    for block, values in (settings or {}).items():
+        if isinstance(values, dict) and isinstance(config.get(block), dict):
+            config[block] = {**config[block], **values}
+        else:
+            config[block] = values
+    try:
+        validated = ApplianceConfig.model_validate(config)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {strict_yaml.summarise(exc)}") from None
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True, mode=0o750)
     try:
@@ -64,24 +82,8 @@ def init(directory: Path, actor: Actor, node_id: str = "node-1",
         (directory / "hsm.yaml").write_text(
             "# HSM profile of this data directory (SoftHSM v2, made by `appliance init`).\n"
             + yaml.safe_dump(profile, sort_keys=False), encoding="utf-8")
-        config: dict[str, Any] = {
-            "node_id": node_id,
-            "database": {"url": database_url or "sqlite:///appliance.db"},
-            "hsm": {"profile": "hsm.yaml"},
-            "audit": {"key_label": "audit-key", "checkpoint_every": 1000,
-                      "checkpoint_interval_seconds": 3600},
-            "logging": {"level": "INFO"},
-        }
-        for block, values in (settings or {}).items():
-            if isinstance(values, dict) and isinstance(config.get(block), dict):
-                config[block] = {**config[block], **values}
-            else:
-                config[block] = values
         path = directory / CONFIG_NAME
-        path.write_text(
-            "# Appliance configuration (made by `appliance init`). Relative paths are\n"
-            "# read against this file's folder.\n" + yaml.safe_dump(config, sort_keys=False),
-            encoding="utf-8")
+        path.write_text(config_doc.document(validated, HEADER), encoding="utf-8")
 
         app = Appliance(load(path))
         try:

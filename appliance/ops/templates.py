@@ -1,4 +1,5 @@
-"""Stored templates: add (checked before saving), list, show, remove; each change audited.
+"""Stored templates: add (tried on sample requests before saving), list, show, remove; each
+change audited.
 
 A stored template with the name of a shipped one takes its place for every
 provisioner that names it.
@@ -15,7 +16,7 @@ from appliance.audit.log import Actor
 from appliance.errors import ApplianceError
 from appliance.runtime import Appliance
 from appliance.store.models import Template
-from appliance.templates import render
+from appliance.templates import trial
 from appliance.templates.shipped import builtin_templates
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -25,8 +26,15 @@ class TemplateStoreError(ApplianceError):
     code = "not_found"
 
 
-def add(app: Appliance, name: str, source: str, actor: Actor, *, replace: bool = False) -> None:
-    render.check_template(name, source)  # a template that does not compile is never stored
+def add(app: Appliance, name: str, source: str, actor: Actor, *, replace: bool = False,
+        sample_data: dict[str, Any] | None = None, strict: bool = False
+        ) -> list[trial.SampleOutcome]:
+    """Store ``source`` as template ``name``; how it rendered for each sample request.
+
+    A template that cannot work as written (``trial.check``: it renders for no sample and
+    fails on one, or with ``strict`` fails on any) is never stored: the ``TemplateError``
+    names the sample and the fault."""
+    outcomes = trial.check(name, source, data=sample_data, strict=strict)
     with app.db.transaction() as db:
         row = db.scalars(select(Template).where(Template.name == name)).one_or_none()
         if row is not None and not replace:
@@ -40,6 +48,7 @@ def add(app: Appliance, name: str, source: str, actor: Actor, *, replace: bool =
         app.audit_log().append(db, "template.set", actor, object_ids={"template": name},
                                details={"replaced": before is not None, "before": before,
                                         "after": source})
+    return outcomes
 
 
 def remove(app: Appliance, name: str, actor: Actor) -> None:
@@ -64,11 +73,17 @@ def list_all(app: Appliance) -> list[dict[str, Any]]:
 
 
 def show(app: Appliance, name: str) -> str:
+    return str(describe(app, name)["text"])
+
+
+def describe(app: Appliance, name: str) -> dict[str, Any]:
+    """The template issuance uses under ``name``: its text, and whether it is stored."""
     with app.db.sessions() as db:
         row = db.scalars(select(Template).where(Template.name == name)).one_or_none()
         if row is not None:
-            return str(row.source)
+            return {"name": name, "source": "stored", "updated_at": row.updated_at.isoformat(),
+                    "text": str(row.source)}
     builtin = builtin_templates()
     if name in builtin:
-        return builtin[name]
+        return {"name": name, "source": "built-in", "updated_at": None, "text": builtin[name]}
     raise TemplateStoreError(f"no template named {name!r}")

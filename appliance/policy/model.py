@@ -193,6 +193,27 @@ class Policy(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
+def wildcard_notice(policy: Policy, level: str) -> str | None:
+    """What an operator setting ``policy`` at ``level`` may not expect about wildcards, or
+    None: a level with any rule refuses wildcard request names (``*.example.com``) unless it
+    sets ``allow_wildcard_names: true``, deny-only levels included (which otherwise admit
+    every name they do not deny), and every level must pass, so an authority policy
+    decides this for every provisioner."""
+    x = policy.x509
+    if not x.has_rules or x.allow_wildcard_names:
+        return None
+    scope = "for every provisioner and ACME account of this CA" if level == "authority" \
+        else "for this provisioner"
+    if x.allow.count() == 0:
+        what = ("this policy has only deny rules: it admits every name it does not deny, "
+                "except wildcard names (*.example.com)")
+    else:
+        what = ("wildcard names (*.example.com) are refused by this policy, even where an "
+                "allow rule such as *.example.com covers every name one stands for")
+    return (f"{what}, {scope}; add `allow_wildcard_names: true` under x509 to admit them "
+            "(deny rules still apply to every name a wildcard covers)")
+
+
 def parse_policy(text: str, source: str) -> Policy:
     """``text`` (YAML) as a Policy, or a ConfigError naming each bad entry."""
     return strict_yaml.parse(text, Policy, source, "name policy")

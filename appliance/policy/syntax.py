@@ -187,3 +187,46 @@ def looks_like_uri(text: str) -> bool:
     return bool(sep) and bool(_SCHEME.match(scheme)) and (
         "://" in text or scheme.lower() in {"urn", "mailto", "tag", "did"}
     )
+
+
+SanKind = Literal["dns", "ip", "email", "uri"]
+MAX_COMMON_NAME_CHARS = 64  # RFC 5280 ub-common-name
+
+
+def check_san(text: str) -> tuple[SanKind, str]:
+    """A SAN written as plain text, classified as the pipeline classifies a credential's names
+    (``Names.from_sans``) and checked as its kind's rules say: ``(kind, value)`` with a DNS
+    name as its lowercase A-label (wildcard kept) and an IP address in canonical form, or
+    MalformedName saying which kind it was read as and what is wrong.
+
+    For names written before any CSR exists (a one-time token's ``--san``): a name that no
+    CSR could carry would otherwise make a token that can only fail at signing.
+    """
+    try:
+        return "ip", str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    kind: SanKind
+    try:
+        if looks_like_uri(text):
+            kind = "uri"
+            parse_uri_host(text)
+            return kind, text
+        if "@" in text:
+            kind = "email"
+            parse_mailbox(text)
+            return kind, text
+        kind = "dns"
+        return kind, str(parse_dns_name(text))
+    except MalformedName as exc:
+        what = {"uri": "a URI", "email": "an email address", "dns": "a DNS name"}[kind]
+        raise MalformedName(f"{quote(text, 100)} is not {what}: {exc}") from None
+
+
+def check_common_name(text: str) -> str:
+    """A subject common name written as plain text: 1..64 characters, no control character."""
+    if not text or len(text) > MAX_COMMON_NAME_CHARS:
+        raise MalformedName(f"a common name is 1 to {MAX_COMMON_NAME_CHARS} characters")
+    if _has_control(text):
+        raise MalformedName(f"{quote(text, 100)} has a control character")
+    return text

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appliance import durations
 from appliance.config import ClaimsConfig
@@ -27,6 +27,11 @@ class Claims(BaseModel):
     disable_renewal: bool | None = None
     allow_renewal_after_expiry: bool | None = None
     renewal_grace: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Claims:
+        durations.check_bounds(self.min_duration, self.default_duration, self.max_duration)
+        return self
 
 
 class ProvisionerSettings(BaseModel):
@@ -82,6 +87,20 @@ def effective(claims: Claims, authority: ClaimsConfig) -> EffectiveClaims:
                                     else authority.allow_renewal_after_expiry),
         renewal_grace=pick(claims.renewal_grace, authority.renewal_grace),
     )
+
+
+def check_effective(claims: Claims, authority: ClaimsConfig) -> None:
+    """ValueError if ``claims`` over the authority's defaults give bounds no request can meet
+    (``--max-duration 1m`` under the authority's 5m minimum) or a default of its own outside
+    them. The authority's default is not held against a provisioner's bounds: ``effective``
+    clamps it into them (``--max-duration 1h`` alone means a 1h default)."""
+    def pick(mine: int | None, theirs: str) -> int:
+        return mine if mine is not None else durations.parse(theirs)
+
+    durations.check_bounds(pick(claims.min_duration, authority.min_duration),
+                           claims.default_duration,
+                           pick(claims.max_duration, authority.max_duration),
+                           "with the authority's claims (appliance.yaml)")
 
 
 def sign_audience(api_hostname: str, api_listen: str, path: str = "/1.0/sign") -> str:

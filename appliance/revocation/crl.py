@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -170,8 +171,18 @@ def _builder(ca: Authority, cert: x509.Certificate, url: str, number: int, now: 
     )
 
 
-def publish(app: Appliance, authority: str, actor: Actor) -> Published:
+Progress = Callable[[str], None]
+"""Told each step of a long publication ("issuing: signing 1000000 entries") as it starts."""
+
+
+def _quiet(_step: str) -> None:
+    pass
+
+
+def publish(app: Appliance, authority: str, actor: Actor, *,
+            progress: Progress = _quiet) -> Published:
     """Build, lint, sign, store and audit a new full CRL of ``authority``."""
+    progress(f"{authority}: reading revoked certificates")
     cfg = app.settings.config.revocation
     validity = timedelta(seconds=durations.parse(cfg.crl_validity))
     with app.db.sessions() as db:
@@ -197,14 +208,20 @@ def publish(app: Appliance, authority: str, actor: Actor) -> Published:
                 Crl.authority_id == ca.id)) or 0) + 1
         builder = _builder(ca, cert, url, number, now, next_update, entries)
         if len(entries) <= cfg.crl_full_lint_max_entries:
+            progress(f"{authority}: building, linting and signing CRL #{number} "
+                     f"({len(entries)} entries)")
             crl = xb.sign_crl(builder, signer, algo, None, public, [], f"CRL of {authority}")
         else:
+            progress(f"{authority}: linting a sample of CRL #{number}")
             _lint_sample(ca, cert, url, number, now, next_update, found.sample, public, algo)
+            progress(f"{authority}: building and signing CRL #{number} "
+                     f"({len(entries)} entries)")
             crl = builder.sign(signer, algo)
             if not crl.is_signature_valid(public):
                 raise SignatureCheckError(f"CRL of {authority}: signature does not verify")
         der = crl.public_bytes(serialization.Encoding.DER)
         digest = hashlib.sha256(der).hexdigest()
+        progress(f"{authority}: storing CRL #{number} ({len(der)} bytes)")
         try:
             with app.db.transaction() as db:
                 db.add(Crl(authority_id=ca.id, number=number, this_update=now,
@@ -283,10 +300,16 @@ def import_signed(app: Appliance, authority: str, data: bytes, actor: Actor) -> 
                      digest)
 
 
-def publish_all(app: Appliance, actor: Actor) -> list[Published]:
+def publish_all(app: Appliance, actor: Actor, *, progress: Progress = _quiet
+                ) -> list[Published]:
     """A new CRL for every active CA with a key (roots and intermediates)."""
     with app.db.sessions() as db:
         names = list(db.scalars(select(Authority.name).where(
             Authority.kind.in_(("root", "intermediate")), Authority.key_id.is_not(None),
             Authority.status == "active").order_by(Authority.id)))
-    return [publish(app, name, actor) for name in names]
+    done = []
+    for i, name in enumerate(names, 1):
+        def step(text: str, i: int = i) -> None:
+            progress(f"[{i}/{len(names)}] {text}")
+        done.append(publish(app, name, actor, progress=step))
+    return done

@@ -10,19 +10,68 @@ writers (WAL). PostgreSQL takes a row lock instead (see :mod:`appliance.audit.lo
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance import logs
 from appliance.errors import ConfigError, DatabaseError
+
+log = logs.get("store")
+
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def private_sqlite_file(url: str) -> Path | None:
+    """Make the SQLite file of ``url`` readable by its owner only; returns its path.
+
+    The database holds the audit log, every certificate and the ACME accounts: nothing for
+    other users of the host. SQLite gives its ``-wal``, ``-shm`` and ``-journal`` files the
+    database file's mode, so the file is created 0600 before SQLite first opens it (whatever
+    the umask); one that exists with wider permissions (made by an older version) is
+    tightened, with its side files, and the change logged. In-memory databases and URIs
+    are left alone.
+    """
+    try:
+        database = make_url(url).database
+    except ArgumentError:
+        return None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    path = Path(database)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError:
+        return path  # a missing folder: SQLite's own error says it better
+    else:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode is masked by the umask; this is not
+        os.close(fd)
+        return path
+    for candidate in [path, *(path.with_name(path.name + s) for s in SQLITE_SIDE_FILES)]:
+        try:
+            st = candidate.stat()
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077 and st.st_uid == os.geteuid():
+            os.chmod(candidate, 0o600)
+            log.warning("database file was readable by others; made it 0600",
+                        extra={"path": str(candidate), "mode": oct(st.st_mode & 0o777)})
+    return path
 
 
 def make_engine(url: str, busy_timeout: float = 30.0, pool_size: int = 5) -> Engine:
     if url.startswith("sqlite"):
+        private_sqlite_file(url)
         engine = create_engine(
             url, connect_args={"timeout": busy_timeout, "check_same_thread": False},
         )

@@ -38,7 +38,14 @@ from cryptography.x509.oid import NameOID
 from tests.acme_client import Client, b64, jwk_of, sign
 from tests.acme_dns import DnsServer
 from tests.conftest import run_cli
-from tests.service_helpers import Server, free_port, load_pem, san_values, serving
+from tests.service_helpers import (
+    Server,
+    configure,
+    free_port,
+    load_pem,
+    san_values,
+    serving,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 LEGO_EXEC = REPO / "tests" / "acme_lego_dns_exec.sh"
@@ -85,10 +92,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     records.touch()
     http01, alpn = free_port(), free_port()
     with DnsServer(records) as dns:
-        with (d / "appliance.yaml").open("a") as f:
-            f.write(f"\nacme:\n  http01_port: {http01}\n  tls_alpn01_port: {alpn}\n"
-                    f"  resolvers: [\"127.0.0.1:{dns.port}\"]\n"
-                    f"  ari_retry_after_seconds: 120\n  caa_identities: [ca.test]\n")
+        configure(d, "acme", http01_port=http01, tls_alpn01_port=alpn,
+                  resolvers=[f"127.0.0.1:{dns.port}"], ari_retry_after_seconds=120,
+                  caa_identities=["ca.test"])
         run_cli("--dir", str(d), "provisioner", "add", "team", "--type", "acme",
                 "--require-eab", check=True)
         with serving(d, rate_limit_per_minute=0) as srv:
@@ -634,9 +640,7 @@ def test_certbot_issues_and_revokes_on_postgresql(env: Env, tmp_path: Path,
         monkeypatch.setenv("APPLIANCE_DATABASE_URL", url)
         d = tmp_path / "data"
         run_cli("quickstart", "--dir", str(d), check=True)
-        with (d / "appliance.yaml").open("a") as f:
-            f.write(f"\nacme:\n  http01_port: {env.http01}\n"
-                    f"  resolvers: [\"127.0.0.1:{env.dns.port}\"]\n")
+        configure(d, "acme", http01_port=env.http01, resolvers=[f"127.0.0.1:{env.dns.port}"])
         with serving(d) as srv:
             pg_env = Env(srv, env.dns, env.http01, env.alpn, env.records, tmp_path)
             certbot_certonly(pg_env, tmp_path / "cb", "pg.test")

@@ -41,7 +41,7 @@ from tests.conftest import (
     require_pg,
     run_cli,
 )
-from tests.service_helpers import Server, free_port, serving
+from tests.service_helpers import Server, configure, free_port, serving
 
 TIMEOUT = 4  # acme.validation_timeout_seconds here
 STALE_AFTER = TIMEOUT + 10  # service.STALE_MARGIN_SECONDS
@@ -158,12 +158,9 @@ def _env(tmp_path_factory: pytest.TempPathFactory, pg_url: str | None) -> Iterat
     run_cli("quickstart", "--dir", str(d), check=True)
     target = Target(free_port())
     dns = DnsServer().start()  # every name is 127.0.0.1
-    with (d / "appliance.yaml").open("a") as f:
-        f.write(f"\nacme:\n  http01_port: {target.port}\n"
-                f"  resolvers: [\"127.0.0.1:{dns.port}\"]\n"
-                f"  validation_timeout_seconds: {TIMEOUT}\n"
-                "  validation_wait_seconds: 0.3\n  max_concurrent_validations: 1\n"
-                "  retry_after_seconds: 1\n")
+    configure(d, "acme", http01_port=target.port, resolvers=[f"127.0.0.1:{dns.port}"],
+              validation_timeout_seconds=TIMEOUT, validation_wait_seconds=0.3,
+              max_concurrent_validations=1, retry_after_seconds=1)
     srv = target.serve()
     try:
         with serving(d, rate_limit_per_minute=0, workers=1) as server:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance import config
 from appliance.store import migrate
 from tests.conftest import run_cli
 
@@ -32,6 +33,9 @@ def test_init_lays_out_the_data_directory_with_private_secrets(data_dir: Path) -
     for name in ("appliance.yaml", "hsm.yaml", "appliance.db", "softhsm/softhsm2.conf"):
         assert (data_dir / name).exists(), name
     assert stat.S_IMODE((data_dir / "secrets").stat().st_mode) == 0o700
+    assert stat.S_IMODE((data_dir / "softhsm" / "tokens").stat().st_mode) == 0o700
+    for db_file in data_dir.glob("appliance.db*"):  # and -wal/-shm while they exist
+        assert stat.S_IMODE(db_file.stat().st_mode) == 0o600, db_file
     for pin in ("so.pin", "user.pin"):
         assert stat.S_IMODE((data_dir / "secrets" / pin).stat().st_mode) == 0o600
     so_pin, user_pin = _pins(data_dir)
@@ -39,6 +43,21 @@ def test_init_lays_out_the_data_directory_with_private_secrets(data_dir: Path) -
     for name in ("appliance.yaml", "hsm.yaml"):
         text = (data_dir / name).read_text()
         assert user_pin not in text and so_pin not in text
+
+
+def test_init_writes_every_setting_and_config_show_prints_it(data_dir: Path) -> None:
+    text = (data_dir / "appliance.yaml").read_text()
+    for block in ("database", "hsm", "audit", "logging", "claims", "service", "revocation",
+                  "ocsp", "acme"):
+        assert f"\n{block}:\n" in text, block
+    assert "  api_listen: 127.0.0.1:8443" in text and "  http_listen: 127.0.0.1:8080" in text
+    loaded = config.load(data_dir / "appliance.yaml").config
+    assert loaded == config.ApplianceConfig(node_id="node-1")  # init's values are the defaults
+    shown = json.loads(run_cli("--dir", str(data_dir), "config", "show", "--json",
+                               check=True).stdout)
+    assert shown["path"] == str(data_dir / "appliance.yaml")
+    assert shown["config"]["service"] == loaded.service.model_dump(mode="json")
+    assert shown["config"]["database"]["url"] == f"sqlite:///{data_dir.resolve()}/appliance.db"
 
 
 def test_init_refuses_to_clobber(data_dir: Path) -> None:

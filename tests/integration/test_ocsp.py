@@ -37,7 +37,7 @@ from appliance.ocsp.certid import cert_id_hashes
 from appliance.runtime import Appliance
 from tests.ceremony_helpers import clone_data_dir, openssl
 from tests.conftest import run_cli
-from tests.service_helpers import Server, load_pem, make_csr, serving
+from tests.service_helpers import Server, configure, load_pem, make_csr, serving
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 OCSP_TYPE = "application/ocsp-response"
@@ -72,8 +72,7 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
     spare = clone_data_dir(d, d.parent / "spare")
     prefix = f"test-ocsp-{secrets.token_hex(6)}:"
     if REDIS:
-        with (d / "appliance.yaml").open("a") as f:
-            f.write(f"ocsp:\n  redis_url: {REDIS_URL}\n  redis_prefix: '{prefix}'\n")
+        configure(d, "ocsp", redis_url=REDIS_URL, redis_prefix=prefix)
     with serving(d) as srv:
         r = requests.get(srv.http + "/ca/root.pem", timeout=10)
         root = d.parent / "root.pem"
@@ -544,9 +543,14 @@ def test_keep_alive_pipelining_and_framing_limits(ctx: Ctx, tmp_path: Path) -> N
 
 def test_presign_cli_and_audit(ctx: Ctx, tmp_path: Path) -> None:
     issue(ctx, tmp_path)
-    out = ctx.server.cli("ocsp", "presign", "--all").stdout
+    proc = ctx.server.cli("ocsp", "presign", "--all", "--progress", "--batch", "1")
+    out = proc.stdout
     m = re.search(r"all: (\d+) candidates, (\d+) signed, 0 failed", out)
     assert m and int(m.group(1)) == int(m.group(2)) >= 2, out
+    # progress on stderr (asked for: not a terminal), from none to all; the summary on stdout
+    assert f"all: 0/{m.group(1)} (0%)" in proc.stderr, proc.stderr
+    assert f"all: {m.group(1)}/{m.group(1)} (100%)" in proc.stderr, proc.stderr
+    assert "(100%)" not in out
     again = ctx.server.cli("ocsp", "presign", "--stale").stdout
     assert again.startswith("stale: 0 candidates"), again
     events = ctx.server.events("ocsp.presign")

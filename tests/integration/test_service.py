@@ -352,6 +352,14 @@ def test_shipped_and_stored_templates(server: Server, root_pem: str, work: Path)
         "Custom Template Org"
     assert _eku(cert) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     assert server.certificate_rows()[f"{cert.serial_number:x}"]["template"] == "custom-org"
+    # ... which `template add` stored although it fails for a request without a DNS name
+    # (it warned): such a request is a JSON error naming the template and the fault, and
+    # nothing is issued
+    before = server.issued_count()
+    csr = make_csr(work, "email:p@example.com", cn="A Person")
+    _refused(sign("t-custom-org", csr, "p@example.com", "A Person"), 500, "template_error",
+             "template 'custom-org'", "no element 0")
+    assert server.issued_count() == before
 
     # a stored template that refuses with fail(): 403 with the template's own message
     csr = make_csr(work, "DNS:x.example.com", cn="x.example.com")
