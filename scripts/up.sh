@@ -13,6 +13,8 @@ if [ ! -f "$DATA/appliance.yaml" ]; then
   "$A" quickstart --dir "$DATA"
 fi
 "$A" --dir "$DATA" db upgrade
+# Data directories from before sealed provisioner keys: plaintext keys are sealed.
+"$A" --dir "$DATA" provisioner seal --all --generate-password
 "$A" --dir "$DATA" hsm selftest
 "$A" --dir "$DATA" audit checkpoint
 "$A" --dir "$DATA" audit verify
@@ -20,7 +22,7 @@ fi
 echo
 echo "The appliance is up in $DATA and now serves (Ctrl-C stops it). In another shell:"
 echo "  export PATH=\"$PWD/.venv/bin:\$PATH\" APPLIANCE_CONFIG=\"$(cd "$DATA" && pwd)/appliance.yaml\""
-echo "  appliance token admin --san web.example.com      # a one-time token for /1.0/sign"
+echo "  appliance token admin --san web.example.com --password-file $DATA/secrets/provisioner-admin.password"
 echo "  curl --cacert $DATA/tls/roots.pem https://127.0.0.1:8443/1.0/health"
 [ "${APPLIANCE_NO_SERVE:-}" = 1 ] && exit 0
 exec "$A" --dir "$DATA" serve

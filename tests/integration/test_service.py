@@ -294,7 +294,8 @@ def test_shipped_and_stored_templates(server: Server, root_pem: str, work: Path)
     for t in ("tls-client", "mtls-service", "smime-email", "code-signing", "custom-org",
               "only-allowed"):
         extra = ["--allow-template-data"] if t == "mtls-service" else []
-        server.cli("provisioner", "add", f"t-{t}", "--type", "jwk", "--template", t, *extra)
+        server.cli("provisioner", "add", f"t-{t}", "--type", "jwk", "--generate-password",
+                   "--template", t, *extra)
     issued = server.issued_count()
 
     def sign(prov: str, csr: str, *names: str, **kw: Any) -> requests.Response:
@@ -370,8 +371,10 @@ def test_shipped_and_stored_templates(server: Server, root_pem: str, work: Path)
 
 
 def test_inventory_required_metadata_and_import(server: Server, work: Path) -> None:
-    server.cli("provisioner", "add", "inv", "--type", "jwk", "--require-inventory")
-    server.cli("provisioner", "add", "iot", "--type", "jwk", "--template", "iot-device",
+    server.cli("provisioner", "add", "inv", "--type", "jwk", "--generate-password",
+               "--require-inventory")
+    server.cli("provisioner", "add", "iot", "--type", "jwk", "--generate-password",
+               "--template", "iot-device",
                "--require-inventory")
     issued = server.issued_count()
 
@@ -447,7 +450,8 @@ def _lasts(cert: x509.Certificate, since: datetime, seconds: int) -> bool:
 
 
 def test_validity_claims(server: Server, work: Path) -> None:
-    server.cli("provisioner", "add", "short", "--type", "jwk", "--max-duration", "1h")
+    server.cli("provisioner", "add", "short", "--type", "jwk", "--generate-password",
+               "--max-duration", "1h")
     now = datetime.now(UTC)
     msg = _refused(_issue(server, work, "v1.example.com", provisioner="short",
                           notAfter=(now + timedelta(hours=2)).isoformat()),
