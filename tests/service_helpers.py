@@ -124,6 +124,10 @@ class Server:
     def key(self, provisioner: str = "admin") -> ec.EllipticCurvePrivateKey:
         return provisioner_key(self.data_dir, provisioner)
 
+    def password_file(self, provisioner: str = "admin") -> str:
+        """For ``appliance token NAME --password-file`` (what quickstart generated)."""
+        return str(self.data_dir / "secrets" / f"provisioner-{provisioner}.password")
+
     def token(self, *sans: str, provisioner: str = "admin",
               key: ec.EllipticCurvePrivateKey | None = None, audience: str | None = None,
               now: float | None = None, cert_lifetime: int | None = None,

@@ -112,7 +112,8 @@ def test_sign_ec_and_rsa_csrs_chain_lint_and_audit(server: Server, root_pem: str
         name = f"{key}-host.example.com"
         csr = make_csr(work, f"DNS:{name}", cn=name, key=key)
         if key == "ec":  # the token as an operator makes it, with the CLI
-            ott = server.cli("token", "admin", "--san", name).stdout.strip()
+            ott = server.cli("token", "admin", "--san", name, "--password-file",
+                             server.password_file()).stdout.strip()
         else:
             ott = server.token(name)
         r = server.sign(csr, ott)
@@ -467,7 +468,7 @@ def test_validity_claims(server: Server, work: Path) -> None:
     # Asked for in the token (`appliance token --not-after 30m`).
     csr = make_csr(work, "DNS:v4.example.com", cn="v4.example.com")
     ott = server.cli("token", "admin", "--san", "v4.example.com", "--not-after",
-                     "30m").stdout.strip()
+                     "30m", "--password-file", server.password_file()).stdout.strip()
     t = datetime.now(UTC)
     cert = _ok(server.sign(csr, ott))
     assert _lasts(cert, t, 1800), (cert.not_valid_before_utc, cert.not_valid_after_utc)
