@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import shutil
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -219,3 +224,43 @@ def test_plaintext_data_dir_migrates(server: Server, tmp_path: Path) -> None:
 
     server.cli("provisioner", "remove", "old2")
     assert not list((d / "secrets").glob("provisioner-old2*"))
+
+
+def _at_terminal(args: list[str], answer: str) -> tuple[int, str, bytes]:
+    """Run ``appliance ARGS`` with a terminal as stdin/stderr and type ANSWER at each
+    password prompt; returns (exit code, stdout, everything the terminal showed)."""
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
+    proc = subprocess.Popen([sys.executable, "-m", "appliance", *args], stdin=slave,
+                            stdout=subprocess.PIPE, stderr=slave, env=env,
+                            start_new_session=True)
+    os.close(slave)
+    shown, answered = b"", 0
+    deadline = time.monotonic() + 60
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    shown += os.read(master, 4096)
+                except OSError:
+                    break
+            if shown.count(b"Password") > answered:
+                time.sleep(0.3)  # getpass flushes pending input when it turns echo off
+                os.write(master, answer.encode() + b"\n")
+                answered += 1
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out.decode(), shown
+
+
+def test_password_asked_at_a_terminal_is_not_echoed(server: Server) -> None:
+    password = sealed.read_password_file(Path(server.password_file()))
+    rc, out, shown = _at_terminal(["--dir", str(server.data_dir), "token", "admin", "--san",
+                                   "typed.example.com"], password)
+    assert rc == 0, shown
+    assert b"Password for" in shown and password.encode() not in shown
+    _signs(server, out.strip(), "typed.example.com")
