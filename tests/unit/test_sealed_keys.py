@@ -1,6 +1,6 @@
-"""Sealed provisioner keys (JWE, PBES2-HS256+A128KW + A256GCM): format, bounds, and a
-decrypt by a second implementation written here from RFC 7516/7518 on ``cryptography``
-alone, so a file jwcrypto writes is known to open elsewhere, not only in jwcrypto."""
+"""Sealed provisioner keys (JWE, PBES2-HS256+A128KW + A256GCM): format, bounds, and
+decrypts outside jwcrypto (one written here from RFC 7516/7518 on ``cryptography`` alone,
+and joserfc's), so a file jwcrypto writes is known to open elsewhere."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
+from joserfc import jwe as rfc_jwe
+from joserfc.jwk import OctKey
 from jwcrypto import jwe as jc_jwe
 from jwcrypto import jwk as jc_jwk
 
@@ -77,6 +79,25 @@ def test_second_implementation_decrypts(
     strict.allowed_algs = ["PBES2-HS256+A128KW", "A256GCM"]
     strict.deserialize(text, key=jc_jwk.JWK.from_password(PASSWORD))
     assert json.loads(strict.payload)["d"] == jwk["d"]
+
+
+def test_joserfc_interoperates() -> None:
+    """joserfc (a second library) opens what is sealed here, and a key joserfc sealed opens
+    here. joserfc caps p2c at 300,000, below the 600,000 used by default: the format is
+    the same, so the check runs at its cap."""
+    key = tokens.new_key()
+    password = OctKey.import_key(PASSWORD)
+    opened = rfc_jwe.decrypt_compact(sealed.seal(key, PASSWORD, p2c=300_000), password,
+                                     algorithms=["PBES2-HS256+A128KW", "A256GCM"])
+    assert opened.protected["cty"] == "jwk+json"
+    assert opened.plaintext is not None
+    d = int.from_bytes(_b64d(json.loads(opened.plaintext)["d"]), "big")
+    assert d == key.private_numbers().private_value
+    theirs = rfc_jwe.encrypt_compact(
+        {"alg": "PBES2-HS256+A128KW", "enc": "A256GCM", "cty": "jwk+json", "p2c": 300_000},
+        sealed.private_jwk(key).export_private(), password,
+        algorithms=["PBES2-HS256+A128KW", "A256GCM"])
+    assert sealed.unseal(theirs, PASSWORD).private_numbers() == key.private_numbers()
 
 
 def test_unseal_roundtrip_and_wrong_password(
