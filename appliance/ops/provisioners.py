@@ -105,6 +105,14 @@ def add(app: Appliance, name: str, ptype: str, settings: ProvisionerSettings, ac
         credential = ""  # accounts bring their own keys (and EAB keys live in their table)
     else:
         raise ProvisionerError(f"unknown provisioner type {ptype!r}")
+    if key is not None and custody is not None:
+        base = app.settings.base_dir
+        targets = [sealed_key_path(base, name)]
+        if custody.store_password:
+            targets.append(password_path(base, name))
+        for path in targets:
+            if path.exists():  # never overwritten: someone may still rely on it
+                raise ProvisionerError(f"{path} already exists: move it away first")
     now = datetime.now(UTC)
     with app.db.transaction() as db:
         if db.scalars(select(Provisioner).where(Provisioner.name == name)).first():
@@ -172,8 +180,11 @@ def seal(app: Appliance, name: str, password: str, actor: Actor, *,
     if kid != stored_kid:
         raise ProvisionerError(f"{plain} is not {name!r}'s key (kid {kid} != {stored_kid})")
     pending = target.with_name(target.name + ".new")
-    pending.unlink(missing_ok=True)
-    secretfile.write_new(pending, sealed.seal(key, password).encode())
+    pending.unlink(missing_ok=True)  # left by an interrupted run: never audited, never used
+    try:
+        secretfile.write_new(pending, sealed.seal(key, password).encode())
+    except FileExistsError:
+        raise ProvisionerError(f"{name!r} is being sealed by another process") from None
     try:
         with app.db.transaction() as db:
             app.audit_log().append(
