@@ -245,7 +245,7 @@ def _at_terminal(args: list[str], answer: str) -> tuple[int, str, bytes]:
                     shown += os.read(master, 4096)
                 except OSError:
                     break
-            if shown.count(b"Password") > answered:
+            if shown.count(b"Password") + shown.count(b"Repeat for confirmation") > answered:
                 time.sleep(0.3)  # getpass flushes pending input when it turns echo off
                 os.write(master, answer.encode() + b"\n")
                 answered += 1
@@ -264,3 +264,15 @@ def test_password_asked_at_a_terminal_is_not_echoed(server: Server) -> None:
     assert rc == 0, shown
     assert b"Password for" in shown and password.encode() not in shown
     _signs(server, out.strip(), "typed.example.com")
+
+
+def test_provisioner_add_asks_for_the_sealing_password(server: Server) -> None:
+    rc, _, shown = _at_terminal(["--dir", str(server.data_dir), "provisioner", "add", "typed",
+                                 "--type", "jwk"], PASSWORD)
+    assert rc == 0, shown
+    assert b"Repeat for confirmation" in shown and PASSWORD.encode() not in shown
+    secrets_dir = server.data_dir / "secrets"
+    assert not (secrets_dir / "provisioner-typed.password").exists()
+    key = sealed.unseal((secrets_dir / "provisioner-typed.jwe").read_text(), PASSWORD)
+    assert json.loads(_credential(server.data_dir, "typed"))["kid"] == \
+        tokens.public_jwk(key.public_key())["kid"]
