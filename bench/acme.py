@@ -675,7 +675,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             from appliance.provisioners.settings import sign_audience
 
             factory = base.ItemFactory(
-                data_dir / "secrets" / f"provisioner-{base.PROVISIONER}.pem",
+                data_dir / "secrets" / f"provisioner-{base.PROVISIONER}.jwe",
                 sign_audience("127.0.0.1", f"127.0.0.1:{server.api_port}"))
             sign, _ = base.measure_service(server, factory, args.clients, args.sign_seconds,
                                            SIGN_WARMUP, 0.0, args.verbose)

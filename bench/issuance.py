@@ -561,9 +561,15 @@ class ItemFactory:
     def __init__(self, key_path: Path, audience: str) -> None:
         from cryptography.hazmat.primitives import serialization
 
-        from appliance.provisioners import tokens
+        from appliance.provisioners import sealed, tokens
 
-        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+        key: Any
+        if key_path.exists():  # sealed (quickstart): the password file is beside it
+            key = sealed.unseal(key_path.read_text().strip(), sealed.read_password_file(
+                key_path.with_suffix(".password")))
+        else:  # a data directory kept from before sealed keys
+            key = serialization.load_pem_private_key(
+                key_path.with_suffix(".pem").read_bytes(), None)
         self.key = key
         self.kid = tokens.public_jwk(key.public_key())["kid"]  # type: ignore[arg-type]
         self.audience = audience
@@ -872,7 +878,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       file=sys.stderr)
             from appliance.provisioners.settings import sign_audience
 
-            factory = ItemFactory(data_dir / "secrets" / f"provisioner-{PROVISIONER}.pem",
+            factory = ItemFactory(data_dir / "secrets" / f"provisioner-{PROVISIONER}.jwe",
                                   sign_audience("127.0.0.1", f"127.0.0.1:{server.api_port}"))
             hint = 0.0
             try:

@@ -14,6 +14,8 @@ if [ ! -f "$DATA/appliance.yaml" ]; then
   "$A" quickstart --dir "$DATA"
 fi
 "$A" --dir "$DATA" db upgrade
+# Data directories from before sealed provisioner keys: plaintext keys are sealed.
+"$A" --dir "$DATA" provisioner seal --all --generate-password
 "$A" --dir "$DATA" hsm selftest
 "$A" --dir "$DATA" audit checkpoint
 "$A" --dir "$DATA" audit verify
@@ -43,7 +45,8 @@ else
   echo "$HTTP_URL (Ctrl-C stops it). In another shell:"
 fi
 echo "  export PATH=\"$PWD/.venv/bin:\$PATH\" APPLIANCE_CONFIG=\"$ABS_DATA/appliance.yaml\""
-echo "  appliance token admin --san web.example.com      # a one-time token for $API_URL/1.0/sign"
+echo "  appliance token admin --san web.example.com --password-file \"$ABS_DATA/secrets/provisioner-admin.password\""
+echo "      # a one-time token for $API_URL/1.0/sign"
 echo "  curl --cacert $ROOTS $API_URL/1.0/health"
 [ "${APPLIANCE_NO_SERVE:-}" = 1 ] && exit 0
 exec "$A" --dir "$DATA" serve

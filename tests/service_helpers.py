@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,33 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from appliance.provisioners import tokens
+from appliance.provisioners import sealed, tokens
 from appliance.provisioners.settings import sign_audience
 from tests.conftest import run_cli
 
 START_TIMEOUT = 60.0
+
+
+def provisioner_key(data_dir: Path, name: str = "admin") -> ec.EllipticCurvePrivateKey:
+    """The token-signing key quickstart (or ``provisioner add --generate-password``) left
+    sealed in DATA/secrets/, opened with the password written beside it; a plaintext key
+    of an old-style data directory is read as it is."""
+    sealed_file = data_dir / "secrets" / f"provisioner-{name}.jwe"
+    if sealed_file.exists():
+        st = sealed_file.stat()
+        return _unsealed(str(sealed_file), st.st_ino, st.st_mtime_ns)
+    pem = (data_dir / "secrets" / f"provisioner-{name}.pem").read_bytes()
+    k = serialization.load_pem_private_key(pem, None)
+    assert isinstance(k, ec.EllipticCurvePrivateKey)
+    return k
+
+
+@lru_cache(maxsize=64)
+def _unsealed(path: str, _ino: int, _mtime: int) -> ec.EllipticCurvePrivateKey:
+    """Unsealed once per file version (PBKDF2 with 600,000 rounds is not free)."""
+    password_file = Path(path).with_suffix(".password")
+    return sealed.unseal(Path(path).read_text().strip(),
+                         sealed.read_password_file(password_file))
 
 
 def free_port() -> int:
@@ -109,10 +132,11 @@ class Server:
         return s.post(self.api + "/1.0/sign", json=body, verify=str(self.roots), timeout=60)
 
     def key(self, provisioner: str = "admin") -> ec.EllipticCurvePrivateKey:
-        pem = (self.data_dir / "secrets" / f"provisioner-{provisioner}.pem").read_bytes()
-        k = serialization.load_pem_private_key(pem, None)
-        assert isinstance(k, ec.EllipticCurvePrivateKey)
-        return k
+        return provisioner_key(self.data_dir, provisioner)
+
+    def password_file(self, provisioner: str = "admin") -> str:
+        """For ``appliance token NAME --password-file`` (what quickstart generated)."""
+        return str(self.data_dir / "secrets" / f"provisioner-{provisioner}.password")
 
     def token(self, *sans: str, provisioner: str = "admin",
               key: ec.EllipticCurvePrivateKey | None = None, audience: str | None = None,

@@ -1,12 +1,18 @@
-"""``appliance provisioner`` and ``appliance token``."""
+"""``appliance provisioner`` and ``appliance token``.
+
+Passwords of sealed keys come from a file (``--password-file``) or a hidden prompt,
+never from argv or the environment, and are never echoed or logged.
+"""
 
 from __future__ import annotations
 
+import secrets
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.cli.context import (
@@ -23,7 +29,7 @@ from appliance.ops import provisioners as prov_ops
 from appliance.policy import syntax
 from appliance.policy.model import wildcard_notice
 from appliance.policy.names import parse_policy
-from appliance.provisioners import tokens
+from appliance.provisioners import sealed, tokens
 from appliance.provisioners.settings import (
     Claims,
     ProvisionerSettings,
@@ -99,22 +105,35 @@ def provisioner() -> None:
 @click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False,
                                                           path_type=Path),
               help="Name policy file for this provisioner.")
+@click.option("--public-key", "public_key", type=click.Path(exists=True, dir_okay=False,
+                                                            path_type=Path),
+              help="jwk: the owner's public key (PEM or JWK); the owner keeps the private "
+                   "key and the appliance never sees it.")
+@click.option("--password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="jwk: seal the key the appliance makes under this file's password.")
+@click.option("--generate-password", is_flag=True,
+              help="jwk: seal it under a random password written beside it in DATA/secrets/ "
+                   "(as quickstart does; take both files off the host).")
 @claim_options
 @location_options
 @pass_ctx
 def add_cmd(ctx: CliContext, /, name: str, ptype: str, root_pem: Path | None,
-            authority: str | None, policy_file: Path | None, **kw: Any) -> None:
-    """Add a provisioner (a jwk one gets a token-signing key in DATA/secrets/)."""
+            authority: str | None, policy_file: Path | None, public_key: Path | None,
+            password_file: Path | None, generate_password: bool, **kw: Any) -> None:
+    """Add a provisioner. A jwk one either takes the owner's --public-key, or gets a key
+    sealed under a password (--password-file, --generate-password, or asked for) in
+    DATA/secrets/provisioner-NAME.jwe."""
     changes = _settings_changes(kw)
     _check_claims(ctx, changes.get("claims", {}))
     settings = ProvisionerSettings.model_validate(
         {**changes, "claims": Claims.model_validate(changes.get("claims", {}))})
+    custody = _custody(ptype, public_key, password_file, generate_password)
     app = ctx.app()
     policy_text = policy_file.read_text(encoding="utf-8") if policy_file else None
     if policy_text is not None:
         parse_policy(policy_text, str(policy_file))  # a bad policy refuses the whole add
     prov_ops.add(app, name, ptype, settings, cli_actor(), authority=authority,
-                 roots_pem=root_pem.read_bytes() if root_pem else None)
+                 roots_pem=root_pem.read_bytes() if root_pem else None, custody=custody)
     notice = None
     if policy_text is not None:
         notice = wildcard_notice(policy_ops.set_policy(app, "provisioner", name, policy_text,
@@ -122,8 +141,104 @@ def add_cmd(ctx: CliContext, /, name: str, ptype: str, root_pem: Path | None,
     click.echo(f"provisioner {name!r} ({ptype}) added")
     if notice:
         click.echo(f"note: {notice}", err=True)
-    if ptype == "jwk":
-        click.echo(f"  token-signing key: {prov_ops.key_path(app, name)} (mode 0600)")
+    if custody is not None and custody.public_key is None:
+        base = app.settings.base_dir
+        click.echo(f"  sealed token-signing key: {prov_ops.sealed_key_path(base, name)} "
+                   "(mode 0600): hand it to its owner and remove it from this host")
+        if custody.store_password:
+            click.echo(f"  its password: {prov_ops.password_path(base, name)} (mode 0600): "
+                       "keep it apart from the key")
+    elif custody is not None:
+        click.echo("  owner-held key: the appliance stores only its public key")
+
+
+def _custody(ptype: str, public_key: Path | None, password_file: Path | None,
+             generate: bool) -> prov_ops.KeyCustody | None:
+    given = [o for o, v in (("--public-key", public_key), ("--password-file", password_file),
+                            ("--generate-password", generate)) if v]
+    if ptype != "jwk":
+        if given:
+            raise click.UsageError(f"{given[0]} is for jwk provisioners only")
+        return None
+    if len(given) > 1:
+        raise click.UsageError(f"give only one of {', '.join(given)}")
+    try:
+        if public_key is not None:
+            data = public_key.read_bytes()[:sealed.MAX_KEY_FILE_BYTES + 1]
+            return prov_ops.KeyCustody(public_key=data)
+        if password_file is not None:
+            return prov_ops.KeyCustody(password=sealed.check_new_password(
+                sealed.read_password_file(password_file)))
+        if generate:
+            return prov_ops.KeyCustody.generated()
+        return prov_ops.KeyCustody(password=sealed.check_new_password(_new_password(
+            "a jwk provisioner needs --public-key PEM|JWK, --password-file FILE or "
+            "--generate-password")))
+    except sealed.SealError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def _new_password(otherwise: str) -> str:
+    if not _interactive():
+        raise click.UsageError(f"{otherwise} (no terminal to ask for a password)")
+    text: str = click.prompt("Password to seal the key", hide_input=True,
+                             confirmation_prompt=True, err=True)
+    return text
+
+
+def _password_source(password_file: Path | None, what: str) -> Callable[[], str]:
+    """Asked only when a key turns out to be encrypted."""
+    def source() -> str:
+        if password_file is not None:
+            return sealed.read_password_file(password_file)
+        if not _interactive():
+            raise sealed.SealError(f"{what} is encrypted: give --password-file FILE (or run "
+                                   "in a terminal to be asked)")
+        text: str = click.prompt(f"Password for {what}", hide_input=True, err=True)
+        return text
+    return source
+
+
+@provisioner.command("seal")
+@click.argument("names", nargs=-1)
+@click.option("--all", "seal_all", is_flag=True,
+              help="Every jwk provisioner whose key is still a plaintext file.")
+@click.option("--password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Seal under this file's password (else --generate-password, or asked).")
+@click.option("--generate-password", is_flag=True,
+              help="A random password per key, written to DATA/secrets/provisioner-NAME."
+                   "password (0600).")
+@location_options
+@pass_ctx
+def seal_cmd(ctx: CliContext, names: tuple[str, ...], seal_all: bool,
+             password_file: Path | None, generate_password: bool) -> None:
+    """Re-encrypt plaintext token-signing keys (from before sealed keys) as sealed keys;
+    the plaintext is overwritten and removed, and each sealing is audited."""
+    if bool(names) == seal_all:
+        raise click.UsageError("give provisioner NAMEs or --all")
+    if password_file is not None and generate_password:
+        raise click.UsageError("give only one of --password-file, --generate-password")
+    app = ctx.app()
+    todo = prov_ops.plaintext_keys(app) if seal_all else list(names)
+    if not todo:
+        click.echo("no plaintext provisioner keys: nothing to seal")
+        return
+    try:
+        password = (sealed.read_password_file(password_file) if password_file is not None
+                    else None if generate_password
+                    else _new_password("give --password-file FILE or --generate-password"))
+        for name in todo:
+            done = prov_ops.seal(app, name, password or secrets.token_urlsafe(24), cli_actor(),
+                                 store_password=password is None)
+            extra = f", password in {done.password_file}" if done.password_file else ""
+            click.echo(f"provisioner {name!r}: key sealed in {done.sealed_key}{extra}; "
+                       "plaintext overwritten and removed")
+    except sealed.SealError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @provisioner.command("list")
@@ -222,30 +337,98 @@ def _cn_callback(_ctx: click.Context, _param: click.Parameter, value: str | None
               help="How long the token itself is valid.")
 @click.option("--revoke", "revoke_serial", default=None,
               help="A token to revoke this serial (POST /1.0/revoke) instead of to sign.")
+@click.option("--key", "key_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The token-signing key: a sealed key (JWE) or the owner's own key (PEM or "
+                   "JWK). Default: DATA/secrets/provisioner-NAME.jwe.")
+@click.option("--password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The key's password (else asked for, if the key is encrypted).")
+@click.option("--ca-url", default=None,
+              help="The CA's API, e.g. https://ca.example.com:8443: the token's audience "
+                   "(no configuration or database needed, with --key).")
+@click.option("--root", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --ca-url: check at the CA (trusting these roots) that the key is "
+                   "the provisioner's before minting.")
 @location_options
 @pass_ctx
 def token_cmd(ctx: CliContext, name: str, sans: tuple[str, ...], common_name: str | None,
-              not_after: int | None, lifetime: int, revoke_serial: str | None) -> None:
+              not_after: int | None, lifetime: int, revoke_serial: str | None,
+              key_file: Path | None, password_file: Path | None, ca_url: str | None,
+              root: Path | None) -> None:
     """Print a one-time token of a jwk provisioner for these SANs."""
-    app = ctx.app()
-    path = prov_ops.key_path(app, name)
+    if revoke_serial is None and not sans:
+        raise click.UsageError("give --san (or --revoke SERIAL)")
+    if root is not None and ca_url is None:
+        raise click.UsageError("--root goes with --ca-url")
+    if key_file is None and ca_url is not None and ctx.data_dir is None \
+            and ctx.config_path is None:
+        raise click.UsageError("give --key FILE (the provisioner's key) with --ca-url")
+    path = (prov_ops.key_path(ctx.app(), name) if key_file is None else key_file)
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), None)
-    except OSError as exc:
-        raise click.ClickException(f"no token-signing key for {name!r} at {path}: "
-                                   f"{exc.strerror}") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise click.ClickException(f"{path} is not an EC key")
-    svc = app.settings.config.service
-    if revoke_serial is not None:
-        token = tokens.mint(key, provisioner=name, audience=sign_audience(
-            svc.api_hostname, svc.api_listen, "/1.0/revoke"), sans=[revoke_serial],
-            lifetime=lifetime)
+        if key_file is None and not path.exists():
+            _migrate_on_use(ctx, name, password_file)
+        key = sealed.load_private_key(path, _password_source(password_file, str(path)))
+    except (sealed.SealError, prov_ops.ProvisionerError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if ca_url is not None:
+        base = _ca_url(ca_url)
+        audience = base + ("/1.0/revoke" if revoke_serial is not None else "/1.0/sign")
+        if root is not None:
+            _check_at_ca(base, root, name, key)
     else:
-        if not sans:
-            raise click.UsageError("give --san (or --revoke SERIAL)")
+        svc = ctx.app().settings.config.service
+        audience = sign_audience(svc.api_hostname, svc.api_listen,
+                                 "/1.0/revoke" if revoke_serial is not None else "/1.0/sign")
+    if revoke_serial is not None:
+        token = tokens.mint(key, provisioner=name, audience=audience, sans=[revoke_serial],
+                            lifetime=lifetime)
+    else:
         names = list(sans) + ([common_name] if common_name and common_name not in sans else [])
-        token = tokens.mint(key, provisioner=name, audience=sign_audience(
-            svc.api_hostname, svc.api_listen), sans=names, lifetime=lifetime,
-            cert_lifetime=not_after)
+        token = tokens.mint(key, provisioner=name, audience=audience, sans=names,
+                            lifetime=lifetime, cert_lifetime=not_after)
     click.echo(token)
+
+
+def _migrate_on_use(ctx: CliContext, name: str, password_file: Path | None) -> None:
+    """First use after the upgrade: a plaintext key is sealed (under the password given,
+    audited, plaintext removed) before it signs anything."""
+    app = ctx.app()
+    plain = prov_ops.plaintext_key_path(app.settings.base_dir, name)
+    if not plain.exists():
+        raise prov_ops.ProvisionerError(
+            f"no token-signing key for {name!r} at {prov_ops.key_path(app, name)}: give "
+            "--key FILE (an owner-held key is never in the data directory)")
+    password = (sealed.read_password_file(password_file) if password_file is not None
+                else _new_password(f"{plain} is a plaintext key from before sealed keys: "
+                                   "seal it with `appliance provisioner seal` or give "
+                                   "--password-file FILE"))
+    done = prov_ops.seal(app, name, password, cli_actor())
+    click.echo(f"sealed the plaintext key {plain} in {done.sealed_key} (plaintext removed)",
+               err=True)
+
+
+def _ca_url(url: str) -> str:
+    base = url.strip().rstrip("/")
+    if not base.startswith("https://") or len(base) > 2048 or any(c.isspace() for c in base):
+        raise click.BadParameter("must be an https:// URL", param_hint="--ca-url")
+    return base
+
+
+def _check_at_ca(base: str, root: Path, name: str, key: ec.EllipticCurvePrivateKey) -> None:
+    import requests  # only here: the other commands need no HTTP client
+
+    url = base + "/1.0/provisioners"
+    try:
+        resp = requests.get(url, verify=str(root), timeout=30)
+        listed = resp.json().get("provisioners", []) if resp.status_code == 200 else None
+    except (requests.RequestException, ValueError, AttributeError) as exc:
+        raise click.ClickException(f"cannot read the provisioners at {url}: {exc}") from None
+    if not isinstance(listed, list):
+        raise click.ClickException(f"cannot read the provisioners at {url} "
+                                   f"({resp.status_code})")
+    mine = next((p for p in listed if isinstance(p, dict) and p.get("name") == name), None)
+    if mine is None or mine.get("type") != "jwk":
+        raise click.ClickException(f"the CA at {base} has no jwk provisioner {name!r}")
+    kid = tokens.public_jwk(key.public_key())["kid"]
+    if not isinstance(mine.get("key"), dict) or mine["key"].get("kid") != kid:
+        raise click.ClickException(f"this key (kid {kid}) is not provisioner {name!r}'s at "
+                                   f"{base}")

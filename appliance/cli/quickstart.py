@@ -101,9 +101,12 @@ def quickstart_cmd(ctx: CliContext, script: Path | None, public_base_url: str | 
 
 
 def _provisioners(app: Appliance, actor: Any) -> None:
-    prov_ops.add(app, "admin", "jwk", ProvisionerSettings(), actor)
-    click.echo(f"provisioner 'admin' (jwk) added; token-signing key "
-               f"{prov_ops.key_path(app, 'admin')}")
+    prov_ops.add(app, "admin", "jwk", ProvisionerSettings(), actor,
+                 custody=prov_ops.KeyCustody.generated())
+    base = app.settings.base_dir
+    click.echo(f"provisioner 'admin' (jwk) added; token-signing key sealed in "
+               f"{prov_ops.sealed_key_path(base, 'admin')}, its password in "
+               f"{prov_ops.password_path(base, 'admin')} (take both off this host)")
     prov_ops.add(app, "acme", "acme", ProvisionerSettings(), actor)
     with app.db.sessions() as db:
         directory = prov_ops.describe(app, db, prov_ops.get(db, "acme"))["directory"]

@@ -22,6 +22,7 @@ from appliance.cli.context import CliContext, location_options, pass_ctx
 from appliance.config import ServiceConfig
 from appliance.hsm import selftest
 from appliance.ops import offline_root, schema, tls
+from appliance.ops import provisioners as prov_ops
 
 
 def gunicorn_command(entry: str, bind: str, workers: int, threads: int, timeout: int,
@@ -68,6 +69,9 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
     offline_root.require_offline(app)
     for warning in tls.stale_ca_urls(app):
         click.echo(f"warning: {warning}", err=True)
+    for name in prov_ops.plaintext_keys(app):
+        click.echo(f"warning: the token-signing key of provisioner {name!r} is a plaintext file "
+                   f"in secrets/: seal it (`appliance provisioner seal {name}`)", err=True)
     selftest.require(app.pool)
     files = tls.issue_api_certificate(app) if only != "public" else None
     config_path = str(app.settings.path)

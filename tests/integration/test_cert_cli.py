@@ -89,8 +89,10 @@ def issued(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issued]:
     d = tmp_path_factory.mktemp("certcli") / "data"
     work = d.parent / "work"
     run_cli("quickstart", "--dir", str(d), check=True)
-    run_cli("--dir", str(d), "provisioner", "add", "other", "--type", "jwk", check=True)
+    run_cli("--dir", str(d), "provisioner", "add", "other", "--type", "jwk",
+            "--generate-password", check=True)
     run_cli("--dir", str(d), "provisioner", "add", "brief", "--type", "jwk",
+            "--generate-password",
             "--min-duration", "1s", check=True)
     certs: dict[str, x509.Certificate] = {}
     with serving(d) as s:

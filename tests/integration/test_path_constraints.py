@@ -52,7 +52,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cli(d, "hsm", "genkey", "--label", "audit-key", "--type", "ec-p256", check=True)
     script = write_script(d.parent / "three-tier.yaml", _three_tier())
     run_ceremony(d, script, d.parent / "rec", check=True)
-    cli(d, "provisioner", "add", "admin", "--type", "jwk", check=True)
+    cli(d, "provisioner", "add", "admin", "--type", "jwk", "--generate-password", check=True)
     cli(d, "provisioner", "add", "acme", "--type", "acme", check=True)
     return d
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask.testing import FlaskClient
 
@@ -32,7 +31,7 @@ from appliance.provisioners.settings import sign_audience
 from appliance.runtime import Appliance
 from appliance.web.app import create_app
 from tests.conftest import run_cli
-from tests.service_helpers import make_csr
+from tests.service_helpers import make_csr, provisioner_key
 
 BASE = "https://127.0.0.1:8443"
 
@@ -73,10 +72,7 @@ def _cli(data_dir: Path, *args: str) -> None:
 
 
 def _key(data_dir: Path) -> ec.EllipticCurvePrivateKey:
-    k = serialization.load_pem_private_key(
-        (data_dir / "secrets" / "provisioner-admin.pem").read_bytes(), None)
-    assert isinstance(k, ec.EllipticCurvePrivateKey)
-    return k
+    return provisioner_key(data_dir, "admin")
 
 
 def _sign(app: Appliance, client: FlaskClient, data_dir: Path, name: str,

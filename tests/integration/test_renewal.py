@@ -36,7 +36,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         ["doomed", "--type", "jwk"],
         ["moving", "--type", "jwk"],
     ):
-        run_cli("--dir", str(d), "provisioner", "add", *args, check=True)
+        run_cli("--dir", str(d), "provisioner", "add", *args, "--generate-password",
+                check=True)
     with serving(d) as s:
         yield s
 

@@ -20,7 +20,8 @@ from tests.service_helpers import Server, make_csr, serving
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     d = tmp_path_factory.mktemp("revoke") / "data"
     run_cli("quickstart", "--dir", str(d), check=True)
-    run_cli("--dir", str(d), "provisioner", "add", "other", "--type", "jwk", check=True)
+    run_cli("--dir", str(d), "provisioner", "add", "other", "--type", "jwk",
+            "--generate-password", check=True)
     with serving(d) as s:
         yield s
 

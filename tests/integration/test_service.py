@@ -112,7 +112,8 @@ def test_sign_ec_and_rsa_csrs_chain_lint_and_audit(server: Server, root_pem: str
         name = f"{key}-host.example.com"
         csr = make_csr(work, f"DNS:{name}", cn=name, key=key)
         if key == "ec":  # the token as an operator makes it, with the CLI
-            ott = server.cli("token", "admin", "--san", name).stdout.strip()
+            ott = server.cli("token", "admin", "--san", name, "--password-file",
+                             server.password_file()).stdout.strip()
         else:
             ott = server.token(name)
         r = server.sign(csr, ott)
@@ -294,7 +295,8 @@ def test_shipped_and_stored_templates(server: Server, root_pem: str, work: Path)
     for t in ("tls-client", "mtls-service", "smime-email", "code-signing", "custom-org",
               "only-allowed"):
         extra = ["--allow-template-data"] if t == "mtls-service" else []
-        server.cli("provisioner", "add", f"t-{t}", "--type", "jwk", "--template", t, *extra)
+        server.cli("provisioner", "add", f"t-{t}", "--type", "jwk", "--generate-password",
+                   "--template", t, *extra)
     issued = server.issued_count()
 
     def sign(prov: str, csr: str, *names: str, **kw: Any) -> requests.Response:
@@ -378,8 +380,10 @@ def test_shipped_and_stored_templates(server: Server, root_pem: str, work: Path)
 
 
 def test_inventory_required_metadata_and_import(server: Server, work: Path) -> None:
-    server.cli("provisioner", "add", "inv", "--type", "jwk", "--require-inventory")
-    server.cli("provisioner", "add", "iot", "--type", "jwk", "--template", "iot-device",
+    server.cli("provisioner", "add", "inv", "--type", "jwk", "--generate-password",
+               "--require-inventory")
+    server.cli("provisioner", "add", "iot", "--type", "jwk", "--generate-password",
+               "--template", "iot-device",
                "--require-inventory")
     issued = server.issued_count()
 
@@ -455,7 +459,8 @@ def _lasts(cert: x509.Certificate, since: datetime, seconds: int) -> bool:
 
 
 def test_validity_claims(server: Server, work: Path) -> None:
-    server.cli("provisioner", "add", "short", "--type", "jwk", "--max-duration", "1h")
+    server.cli("provisioner", "add", "short", "--type", "jwk", "--generate-password",
+               "--max-duration", "1h")
     now = datetime.now(UTC)
     msg = _refused(_issue(server, work, "v1.example.com", provisioner="short",
                           notAfter=(now + timedelta(hours=2)).isoformat()),
@@ -471,7 +476,7 @@ def test_validity_claims(server: Server, work: Path) -> None:
     # Asked for in the token (`appliance token --not-after 30m`).
     csr = make_csr(work, "DNS:v4.example.com", cn="v4.example.com")
     ott = server.cli("token", "admin", "--san", "v4.example.com", "--not-after",
-                     "30m").stdout.strip()
+                     "30m", "--password-file", server.password_file()).stdout.strip()
     t = datetime.now(UTC)
     cert = _ok(server.sign(csr, ott))
     assert _lasts(cert, t, 1800), (cert.not_valid_before_utc, cert.not_valid_after_utc)
