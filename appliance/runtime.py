@@ -11,9 +11,12 @@ from __future__ import annotations
 import getpass
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 from appliance import logs
+from appliance.audit import anchor
+from appliance.audit.anchor import Anchor, AnchorWriter
 from appliance.audit.log import Actor, AuditLog
 from appliance.audit.signer import CheckpointSigner
 from appliance.config import Settings
@@ -75,8 +78,30 @@ class Appliance:
         """The audit log of this node; with ``signing`` it can sign checkpoints."""
         cfg = self.settings.config.audit
         signer = self.checkpoint_signer() if signing else None
+        anchors = None
+        if signing:
+            # the token witness writes through the pool the audit signer signs with
+            anchors = AnchorWriter(self.signing_pool() if cfg.anchor_token else None,
+                                   self.anchor_file(), cfg.anchor_syslog)
         return AuditLog(self.node_id, signer, cfg.checkpoint_every,
-                        cfg.checkpoint_interval_seconds)
+                        cfg.checkpoint_interval_seconds, anchors)
+
+    def anchor_file(self) -> Path | None:
+        path = self.settings.config.audit.anchor_file
+        if path is None:
+            return None
+        return path if path.is_absolute() else self.settings.base_dir / path
+
+    def audit_anchors(self, anchor_file: Path | None = None) -> list[Anchor]:
+        """The checkpoints held outside the database: the token's (when configured) and an
+        anchor file's (``anchor_file``, else the configured one when it exists)."""
+        out: list[Anchor] = []
+        if self.settings.config.audit.anchor_token:
+            out += anchor.read_token(self.pool)
+        path = anchor_file or self.anchor_file()
+        if path is not None and (anchor_file is not None or path.exists()):
+            out += anchor.read_file(path)
+        return anchor.unique(out)
 
     def checkpoint_signer(self) -> CheckpointSigner:
         label = self.settings.config.audit.key_label
