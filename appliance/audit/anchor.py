@@ -128,15 +128,24 @@ def token_label(node_id: str) -> str:
 def read_token(pool: SessionPool) -> list[Anchor]:
     """The newest checkpoint of every node the token witnesses."""
     out = []
-    for label, value in sorted(dataobj.read_prefixed(pool, TOKEN_PREFIX).items()):
+    for label, values in sorted(dataobj.read_prefixed(pool, TOKEN_PREFIX).items()):
+        cp = _newest(label, values)
+        if cp is not None:
+            if token_label(cp.node_id) != label:
+                raise AuditError(f"the token's anchor {label!r} names node {cp.node_id!r}")
+            out.append(Anchor(cp, f"token anchor {label}"))
+    return out
+
+
+def _newest(label: str, values: list[bytes]) -> Checkpoint | None:
+    """Of the objects under one label (two only after an interrupted replace), the newest."""
+    cps = []
+    for value in values:
         try:
-            cp = Checkpoint.parse(value.decode("utf-8"))
+            cps.append(Checkpoint.parse(value.decode("utf-8")))
         except (UnicodeDecodeError, ValueError) as exc:
             raise AuditError(f"the token's anchor {label!r} is unreadable: {exc}") from None
-        if token_label(cp.node_id) != label:
-            raise AuditError(f"the token's anchor {label!r} names node {cp.node_id!r}")
-        out.append(Anchor(cp, f"token anchor {label}"))
-    return out
+    return max(cps, key=lambda c: c.seq, default=None)
 
 
 def read_file(path: Path) -> list[Anchor]:
@@ -183,13 +192,10 @@ class AnchorWriter:
         rolled back, and signing its head would bless the rollback."""
         if self.pool is None:
             return
-        value = dataobj.read(self.pool, token_label(node_id))
-        if value is None:
+        label = token_label(node_id)
+        anchored = _newest(label, dataobj.read(self.pool, label))
+        if anchored is None:
             return
-        try:
-            anchored = Checkpoint.parse(value.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise AuditError(f"the token's audit anchor is unreadable: {exc}") from None
         if anchored.seq >= head_seq:
             raise AuditError(
                 f"the token's audit anchor is at record {anchored.seq} of {node_id} but the "
@@ -225,14 +231,13 @@ class AnchorWriter:
     def _write_token(self, cp: Checkpoint, line: str) -> None:
         assert self.pool is not None
         label = token_label(cp.node_id)
-        current = dataobj.read(self.pool, label)
-        if current is not None:
-            try:
-                if Checkpoint.parse(current.decode("utf-8")).seq >= cp.seq:
-                    return  # the witness never moves backwards
-            except (UnicodeDecodeError, ValueError):
-                pass  # unreadable: replaced by a good one (verify reported it)
-        dataobj.write(self.pool, label, line.encode("utf-8"))
+        try:
+            current = _newest(label, dataobj.read(self.pool, label))
+        except AuditError:
+            current = None  # unreadable: replaced by a good one (verify reported it)
+        if current is not None and current.seq >= cp.seq:
+            return  # the witness never moves backwards
+        dataobj.replace(self.pool, label, line.encode("utf-8"))
 
     def _flush(self, session: Session) -> None:
         pending: list[Checkpoint] = session.info.get(_PENDING, [])

@@ -24,58 +24,57 @@ def check_label(label: str) -> str:
     return label
 
 
-def read(pool: SessionPool, label: str) -> bytes | None:
-    """The value of the data object ``label``, or None when the token has none."""
+def read(pool: SessionPool, label: str) -> list[bytes]:
+    """The values of the data objects labelled ``label``: none, one, or (after a replace
+    interrupted between its two steps) the old and the new; the caller tells them apart."""
     check_label(label)
 
-    def work(ps: PooledSession) -> bytes | None:
+    def work(ps: PooledSession) -> list[bytes]:
         found = list(ps.session.get_objects(
             {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: label}))
-        if len(found) > 1:
-            raise HsmError(f"{len(found)} data objects are labelled {label!r}; refusing to guess")
-        return bytes(found[0][Attribute.VALUE]) if found else None
+        return [bytes(obj[Attribute.VALUE]) for obj in found]
 
     return pool.run(work)
 
 
-def read_prefixed(pool: SessionPool, prefix: str) -> dict[str, bytes]:
-    """Every data object whose label starts with ``prefix``, by label."""
+def read_prefixed(pool: SessionPool, prefix: str) -> dict[str, list[bytes]]:
+    """Every data object whose label starts with ``prefix``: values by label."""
 
-    def work(ps: PooledSession) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
+    def work(ps: PooledSession) -> dict[str, list[bytes]]:
+        out: dict[str, list[bytes]] = {}
         objs = list(ps.session.get_objects({Attribute.CLASS: ObjectClass.DATA}))
         for obj in objs:
             label = str(obj[Attribute.LABEL])
             if label.startswith(prefix):
-                if label in out:
-                    raise HsmError(f"several data objects are labelled {label!r}")
-                out[label] = bytes(obj[Attribute.VALUE])
+                out.setdefault(label, []).append(bytes(obj[Attribute.VALUE]))
         return out
 
     return pool.run(work)
 
 
-def write(pool: SessionPool, label: str, value: bytes) -> None:
-    """Set the value of data object ``label``, creating it on first use."""
+def replace(pool: SessionPool, label: str, value: bytes) -> None:
+    """Make ``value`` the data object ``label``: the new object first, then the old ones go.
+
+    Not an in-place C_SetAttributeValue: SoftHSM (and some HSMs) keep a data object's
+    CKA_VALUE read-only. Creating before destroying means an interruption leaves two
+    objects, never none.
+    """
     check_label(label)
     if len(value) > MAX_VALUE:
         raise HsmError(f"a data object holds at most {MAX_VALUE} bytes")
 
     def work(ps: PooledSession) -> None:
-        found = list(ps.session.get_objects(
+        old = list(ps.session.get_objects(
             {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: label}))
-        if len(found) > 1:
-            raise HsmError(f"{len(found)} data objects are labelled {label!r}; refusing to guess")
-        if found:
-            found[0][Attribute.VALUE] = value
-            return
         ps.session.create_object({
             Attribute.CLASS: ObjectClass.DATA, Attribute.TOKEN: True, Attribute.PRIVATE: True,
             Attribute.MODIFIABLE: True, Attribute.LABEL: label,
             Attribute.APPLICATION: APPLICATION, Attribute.VALUE: value,
         })
+        for obj in old:
+            obj.destroy()
 
-    pool.run(work)
+    pool.run(work, retry=False)
 
 
 def delete(pool: SessionPool, label: str) -> None:
