@@ -203,12 +203,15 @@ class AnchorWriter:
                 "checkpoint is signed (see appliance audit verify)")
 
     def after_commit(self, session: Session, cp: Checkpoint) -> None:
-        """Write ``cp`` once the session's transaction commits; forget it on rollback."""
+        """Write ``cp`` once the session's outermost transaction commits; forget it if the
+        transaction (or the savepoint) it was made in rolls back."""
         if _PENDING not in session.info:
             session.info[_PENDING] = []
             event.listen(session, "after_commit", self._flush)
-            event.listen(session, "after_rollback", _forget)
-        session.info[_PENDING].append(cp)
+            event.listen(session, "after_soft_rollback", _forget)
+            event.listen(session, "after_transaction_end", _end)
+        made_in = session.get_nested_transaction() or session.get_transaction()
+        session.info[_PENDING].append((made_in, cp))
 
     def write(self, cp: Checkpoint) -> None:
         """Every witness in turn; one that fails is logged and does not stop the others."""
@@ -240,14 +243,29 @@ class AnchorWriter:
         dataobj.replace(self.pool, label, line.encode("utf-8"))
 
     def _flush(self, session: Session) -> None:
-        pending: list[Checkpoint] = session.info.get(_PENDING, [])
+        if session.get_nested_transaction() is not None:
+            return  # a savepoint was released (SQLAlchemy calls after_commit for those too)
+        pending: list[tuple[Any, Checkpoint]] = session.info.get(_PENDING, [])
         session.info[_PENDING] = []
-        for cp in pending:
+        for _, cp in pending:
             self.write(cp)
 
 
-def _forget(session: Session) -> None:
-    session.info[_PENDING] = []
+def _forget(session: Session, rolled_back: Any) -> None:
+    def inside(trans: Any) -> bool:
+        while trans is not None:
+            if trans is rolled_back:
+                return True
+            trans = trans.parent
+        return False
+
+    session.info[_PENDING] = [(t, cp) for t, cp in session.info.get(_PENDING, [])
+                              if not inside(t)]
+
+
+def _end(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:  # the outermost: whatever was not written is void
+        session.info[_PENDING] = []
 
 
 def append_line(path: Path, line: str) -> None:
@@ -262,7 +280,7 @@ def append_line(path: Path, line: str) -> None:
 
 def _syslog_logger() -> logging.Logger | None:
     """A logger to syslog/journald, or None on a host without /dev/log."""
-    logger = logging.getLogger("appliance.audit.anchor.syslog")
+    logger = logging.getLogger(f"appliance.audit.anchor.syslog:{SYSLOG_ADDRESS}")
     logger.propagate = False
     logger.setLevel(logging.INFO)
     if not logger.handlers:

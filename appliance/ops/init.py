@@ -68,8 +68,9 @@ def init(directory: Path, actor: Actor, node_id: str = "node-1",
             "node_id": node_id,
             "database": {"url": database_url or "sqlite:///appliance.db"},
             "hsm": {"profile": "hsm.yaml"},
-            "audit": {"key_label": "audit-key", "checkpoint_every": 1000,
-                      "checkpoint_interval_seconds": 3600},
+            "audit": {"key_label": "audit-key", "checkpoint_every": 100,
+                      "checkpoint_interval_seconds": 300,
+                      "anchor_file": "audit-anchors.jsonl"},
             "logging": {"level": "INFO"},
         }
         for block, values in (settings or {}).items():
