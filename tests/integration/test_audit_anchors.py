@@ -524,3 +524,16 @@ def test_the_token_object_and_the_anchor_file(copy: Path, base: Base) -> None:
         (head_hash,) = conn.execute("SELECT hash FROM audit_events WHERE node_id = ? AND seq = ?",
                                     (NODE, base.cp2)).fetchone()
     assert token_cp["head_hash"] == head_hash
+
+
+def test_checkpoint_if_needed_follows_the_configured_frequency(copy: Path, base: Base) -> None:
+    """For a frequent timer: a checkpoint only when records since the newest reach
+    audit.checkpoint_every (or it is older than checkpoint_interval_seconds)."""
+    conf = copy / "appliance.yaml"
+    conf.write_text(conf.read_text().replace("checkpoint_every: 100", "checkpoint_every: 3"))
+    made = cli(copy, "audit", "checkpoint", "--if-needed", check=True).stdout
+    assert f"checkpoint at record {base.head} of {NODE}" in made
+    again = cli(copy, "audit", "checkpoint", "--if-needed", check=True).stdout
+    assert again.strip() == f"no checkpoint due for {NODE}"
+    lines = (copy / "audit-anchors.jsonl").read_text().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == [base.cp1, base.cp2, base.head]
