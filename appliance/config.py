@@ -46,6 +46,9 @@ class AuditConfig(_Strict):
     # are the window no anchor covers yet.
     checkpoint_every: int = Field(default=100, ge=0, le=1_000_000)
     checkpoint_interval_seconds: int = Field(default=300, ge=0, le=86_400 * 7)
+    # The service checks both as it writes records (else only `audit checkpoint --if-needed`
+    # and ceremonies do).
+    checkpoint_in_service: bool = True
     # Every checkpoint is also written outside the database: into a data object in the token
     # (audit-anchor-<node>), appended to this file (relative to the data dir; opened
     # O_APPEND, make it append-only with chattr +a or ship it elsewhere; null: none), and

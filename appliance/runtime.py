@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from appliance.audit.anchor import Anchor, AnchorWriter
 from appliance.audit.log import Actor, AuditLog
 from appliance.audit.signer import CheckpointSigner
 from appliance.config import Settings
-from appliance.errors import KeyNotFoundError
+from appliance.errors import ApplianceError, KeyNotFoundError
 from appliance.hsm import keys, selftest
 from appliance.hsm.pool import SessionPool
 from appliance.hsm.signer import token_private_key
@@ -45,6 +46,9 @@ class Appliance:
         self._db: Database | None = None
         self._selftested = False
         self._lock = threading.Lock()
+        self._service_checkpoints = False
+        self._service_log: AuditLog | None = None
+        self._service_signer_retry = 0.0
 
     @property
     def node_id(self) -> str:
@@ -74,8 +78,17 @@ class Appliance:
                                     cfg.pool_size)
             return self._db
 
+    def enable_service_checkpoints(self) -> None:
+        """The service's records checkpoint (and anchor) as they become due, so
+        ``audit.checkpoint_every: 1`` means every commit there too
+        (``audit.checkpoint_in_service``)."""
+        self._service_checkpoints = self.settings.config.audit.checkpoint_in_service
+
     def audit_log(self, *, signing: bool = False) -> AuditLog:
-        """The audit log of this node; with ``signing`` it can sign checkpoints."""
+        """The audit log of this node; with ``signing`` it can sign checkpoints (in the
+        service it can whenever the audit key is reachable)."""
+        if not signing and self._service_checkpoints:
+            return self._service_audit_log()
         cfg = self.settings.config.audit
         signer = self.checkpoint_signer() if signing else None
         anchors = None
@@ -85,6 +98,24 @@ class Appliance:
                                    self.anchor_file(), cfg.anchor_syslog)
         return AuditLog(self.node_id, signer, cfg.checkpoint_every,
                         cfg.checkpoint_interval_seconds, anchors)
+
+    def _service_audit_log(self) -> AuditLog:
+        """One signing audit log per process, made on first use; while the audit key cannot
+        be reached (no key yet, token away) records are written without checkpoints, and
+        the key is looked for again a minute later."""
+        if self._service_log is not None:
+            return self._service_log
+        cfg = self.settings.config.audit
+        now = time.monotonic()
+        if now >= self._service_signer_retry:
+            try:
+                self._service_log = self.audit_log(signing=True)
+                return self._service_log
+            except ApplianceError as exc:
+                self._service_signer_retry = now + 60
+                log.warning("audit checkpoints in the service are off until the audit key "
+                            "can be reached", extra={"fault": type(exc).__name__})
+        return AuditLog(self.node_id, None, cfg.checkpoint_every, cfg.checkpoint_interval_seconds)
 
     def anchor_file(self) -> Path | None:
         path = self.settings.config.audit.anchor_file

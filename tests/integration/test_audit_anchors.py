@@ -537,3 +537,40 @@ def test_checkpoint_if_needed_follows_the_configured_frequency(copy: Path, base:
     assert again.strip() == f"no checkpoint due for {NODE}"
     lines = (copy / "audit-anchors.jsonl").read_text().splitlines()
     assert [json.loads(line)["seq"] for line in lines] == [base.cp1, base.cp2, base.head]
+
+
+_SERVICE = r"""
+import json, sys
+from pathlib import Path
+from appliance import config
+from appliance.audit.log import Actor
+from appliance.runtime import Appliance
+
+app = Appliance(config.load(Path(sys.argv[1]) / "appliance.yaml"))
+app.enable_service_checkpoints()  # what create_app does in every worker
+for i in range(3):
+    with app.db.transaction() as s:
+        app.audit_log().append(s, "test.service", Actor("svc", "service"), details={"i": i})
+app.close()
+"""
+
+
+def test_the_service_checkpoints_at_every_commit_when_configured(copy: Path, base: Base) -> None:
+    conf = copy / "appliance.yaml"
+    conf.write_text(conf.read_text().replace("checkpoint_every: 100", "checkpoint_every: 1"))
+    env = dict(os.environ)
+    env.pop("SOFTHSM2_CONF", None)
+    subprocess.run([sys.executable, "-c", _SERVICE, str(copy)], check=True, env=env,
+                   timeout=120, capture_output=True)
+    with sqlite3.connect(copy / "appliance.db") as conn:
+        cps = [seq for (seq,) in conn.execute(
+            "SELECT seq FROM audit_checkpoints WHERE node_id = ? ORDER BY seq", (NODE,))]
+        (head,) = conn.execute("SELECT seq FROM audit_heads WHERE node_id = ?",
+                               (NODE,)).fetchone()
+    # each of the three commits: its record, then a checkpoint of it and that checkpoint's record
+    assert cps == [base.cp1, base.cp2, base.head + 1, base.head + 3, base.head + 5]
+    assert head == base.head + 6
+    lines = (copy / "audit-anchors.jsonl").read_text().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == cps
+    rc, report = _verify(copy)
+    assert rc == 0 and report["ok"], report["problems"]
