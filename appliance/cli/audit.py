@@ -85,6 +85,9 @@ def verify_cmd(ctx: CliContext, public_key_path: Path | None, export_path: Path 
             else:  # without the token: the anchor file only
                 path = anchors_path or app.anchor_file()
                 anchors = anchor.read_file(path) if path is not None and path.exists() else []
+            if public_key_path is not None:  # checkpoints an auditor kept count as anchors
+                anchors += [anchor.Anchor(cp, f"key file {public_key_path.name}")
+                            for cp in checkpoints]
             with app.db.sessions() as s:
                 report = verify.verify(s, keys, anchor.unique(anchors))
     except (AuditError, ValueError) as exc:

@@ -359,6 +359,17 @@ def test_rollback_is_named_by_the_anchor_file_alone(copy: Path, base: Base) -> N
     assert "anchor file auditor-anchors.jsonl (line 2)" in p["message"]
 
 
+def test_a_key_file_kept_before_a_rollback_names_it(copy: Path, base: Base) -> None:
+    kept = _export_key(copy)  # the auditor's copy: key and both checkpoints
+    with _open(copy) as conn:
+        t_rollback_to_older_checkpoint(conn, base)
+    (copy / "audit-anchors.jsonl").unlink()
+    rc, report = _verify(copy, "--public-key", str(kept))
+    assert rc == 1
+    (p,) = [p for p in report["problems"] if p["kind"] == "rollback"]
+    assert p["seq"] == base.cp2 and f"key file {kept.name}" in p["message"]
+
+
 # -- the PIN holder: the trust boundary --------------------------------------------------
 
 _PIN_HOLDER = r"""
