@@ -44,8 +44,21 @@ class HsmConfig(_Strict):
 
 class AuditConfig(_Strict):
     key_label: str = Field(default="audit-key", min_length=1, max_length=64)
-    checkpoint_every: int = Field(default=1000, ge=0, le=1_000_000)
-    checkpoint_interval_seconds: int = Field(default=3600, ge=0, le=86_400 * 7)
+    # A checkpoint after this many records (1: after every record, so every commit) and/or
+    # once the newest is this old; 0 turns either off. Records after the newest checkpoint
+    # are the window no anchor covers yet.
+    checkpoint_every: int = Field(default=100, ge=0, le=1_000_000)
+    checkpoint_interval_seconds: int = Field(default=300, ge=0, le=86_400 * 7)
+    # The service checks both as it writes records (else only `audit checkpoint --if-needed`
+    # and ceremonies do).
+    checkpoint_in_service: bool = True
+    # Every checkpoint is also written outside the database: into a data object in the token
+    # (audit-anchor-<node>), appended to this file (relative to the data dir; opened
+    # O_APPEND, make it append-only with chattr +a or ship it elsewhere; null: none), and
+    # to syslog/journald when /dev/log exists.
+    anchor_token: bool = True
+    anchor_file: Path | None = Path("audit-anchors.jsonl")
+    anchor_syslog: bool = True
 
 
 Duration = Annotated[str, Field(pattern=r"^(\d{1,7}[smhd])+$")]

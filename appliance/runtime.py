@@ -11,13 +11,17 @@ from __future__ import annotations
 import getpass
 import socket
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 from appliance import logs
+from appliance.audit import anchor
+from appliance.audit.anchor import Anchor, AnchorWriter
 from appliance.audit.log import Actor, AuditLog
 from appliance.audit.signer import CheckpointSigner
 from appliance.config import Settings
-from appliance.errors import KeyNotFoundError
+from appliance.errors import ApplianceError, KeyNotFoundError
 from appliance.hsm import keys, selftest
 from appliance.hsm.pool import SessionPool
 from appliance.hsm.signer import token_private_key
@@ -42,6 +46,9 @@ class Appliance:
         self._db: Database | None = None
         self._selftested = False
         self._lock = threading.Lock()
+        self._service_checkpoints = False
+        self._service_log: AuditLog | None = None
+        self._service_signer_retry = 0.0
 
     @property
     def node_id(self) -> str:
@@ -71,12 +78,61 @@ class Appliance:
                                     cfg.pool_size)
             return self._db
 
+    def enable_service_checkpoints(self) -> None:
+        """The service's records checkpoint (and anchor) as they become due, so
+        ``audit.checkpoint_every: 1`` means every commit there too
+        (``audit.checkpoint_in_service``)."""
+        self._service_checkpoints = self.settings.config.audit.checkpoint_in_service
+
     def audit_log(self, *, signing: bool = False) -> AuditLog:
-        """The audit log of this node; with ``signing`` it can sign checkpoints."""
+        """The audit log of this node; with ``signing`` it can sign checkpoints (in the
+        service it can whenever the audit key is reachable)."""
+        if not signing and self._service_checkpoints:
+            return self._service_audit_log()
         cfg = self.settings.config.audit
         signer = self.checkpoint_signer() if signing else None
+        anchors = None
+        if signing:
+            # the token witness writes through the pool the audit signer signs with
+            anchors = AnchorWriter(self.signing_pool() if cfg.anchor_token else None,
+                                   self.anchor_file(), cfg.anchor_syslog)
         return AuditLog(self.node_id, signer, cfg.checkpoint_every,
-                        cfg.checkpoint_interval_seconds)
+                        cfg.checkpoint_interval_seconds, anchors)
+
+    def _service_audit_log(self) -> AuditLog:
+        """One signing audit log per process, made on first use; while the audit key cannot
+        be reached (no key yet, token away) records are written without checkpoints, and
+        the key is looked for again a minute later."""
+        if self._service_log is not None:
+            return self._service_log
+        cfg = self.settings.config.audit
+        now = time.monotonic()
+        if now >= self._service_signer_retry:
+            try:
+                self._service_log = self.audit_log(signing=True)
+                return self._service_log
+            except ApplianceError as exc:
+                self._service_signer_retry = now + 60
+                log.warning("audit checkpoints in the service are off until the audit key "
+                            "can be reached", extra={"fault": type(exc).__name__})
+        return AuditLog(self.node_id, None, cfg.checkpoint_every, cfg.checkpoint_interval_seconds)
+
+    def anchor_file(self) -> Path | None:
+        path = self.settings.config.audit.anchor_file
+        if path is None:
+            return None
+        return path if path.is_absolute() else self.settings.base_dir / path
+
+    def audit_anchors(self, anchor_file: Path | None = None) -> list[Anchor]:
+        """The checkpoints held outside the database: the token's (when configured) and an
+        anchor file's (``anchor_file``, else the configured one when it exists)."""
+        out: list[Anchor] = []
+        if self.settings.config.audit.anchor_token:
+            out += anchor.read_token(self.pool)
+        path = anchor_file or self.anchor_file()
+        if path is not None and (anchor_file is not None or path.exists()):
+            out += anchor.read_file(path)
+        return anchor.unique(out)
 
     def checkpoint_signer(self) -> CheckpointSigner:
         label = self.settings.config.audit.key_label

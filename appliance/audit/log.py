@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from appliance import logs
+from appliance.audit.anchor import AnchorWriter, Checkpoint
 from appliance.audit.record import (
     GENESIS,
     MAX_DETAILS_BYTES,
@@ -62,8 +63,10 @@ class AuditLog:
         signer: CheckpointSigner | None = None,
         checkpoint_every: int = 0,
         checkpoint_interval_seconds: int = 0,
+        anchors: AnchorWriter | None = None,
     ) -> None:
         self.node_id = node_id
+        self.anchors = anchors
         self.signer = signer
         self.checkpoint_every = checkpoint_every
         self.checkpoint_interval_seconds = checkpoint_interval_seconds
@@ -119,6 +122,8 @@ class AuditLog:
         head_seq, head_hash = self._lock_head(session)
         if head_seq == 0:
             raise AuditError("the audit log is empty; nothing to checkpoint")
+        if self.anchors is not None:
+            self.anchors.check_not_behind(self.node_id, head_seq)
         when = utc_now()
         algorithm, signature = self.signer.sign(
             checkpoint_payload(self.node_id, head_seq, head_hash, when)
@@ -136,7 +141,19 @@ class AuditLog:
             details={"head_hash": cp.head_hash, "algorithm": algorithm},
             auto_checkpoint=False,
         )
+        if self.anchors is not None:
+            self.anchors.after_commit(session, Checkpoint(
+                cp.node_id, cp.seq, cp.head_hash, cp.time, cp.key_label, cp.spki_sha256,
+                cp.algorithm, cp.signature))
         return cp
+
+    def checkpoint_due(self, session: Session) -> bool:
+        """Whether the configured frequency asks for a checkpoint now (``--if-needed``)."""
+        head_seq, _ = self._lock_head(session)
+        last = session.scalar(select(func.max(AuditCheckpoint.seq))
+                              .where(AuditCheckpoint.node_id == self.node_id)) or 0
+        # the newest checkpoint's own record is not news: nothing since, nothing to sign
+        return head_seq > (last + 1 if last else 0) and self._checkpoint_due(session, head_seq)
 
     # -- internals --------------------------------------------------------
 

@@ -106,8 +106,10 @@ class CeremonyRunner:
                 details={"script_sha256": self.script.sha256, "operators": self.c.operators,
                          "witnesses": self.c.witnesses, "steps": len(self.c.steps)}).seq
         status, error = "completed", None
+        failed_step: dict[str, Any] | None = None
         try:
             for n, step in enumerate(self.c.steps, 1):
+                failed_step = {"number": n, "id": step.id, "type": step.type}
                 self.echo(f"[{n}/{len(self.c.steps)}] {step.type} {step.id} ...")
                 t0 = _now()
                 officers = self._quorum(step)
@@ -119,8 +121,11 @@ class CeremonyRunner:
                                                "officers": officers}
                 self.results[step.id] = result
                 self.echo(f"      done: {_summary(result)}")
+            failed_step = None
         except BaseException as exc:
-            status = "failed"
+            # a refused quorum is the ceremony's own controls working, not a fault: the
+            # transcript says which, and at which step, so an auditor need not guess
+            status = "refused" if isinstance(exc, quorum_mod.QuorumError) else "failed"
             error = f"{type(exc).__name__}: {exc}"
             self.echo(f"      FAILED: {error}")
             raise
@@ -130,11 +135,11 @@ class CeremonyRunner:
                     db, f"ceremony.{'finished' if status == 'completed' else 'failed'}",
                     self.actor, outcome="success" if status == "completed" else "failure",
                     object_ids={"ceremony": self.c.name, "record": self.out_dir.name},
-                    details={"status": status, "error": error,
+                    details={"status": status, "error": error, "failed_step": failed_step,
                              "outputs": dict(sorted(self.outputs.items()))}).seq
             doc = tx.build(self.script, self.c, self.token, [r.record for r in
                            self.results.values()], self.outputs, self.app.node_id, first, last,
-                           started, _now(), status, error)
+                           started, _now(), status, error, failed_step)
             signed = tx.sign(doc, signer)
             raw = tx.dumps(signed)
             self._write("transcript.json", raw, track=False)

@@ -28,13 +28,14 @@ MAX_TRANSCRIPT_BYTES = 10_000_000
 def build(script: LoadedScript, c: Ceremony, token: dict[str, str],
           steps: list[dict[str, Any]], outputs: dict[str, str], node_id: str, first_seq: int,
           last_seq: int, started: datetime, finished: datetime, status: str,
-          error: str | None) -> dict[str, Any]:
+          error: str | None, failed_step: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "ceremony": c.name,
         "description": c.description,
         "status": status,
         "error": error,
+        "failed_step": failed_step,
         "script": {"file": "script.yaml", "source": str(script.path), "sha256": script.sha256},
         "operators": c.operators,
         "witnesses": c.witnesses,
@@ -101,6 +102,24 @@ def verify(path: Path, public_key: PublicKey) -> tuple[dict[str, Any] | None, li
     if sig is not None:
         doc["signature"] = sig
     return doc, problems
+
+
+def outcome(doc: dict[str, Any]) -> tuple[str, str]:
+    """What the transcript says happened: its status and a sentence for a person.
+
+    Only a signed transcript's word counts; the caller checks the signature first. A
+    status this code does not know is reported as such and never taken for completed."""
+    status = doc.get("status")
+    error = doc.get("error")
+    step = doc.get("failed_step")
+    if status == "completed" and error is None:
+        return "completed", "completed"
+    if status in ("failed", "refused"):
+        where = ""
+        if isinstance(step, dict):
+            where = f" at step {step.get('number')} ({step.get('id')}, {step.get('type')})"
+        return str(status), f"{status}{where}: {error}"
+    return "unknown", f"unknown status {status!r}: {error}"
 
 
 def _iso(value: datetime) -> str:

@@ -75,25 +75,39 @@ def run_cmd(ctx: CliContext, script: Path, dry_run: bool, out: Path | None) -> N
 @click.argument("transcript_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--public-key", "public_key_path", type=click.Path(exists=True, path_type=Path),
               help="PEM of the audit public key (to verify without the token).")
+@click.option("--allow-failed", is_flag=True,
+              help="Exit 0 for an intact transcript of a refused or failed ceremony too.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @location_options
 @pass_ctx
 def verify_cmd(ctx: CliContext, transcript_path: Path, public_key_path: Path | None,
-               as_json: bool) -> None:
-    """Check a transcript's signature and every file it lists. Exit 0 if intact, else 1."""
+               allow_failed: bool, as_json: bool) -> None:
+    """Check a transcript's signature and every file it lists, and print the outcome it
+    records. Exit 0 if intact and completed, 1 if not intact, 3 if intact but the ceremony
+    was refused or failed (0 with --allow-failed)."""
     key = (load_public_key(public_key_path) if public_key_path is not None
            else ctx.app().audit_public_key())
     doc, problems = transcript.verify(transcript_path, key)
+    # the outcome is only the transcript's word once its signature holds
+    status, sentence = transcript.outcome(doc) if doc and not problems else ("unverified", "")
     if as_json:
         emit_json({"ok": not problems, "problems": problems,
-                   "ceremony": doc.get("ceremony") if doc else None})
+                   "ceremony": doc.get("ceremony") if doc else None,
+                   "status": status, "outcome": sentence or None,
+                   "failed_step": doc.get("failed_step") if doc and not problems else None})
     else:
         for p in problems:
             click.echo(f"BAD  {p}")
         name = doc.get("ceremony") if doc else "?"
-        click.echo(f"transcript of {name}: {'verified' if not problems else 'NOT VALID'}")
+        if problems:
+            click.echo(f"transcript of {name}: NOT VALID")
+        else:
+            click.echo(f"transcript of {name}: verified; ceremony {sentence}")
     ctx.close()
-    raise SystemExit(0 if not problems else 1)
+    if problems:
+        raise SystemExit(1)
+    raise SystemExit(0 if status == "completed" or (allow_failed and status != "unknown")
+                     else 3)
 
 
 @ceremony.command("officer-verifier")

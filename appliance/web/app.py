@@ -61,6 +61,7 @@ def create_app(appliance: Appliance) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=svc.max_request_bytes, JSON_SORT_KEYS=False,
                       PROPAGATE_EXCEPTIONS=False, TRAP_HTTP_EXCEPTIONS=False)
     app.extensions["appliance"] = appliance
+    appliance.enable_service_checkpoints()
     issuer = Issuer(appliance)
     app.extensions["issuer"] = issuer
     # A worker that starts may be replacing one that was killed mid-request.

@@ -12,11 +12,13 @@ import hashlib
 import itertools
 import json
 import multiprocessing
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -24,6 +26,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
+from appliance.audit.anchor import (
+    AnchorWriter,
+    Checkpoint,
+    read_file,
+    read_token,
+    token_label,
+    unique,
+)
 from appliance.audit.export import export_jsonl, parse_since
 from appliance.audit.log import Actor, AuditLog, count_events
 from appliance.audit.record import (
@@ -36,6 +46,7 @@ from appliance.audit.record import (
 from appliance.audit.signer import CheckpointSigner
 from appliance.audit.verify import Report, verify
 from appliance.errors import AuditError, DatabaseError
+from appliance.hsm import dataobj
 from appliance.hsm.keys import KeyInfo, destroy_keypair, generate_keypair
 from appliance.hsm.pool import SessionPool
 from appliance.hsm.signer import TokenPrivateKey, token_private_key
@@ -638,6 +649,76 @@ def test_interval_checkpoints_start_without_a_first_manual_one(
         "audit.checkpoint",
     ]
     assert check(db, public_key).ok
+
+
+# -- 4b. anchors: every committed checkpoint outside the database ----------------------------
+
+
+def test_checkpoint_at_every_commit_is_anchored_after_commit_only(
+    db: Database, signer: CheckpointSigner, public_key: ec.EllipticCurvePublicKey,
+    pool: SessionPool, tmp_path: Path,
+) -> None:
+    node = unique_label("anchored")  # the token is shared: a node (token object) of its own
+    anchor_file = tmp_path / "anchors.jsonl"
+    log = AuditLog(node, signer, checkpoint_every=1,
+                   anchors=AnchorWriter(pool, anchor_file, syslog=False))
+    try:
+        for i in range(4):
+            with db.transaction() as s:
+                log.append(s, "test.event", ALICE, details={"i": i})
+        # a checkpoint whose transaction rolls back is anchored nowhere
+        with pytest.raises(RuntimeError), db.transaction() as s:
+            log.append(s, "test.event", ALICE, details={"i": 4})
+            raise RuntimeError("the change fails after its checkpoint was signed")
+
+        with db.transaction() as s:
+            cps = list(s.scalars(select(AuditCheckpoint).where(AuditCheckpoint.node_id == node)
+                                 .order_by(AuditCheckpoint.seq)))
+        assert [c.seq for c in cps] == [1, 3, 5, 7]  # every record but the checkpoints' own
+        lines = [Checkpoint.parse(line) for line in anchor_file.read_text().splitlines()]
+        assert [(c.seq, c.head_hash, c.signature) for c in lines] == [
+            (c.seq, c.head_hash, c.signature) for c in cps]
+        (token,) = [a for a in read_token(pool) if a.node_id == node]
+        assert token.checkpoint == lines[-1]
+        assert oct(anchor_file.stat().st_mode & 0o777) == "0o640"
+
+        anchors = unique([*read_token(pool), *read_file(anchor_file)])
+        with db.transaction() as s:
+            report = verify(s, public_key, [a for a in anchors if a.node_id == node])
+        assert report.ok, report.problems
+        assert report.anchors == 4
+
+        # the token never moves backwards: an older checkpoint does not replace a newer one
+        AnchorWriter(pool, None, syslog=False).write(lines[0])
+        (token,) = [a for a in read_token(pool) if a.node_id == node]
+        assert token.seq == 7
+    finally:
+        dataobj.delete(pool, token_label(node))
+
+
+def test_anchor_goes_to_syslog_when_there_is_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signer: CheckpointSigner,
+) -> None:
+    """A real datagram socket stands in for /dev/log; without one, no failure."""
+    from appliance.audit import anchor as anchor_mod
+
+    cp = Checkpoint("node-s", 3, "a" * 64, "2026-01-01T00:00:00.000000Z", signer.label,
+                    signer.spki_sha256, "ecdsa-sha256", b"sig")
+    monkeypatch.setattr(anchor_mod, "SYSLOG_ADDRESS", str(tmp_path / "absent"))
+    AnchorWriter(None, None, syslog=True).write(cp)  # no /dev/log: nothing, no error
+
+    address = tmp_path / "log"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(address))
+    sock.settimeout(5)
+    try:
+        monkeypatch.setattr(anchor_mod, "SYSLOG_ADDRESS", str(address))
+        AnchorWriter(None, None, syslog=True).write(cp)
+        message = sock.recv(65536).decode()
+    finally:
+        sock.close()
+    assert "appliance-audit: appliance-audit-anchor " in message
+    assert Checkpoint.parse(message.split("appliance-audit-anchor ", 1)[1].strip("\x00")) == cp
 
 
 def test_checkpoint_without_key_or_on_empty_log_is_refused(

@@ -666,6 +666,18 @@ def test_dual_control_refusals(case: str, fresh_base: Path, verifiers: dict[str,
         assert secret not in proc.stdout and secret not in proc.stderr
         assert all(secret not in e["raw"] for e in audit_events(d))
         assert secret not in (out / "transcript.json").read_text()
+    t = json.loads((out / "transcript.json").read_text())
+    assert t["status"] == "refused" and reason in t["error"]
+    assert t["failed_step"] == {"number": 1, "id": "dc-key", "type": "key"}
+    if case == "wrong_secret":  # the verdict on a refused ceremony, once (a CLI run each)
+        proc = cli(d, "ceremony", "verify", str(out / "transcript.json"))
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert "BAD" not in proc.stdout
+        assert (f"transcript of dual-control: verified; ceremony refused at step 1 "
+                f"(dc-key, key): QuorumError: step dc-key: {reason}") in proc.stdout
+        allowed = cli(d, "ceremony", "verify", str(out / "transcript.json"), "--allow-failed")
+        assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+        assert "ceremony refused at step 1" in allowed.stdout
 
 
 # -- 11. transcript ------------------------------------------------------------------------
@@ -788,9 +800,22 @@ def test_failed_ceremony_leaves_a_signed_transcript(fresh_base: Path, clone: Clo
     assert "fail-root-key" in key_labels(d) and "never-made" not in key_labels(d)
     assert "too-long" not in authorities(d)
 
-    ok = cli(d, "ceremony", "verify", str(out / "transcript.json"), "--json")
+    assert t["failed_step"] == {"number": 2, "id": "too-long", "type": "root"}
+    verdict = cli(d, "ceremony", "verify", str(out / "transcript.json"), "--json")
+    assert verdict.returncode == 3, verdict.stdout + verdict.stderr
+    doc = json.loads(verdict.stdout)
+    assert doc["ok"] is True and doc["problems"] == [] and doc["status"] == "failed"
+    assert doc["ceremony"] == "fails-at-step-2" and doc["failed_step"]["number"] == 2
+    assert doc["outcome"].startswith("failed at step 2 (too-long, root): ")
+    assert "exceeds the cap" in doc["outcome"]
+    ok = cli(d, "ceremony", "verify", str(out / "transcript.json"), "--allow-failed")
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert json.loads(ok.stdout) == {"ok": True, "problems": [], "ceremony": "fails-at-step-2"}
+    assert "verified; ceremony failed at step 2 (too-long, root)" in ok.stdout
+    # an edited status is an edit like any other: the signature no longer holds
+    t["status"], t["error"], t["failed_step"] = "completed", None, None
+    (out / "transcript.json").write_text(json.dumps(t, indent=2, sort_keys=True) + "\n")
+    forged = cli(d, "ceremony", "verify", str(out / "transcript.json"))
+    assert forged.returncode == 1 and "NOT VALID" in forged.stdout
 
     by_seq = {e["seq"]: e for e in audit_events(d)}
     failed = by_seq[t["audit"]["last_seq"]]
