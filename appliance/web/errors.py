@@ -13,6 +13,7 @@ from appliance.errors import (
     ConfigError,
     DatabaseError,
     HsmError,
+    InputError,
     SelfTestError,
 )
 
@@ -20,7 +21,7 @@ log = logs.get("web")
 
 STATUS_BY_CODE = {
     "bad_request": 400, "policy_refused": 403, "template_refused": 403,
-    "inventory_refused": 403, "lint_failed": 422, "template_error": 500,
+    "inventory_refused": 403, "lint_failed": 422, "template_error": 422,
     "unauthorized": 401, "forbidden": 403, "not_found": 404, "rate_limited": 429,
     "provisioner_error": 404, "authority_unavailable": 503, "path_constraint": 403,
 }
@@ -49,7 +50,10 @@ def install(app: Flask) -> None:
             return jsonify(body(503, exc.code, "the CA cannot sign right now; nothing was "
                                                "issued")), 503
         status = STATUS_BY_CODE.get(exc.code, 400)
-        return jsonify(body(status, exc.code, str(exc))), status
+        doc = body(status, exc.code, str(exc))
+        if isinstance(exc, InputError):
+            doc["field"] = exc.field
+        return jsonify(doc), status
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:
