@@ -57,6 +57,7 @@ from appliance.store.models import (
     Provisioner,
 )
 from appliance.templates import build as template_build
+from appliance.templates.errors import TemplateError, TemplateInputError
 from appliance.templates.render import TemplateRefusal
 from appliance.x509.path import PathError
 
@@ -939,6 +940,10 @@ def _as_problem(exc: BaseException) -> AcmeProblem:
         # is one this CA can never certify.
         kind = "rejectedIdentifier" if exc.constraint == "name_constraints" else "unauthorized"
         return AcmeProblem(kind, str(exc))
+    if isinstance(exc, (TemplateError, TemplateInputError, InputError)):
+        # What the template made of this CSR is no certificate (the template was checked
+        # when it was added): the CSR's content is at fault, as for the REST API's 422.
+        return AcmeProblem("badCSR", str(exc))
     if isinstance(exc, (TemplateRefusal, InventoryError, LintError)):
         return AcmeProblem("unauthorized", str(exc), status=403)
     if isinstance(exc, AuthorityUnavailable):

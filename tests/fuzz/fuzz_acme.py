@@ -3,6 +3,10 @@ each resource reads it (newAccount contacts and EAB binding, newOrder identifier
 keyChange's inner JWS and oldKey, finalize's CSR against the order's identifiers), and the
 renewalInfo certID. The JWS signature is checked but its outcome does not stop the payload
 parsing (a fuzzer cannot sign), so every payload path is reached.
+
+The first input byte picks what the rest is: 0 the request body as sent; 1 the payload's
+JSON, 2 the protected header's JSON, 3 a finalize CSR in DER (each put into an envelope
+here, so the mutations land in the JSON or DER rather than in its base64).
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ from typing import Any
 
 
 def load() -> Callable[[bytes], None]:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     from appliance.acme import ari, eab, jws
     from appliance.acme import service as acme_service
     from appliance.acme.identifiers import parse_list
     from appliance.acme.problems import AcmeProblem
     from appliance.issuance.csr import load_csr
+    from tests.acme_client import jwk_of
     from tests.fuzz.verdict import guarded
 
     def payload_paths(payload: dict[str, Any]) -> None:
@@ -46,7 +53,31 @@ def load() -> Callable[[bytes], None]:
         csr = load_csr(jws.b64decode(payload.get("csr"), "csr"))
         acme_service._check_csr_names(csr, idents)
 
+    import json
+
+    k = ec.generate_private_key(ec.SECP256R1())
+    header = {"alg": "ES256", "url": "https://ca.test/acme/acme/new-order", "nonce": "n",
+              "jwk": jwk_of(k)}
+
+    def envelope(protected: bytes, payload: bytes) -> bytes:
+        return json.dumps({"protected": jws.b64encode(protected),
+                           "payload": jws.b64encode(payload), "signature": "AAAA"}).encode()
+
     def one_input(data: bytes) -> None:
+        if not data:
+            return
+        mode, rest = data[0] % 4, data[1:]
+        if mode == 1:
+            data = envelope(json.dumps(header).encode(), rest)
+        elif mode == 2:
+            data = envelope(rest, b'{"identifiers": [{"type": "dns", "value": "a.test"}]}')
+        elif mode == 3:
+            data = envelope(json.dumps(header).encode(), json.dumps({
+                "csr": jws.b64encode(rest),
+                "identifiers": [{"type": "dns", "value": "a.test"}]}).encode())
+        else:
+            data = rest
+
         def call() -> None:
             env = jws.parse(jws.read_body(data))
             p = env.protected

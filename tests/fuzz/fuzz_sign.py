@@ -3,7 +3,9 @@ pipeline's CSR checks and names, and the shipped template rendered and built int
 certificate (signed by a throw-away key: no token is needed for any of it).
 
 The first input byte picks what the rest is: 0 a whole body, 1 a CSR in DER (put into a
-body as PEM), 2 a templateData object next to a good CSR.
+body as PEM), 2 a templateData object next to a good CSR, 3 the ``ott`` as sent (checked
+against a JWK provisioner's key), 4 the token's claims (JSON), signed here with that key so
+that the checks after the signature are reached too.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+AUDIENCE = "https://127.0.0.1:8443/1.0/sign"
+
 
 def load() -> Callable[[bytes], None]:
     import base64
     import json
     from datetime import UTC, datetime, timedelta
 
+    import jwt
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -24,6 +29,7 @@ def load() -> Callable[[bytes], None]:
 
     from appliance.issuance import pipeline
     from appliance.policy import names as policy
+    from appliance.provisioners import tokens
     from appliance.templates import build as template_build
     from appliance.templates import render as template_render
     from appliance.web import api
@@ -42,6 +48,8 @@ def load() -> Callable[[bytes], None]:
                 .add_extension(x509.SubjectAlternativeName([x509.DNSName("f.test")]), False)
                 .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
     templates = template_render.builtin_templates()
+    prov_key = ec.generate_private_key(ec.SECP256R1())
+    prov_jwk = tokens.public_jwk(prov_key.public_key())
     good_pem = good_csr.public_bytes(serialization.Encoding.PEM).decode()
 
     def issue_offline(body: api.SignBody) -> None:
@@ -69,10 +77,34 @@ def load() -> Callable[[bytes], None]:
             cert = builder.sign(ca_key, hashes.SHA256())
             policy.Names.from_certificate(cert)
 
+    def token(mode: int, rest: bytes) -> None:
+        """As ``authorize.one_time_token`` reads it, minus the database."""
+        if mode == 3:
+            ott = rest.decode("utf-8", "replace")  # a JSON string: valid Unicode
+        else:
+            claims = bounded_loads(rest)
+            if not isinstance(claims, dict):
+                return
+            ott = jwt.encode(claims, prov_key, algorithm="ES256",
+                             headers={"kid": prov_jwk["kid"], "typ": "JWT"})
+        api.parse_sign_body(json.dumps({"csr": good_pem, "ott": ott}).encode())
+        tokens.unverified_issuer(ott)
+        claims_ = tokens.verify(ott, prov_jwk, provisioner="admin", audience=AUDIENCE)
+        api.token_lifetime(claims_.raw)
+
+    def bounded_loads(raw: bytes) -> Any:
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            return None
+
     def one_input(data: bytes) -> None:
         if not data:
             return
-        mode, rest = data[0] % 3, data[1:]
+        mode, rest = data[0] % 5, data[1:]
+        if mode >= 3:
+            guarded(lambda: token(mode, rest))
+            return
         if mode == 0:
             raw = rest
         elif mode == 1:

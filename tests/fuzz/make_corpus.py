@@ -62,6 +62,14 @@ def sign_seeds() -> list[bytes]:
         bad_csrs.SAN_OID, bad_csrs.san_dns(b"a.test", b"*.b.test"))]))
     seeds += [b"\x02" + json.dumps(v).encode() for v in (
         {"team": "x"}, {"sans": ["a.test"], "cn": "0.0"}, {"k": "\u00e9", "l": [1.5, True]})]
+    t = int(time.time())
+    claims = {"iss": "admin", "aud": "https://127.0.0.1:8443/1.0/sign", "sub": "f.test",
+              "sans": ["f.test"], "iat": t, "nbf": t, "exp": t + 300,
+              "jti": "0123456789abcdef", "cert_lifetime": 3600}
+    seeds.append(b"\x04" + json.dumps(claims).encode())
+    seeds.append(b"\x04" + json.dumps({**claims, "exp": str(t + 300), "sub": 5}).encode())
+    seeds.append(b"\x03" + jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()),
+                                       algorithm="ES256").encode())
     return seeds
 
 
@@ -80,9 +88,11 @@ def renew_seeds() -> list[bytes]:
     t = int(time.time())
     claims = {"aud": "https://ca.test/1.0/renew", "iat": t, "nbf": t, "exp": t + 600,
               "jti": "0123456789abcdef"}
-    return [jwt.encode(claims, k, algorithm="ES256", headers={"x5c": x5c}).encode(),
-            jwt.encode({**claims, "exp": "soon"}, k, algorithm="ES256",
-                       headers={"x5c": x5c}).encode()]
+    return [b"\x00" + jwt.encode(claims, k, algorithm="ES256", headers={"x5c": x5c}).encode(),
+            b"\x00" + jwt.encode({**claims, "exp": "soon"}, k, algorithm="ES256",
+                                  headers={"x5c": x5c}).encode(),
+            b"\x01" + json.dumps(claims).encode(),
+            b"\x01" + json.dumps({**claims, "iat": "1", "jti": 5}).encode()]
 
 
 def ocsp_seeds() -> list[bytes]:
@@ -135,7 +145,11 @@ def acme_seeds() -> list[bytes]:
                     "identifiers": [{"type": "dns", "value": "bad.example.com"}]}),
         (prot_kid, None),
     ]
-    return [json.dumps(sign(k, p, body)).encode() for p, body in payloads]
+    seeds = [b"\x00" + json.dumps(sign(k, p, body)).encode() for p, body in payloads]
+    seeds += [b"\x01" + json.dumps(body).encode() for _, body in payloads if body]
+    seeds += [b"\x02" + json.dumps(p).encode() for p in (prot_jwk, prot_kid)]
+    seeds += [b"\x03" + der, b"\x03" + bad_csrs.cases()["duplicate_san"]]
+    return seeds
 
 
 def main() -> None:
