@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(sign renew revoke acme ocsp ceremony templates)
+[ ${#targets[@]} -eq 0 ] && targets=(sign renew revoke acme ocsp ceremony templates app)
 work="${FUZZ_WORK:-/tmp/appliance-fuzz}"
 py="${PYTHON:-.venv/bin/python}"
 jobs="${FUZZ_JOBS:-2}"

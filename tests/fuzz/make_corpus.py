@@ -152,11 +152,22 @@ def acme_seeds() -> list[bytes]:
     return seeds
 
 
+def app_seeds() -> list[bytes]:
+    """For fuzz_app: the endpoint's index (fuzz_app.ENDPOINTS), then the body."""
+    out = [b"\x00" + s[1:] for s in sign_seeds() if s[:1] == b"\x00"]
+    out += [b"\x01" + s for s in revoke_seeds()]
+    out += [b"\x02" + s[1:] for s in renew_seeds() if s[:1] == b"\x00"]
+    envelopes = [s[1:] for s in acme_seeds() if s[:1] == b"\x00"]
+    out += [bytes([3 + i % 7]) + e for i, e in enumerate(envelopes)]
+    out.append(b"\x09" + b"aGVsbG8.AQ")
+    return out
+
+
 def main() -> None:
     for target, make in (("sign", sign_seeds), ("revoke", revoke_seeds),
                          ("renew", renew_seeds), ("ocsp", ocsp_seeds),
                          ("ceremony", ceremony_seeds), ("templates", template_seeds),
-                         ("acme", acme_seeds)):
+                         ("acme", acme_seeds), ("app", app_seeds)):
         seeds = make()
         _write(target, seeds)
         print(f"{target}: {len(seeds)} seeds")

@@ -18,7 +18,7 @@ import pytest
 from tests.fuzz import harness
 
 REPO = Path(__file__).resolve().parents[2]
-TARGETS = ["sign", "renew", "revoke", "acme", "ocsp", "ceremony", "templates"]
+TARGETS = ["sign", "renew", "revoke", "acme", "ocsp", "ceremony", "templates", "app"]
 SECONDS = float(os.environ.get("FUZZ_CI_SECONDS", "3"))
 MODE = [] if os.environ.get("FUZZ_CI_ATHERIS") == "1" else ["--builtin"]
 
