@@ -51,6 +51,7 @@ from appliance.ocsp.signer import CertStatus, SignedResponse
 from appliance.ops import authorities as authz
 from appliance.policy import names as policy
 from appliance.policy import syntax as policy_syntax
+from appliance.provisioners import tokens
 from appliance.provisioners.settings import EffectiveClaims, ProvisionerSettings
 from appliance.runtime import Appliance
 from appliance.store.models import (
@@ -69,7 +70,7 @@ __all__ = ["Issued", "Issuer", "ProvisionerContext", "SignRequest", "load_csr"]
 
 log = logs.get("issuance")
 BACKDATE = timedelta(seconds=60)
-MAX_LIFETIME = 100 * 366 * 86400  # seconds; any provisioner's maximum is far below
+MAX_LIFETIME = tokens.MAX_CERT_LIFETIME  # timedelta and datetime overflow far above
 ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 _CERTS = cast(Table, Certificate.__table__)
 # Hot statements, built once (values bound per call).
@@ -406,7 +407,7 @@ class Issuer:
             end = req.not_after.astimezone(UTC)
         else:
             lifetime = req.lifetime or claims.default_duration
-            if lifetime > MAX_LIFETIME:  # timedelta (and datetime) overflow far above
+            if lifetime > MAX_LIFETIME:
                 raise IssuanceError(f"requested duration {lifetime}s exceeds the maximum of "
                                     f"{claims.max_duration}s")
             end = now + timedelta(seconds=lifetime)

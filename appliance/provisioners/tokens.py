@@ -31,6 +31,7 @@ MAX_TOKEN_LIFETIME = 86400
 MAX_TOKEN_BYTES = 8192
 ALGORITHM = "ES256"
 MAX_NUMERIC_DATE = 253_402_300_799  # 9999-12-31T23:59:59Z
+MAX_CERT_LIFETIME = 100 * 366 * 86400  # seconds; any provisioner's maximum is far below
 
 
 class TokenError(ApplianceError):
@@ -99,6 +100,18 @@ def check_times(claims: dict[str, Any]) -> None:
                              "1970)")
 
 
+def check_cert_lifetime(claims: dict[str, Any]) -> None:
+    """``cert_lifetime``, if present, is a whole number of seconds in range: checked with
+    the token, before it is spent (the provisioner's maximum is applied at issuance)."""
+    value = claims.get("cert_lifetime")
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or \
+            not 0 < value <= MAX_CERT_LIFETIME:
+        raise TokenError("invalid token: cert_lifetime must be a whole number of seconds "
+                         f"from 1 to {MAX_CERT_LIFETIME}")
+
+
 def unverified_issuer(token: str) -> str:
     """The provisioner a token names, to find its key (nothing is trusted yet)."""
     if len(token) > MAX_TOKEN_BYTES:
@@ -124,6 +137,7 @@ def verify(token: str, jwk: dict[str, Any], *, provisioner: str, audience: str) 
     except jwt.PyJWTError as exc:
         raise TokenError(f"invalid token: {exc}") from None
     check_times(claims)
+    check_cert_lifetime(claims)
     bounded_json.check(claims, "ott")
     if claims["exp"] - claims["iat"] > MAX_TOKEN_LIFETIME:
         raise TokenError("token lifetime exceeds one day")

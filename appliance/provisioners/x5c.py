@@ -21,6 +21,7 @@ from appliance.provisioners.tokens import (
     MAX_TOKEN_LIFETIME,
     TokenClaims,
     TokenError,
+    check_cert_lifetime,
     check_times,
 )
 
@@ -70,6 +71,7 @@ def verify(token: str, roots_pem: str, *, provisioner: str, audience: str) -> To
     except jwt.PyJWTError as exc:
         raise TokenError(f"invalid token: {exc}") from None
     check_times(claims)
+    check_cert_lifetime(claims)
     bounded_json.check(claims, "ott")
     if claims["exp"] - claims["iat"] > MAX_TOKEN_LIFETIME:
         raise TokenError("token lifetime exceeds one day")

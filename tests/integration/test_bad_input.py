@@ -144,11 +144,14 @@ def test_token_times_that_are_not_numeric_dates_are_401s(server: Server,
 
 
 @pytest.mark.parametrize("lifetime", [10 ** 20, -5, 0, "3600", 1.5, True])
-def test_token_cert_lifetime_out_of_range_is_a_400(server: Server, lifetime: Any) -> None:
+def test_token_cert_lifetime_out_of_range_is_a_401(server: Server, lifetime: Any) -> None:
+    """Checked with the token, before it is spent: a failed login (audited), nothing else."""
     before = _state(server)
+    failed = len(server.events("auth.failed"))
     r = server.sign(bad_csrs.good_csr(NAME), server.token(NAME, cert_lifetime=lifetime))
-    body = _refused(server, r, 400, "ott", before)
+    body = _refused(server, r, 401, None, before)
     assert "cert_lifetime" in body["message"]
+    assert len(server.events("auth.failed")) == failed + 1
 
 
 def test_a_token_with_a_lone_surrogate_subject_is_refused(server: Server) -> None:
