@@ -42,7 +42,7 @@ def load() -> Callable[[bytes], None]:
             # Headers reach the app as latin-1 text (WSGI), so every byte string is possible.
             token = data[1:].decode("latin-1")
         else:
-            token = rawjwt.es256(data[1:], key, {"x5c": x5c})
+            token = rawjwt.es256(rawjwt.timed(data[1:]), key, {"x5c": x5c})
         guarded(lambda: renewal.certificate_from_token(token, AUDIENCE))
 
     return one_input

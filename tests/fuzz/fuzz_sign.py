@@ -4,8 +4,9 @@ certificate (signed by a throw-away key: no token is needed for any of it).
 
 The first input byte picks what the rest is: 0 a whole body, 1 a CSR in DER (put into a
 body as PEM), 2 a templateData object next to a good CSR, 3 the ``ott`` as sent (checked
-against a JWK provisioner's key), 4 the token's claims (JSON), signed here with that key so
-that the checks after the signature are reached too.
+against a JWK provisioner's key and an x5c provisioner's root), 4 the token's claims (JSON),
+signed here with the JWK provisioner's key so that the checks after the signature are
+reached too, 5 the same signed by a certificate under the x5c provisioner's root.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ def load() -> Callable[[bytes], None]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     from appliance.issuance import pipeline
     from appliance.policy import names as policy
-    from appliance.provisioners import tokens
+    from appliance.provisioners import tokens, x5c
     from appliance.templates import build as template_build
     from appliance.templates import render as template_render
     from appliance.web import api
@@ -42,6 +43,9 @@ def load() -> Callable[[bytes], None]:
           .public_key(ca_key.public_key()).serial_number(1)
           .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=900))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False,
+                                       False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
           .sign(ca_key, hashes.SHA256()))
     good_csr = (x509.CertificateSigningRequestBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "f.test")]))
@@ -77,21 +81,41 @@ def load() -> Callable[[bytes], None]:
             cert = builder.sign(ca_key, hashes.SHA256())
             policy.Names.from_certificate(cert)
 
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device")]))
+            .issuer_name(ca_name).public_key(leaf_key.public_key()).serial_number(2)
+            .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=9))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("device.test")]), False)
+            .sign(ca_key, hashes.SHA256()))
+    leaf_x5c = [base64.b64encode(leaf.public_bytes(serialization.Encoding.DER)).decode()]
+    roots_pem = ca.public_bytes(serialization.Encoding.PEM).decode()
+
     def token(mode: int, rest: bytes) -> None:
         """As ``authorize.one_time_token`` reads it, minus the database."""
         if mode == 3:
             ott = rest.decode("utf-8", "replace")  # a JSON string: valid Unicode
+        elif mode == 4:
+            ott = rawjwt.es256(rawjwt.timed(rest), prov_key, {"kid": prov_jwk["kid"],
+                                                               "typ": "JWT"})
         else:
-            ott = rawjwt.es256(rest, prov_key, {"kid": prov_jwk["kid"], "typ": "JWT"})
+            ott = rawjwt.es256(rawjwt.timed(rest), leaf_key, {"x5c": leaf_x5c, "typ": "JWT"})
         api.parse_sign_body(json.dumps({"csr": good_pem, "ott": ott}).encode())
         tokens.unverified_issuer(ott)
-        claims_ = tokens.verify(ott, prov_jwk, provisioner="admin", audience=AUDIENCE)
-        api.token_lifetime(claims_.raw)
+        if mode in (3, 4):
+            guarded(lambda: api.token_lifetime(tokens.verify(
+                ott, prov_jwk, provisioner="admin", audience=AUDIENCE).raw))
+        if mode in (3, 5):
+            guarded(lambda: api.token_lifetime(x5c.verify(
+                ott, roots_pem, provisioner="admin", audience=AUDIENCE).raw))
 
     def one_input(data: bytes) -> None:
         if not data:
             return
-        mode, rest = data[0] % 5, data[1:]
+        mode, rest = data[0] % 6, data[1:]
         if mode >= 3:
             guarded(lambda: token(mode, rest))
             return

@@ -66,7 +66,9 @@ def sign_seeds() -> list[bytes]:
     claims = {"iss": "admin", "aud": "https://127.0.0.1:8443/1.0/sign", "sub": "f.test",
               "sans": ["f.test"], "iat": t, "nbf": t, "exp": t + 300,
               "jti": "0123456789abcdef", "cert_lifetime": 3600}
-    seeds.append(b"\x04" + json.dumps(claims).encode())
+    timed = json.dumps(claims).replace(str(t + 300), "$EXP").replace(str(t), "$NOW").encode()
+    seeds.append(b"\x04" + timed)
+    seeds.append(b"\x05" + timed)
     seeds.append(b"\x04" + json.dumps({**claims, "exp": str(t + 300), "sub": 5}).encode())
     seeds.append(b"\x03" + jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()),
                                        algorithm="ES256").encode())
@@ -91,7 +93,8 @@ def renew_seeds() -> list[bytes]:
     return [b"\x00" + jwt.encode(claims, k, algorithm="ES256", headers={"x5c": x5c}).encode(),
             b"\x00" + jwt.encode({**claims, "exp": "soon"}, k, algorithm="ES256",
                                   headers={"x5c": x5c}).encode(),
-            b"\x01" + json.dumps(claims).encode(),
+            b"\x01" + json.dumps(claims).replace(str(t + 600), "$EXP").replace(
+                str(t), "$NOW").encode(),
             b"\x01" + json.dumps({**claims, "iat": "1", "jti": 5}).encode()]
 
 

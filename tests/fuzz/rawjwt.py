@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -19,3 +20,10 @@ def es256(payload: bytes, key: ec.EllipticCurvePrivateKey, header: dict[str, Any
     signing_input = f"{_b64(json.dumps({'alg': 'ES256', **header}).encode())}.{_b64(payload)}"
     r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
     return f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
+def timed(payload: bytes) -> bytes:
+    """Seeds write ``$NOW`` and ``$EXP`` for times: the current time and five minutes on, so
+    that seeds kept in the repository do not go stale (an expired token stops early)."""
+    now = int(time.time())
+    return payload.replace(b"$NOW", str(now).encode()).replace(b"$EXP", str(now + 300).encode())
