@@ -81,3 +81,14 @@ class DatabaseError(ApplianceError):
     """The database refused or failed a transaction; nothing of it was kept."""
 
     code = "database_error"
+
+
+class InputError(ApplianceError):
+    """A client sent a value that cannot be read (malformed, out of range, too large): a 400
+    that names the field, raised before anything is reserved, signed or stored."""
+
+    code = "bad_request"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field

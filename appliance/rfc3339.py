@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 MAX_CHARS = 64
+# X.509 validity is UTCTime from 1950 and GeneralizedTime to 9999 (RFC 5280 4.1.2.5).
+MIN_YEAR, MAX_YEAR = 1950, 9998
 
 
 def parse(value: object) -> datetime:
@@ -13,4 +15,12 @@ def parse(value: object) -> datetime:
     if not isinstance(value, str) or len(value) > MAX_CHARS:
         raise ValueError("not an RFC 3339 time")
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    try:
+        # In UTC it must still be a datetime: year 1 at +01:00 is not (OverflowError later).
+        parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time out of range") from None
+    if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+        raise ValueError("time out of range")
+    return parsed

@@ -41,6 +41,11 @@ def parse_one(item: Any) -> Identifier:
     if not isinstance(value, str) or not 1 <= len(value) <= 253:
         raise AcmeProblem("malformed", "an identifier value is a string of 1 to 253 characters")
     if kind == "dns":
+        if not value.isascii():
+            # RFC 8555 §7.1.4: internationalised names are sent as A-labels ("xn--…").
+            detail = f"{value!r} is not ASCII: send internationalised names as A-labels (xn--)"
+            raise AcmeProblem("rejectedIdentifier", detail,
+                              subproblems=[subproblem("malformed", detail, item)])
         try:
             return Identifier("dns", str(parse_dns_name(value)))
         except MalformedName as exc:

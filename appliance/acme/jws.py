@@ -19,10 +19,14 @@ from josepy import jwa
 from josepy.errors import DeserializationError
 from josepy.jwk import JWK
 
+from appliance import bounded_json
 from appliance.acme.problems import AcmeProblem
+from appliance.errors import InputError
 
 MAX_FIELD = 64 * 1024
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+# The members each key type must have (RFC 7518 §6), checked before josepy reads them.
+KEY_MEMBERS = {"RSA": ("n", "e"), "EC": ("crv", "x", "y")}
 EC_ALG = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 
 
@@ -35,6 +39,21 @@ def b64decode(text: Any, what: str) -> bytes:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (ValueError, binascii.Error):
         raise AcmeProblem("malformed", f"{what} is not valid base64url") from None
+
+
+def read_body(raw: bytes) -> Any:
+    """A request body (the JWS envelope) as bounded JSON."""
+    try:
+        return bounded_json.loads(raw, "request body")
+    except InputError as exc:
+        raise AcmeProblem("malformed", str(exc)) from None
+
+
+def payload_json(raw: bytes, what: str) -> Any:
+    try:
+        return bounded_json.loads(raw, what)
+    except InputError as exc:
+        raise AcmeProblem("malformed", str(exc)) from None
 
 
 def b64encode(data: bytes) -> str:
@@ -69,9 +88,10 @@ def parse(body: Any, what: str = "request") -> Envelope:
     if not isinstance(protected_b64, str) or not isinstance(payload_b64, str):
         raise AcmeProblem("malformed", f"the {what} JWS needs protected and payload strings")
     try:
-        protected = json.loads(b64decode(protected_b64, "protected header"))
-    except (ValueError, UnicodeDecodeError):
-        raise AcmeProblem("malformed", "the protected header is not JSON") from None
+        protected = bounded_json.loads(b64decode(protected_b64, "protected header"),
+                                       "protected header")
+    except InputError as exc:
+        raise AcmeProblem("malformed", str(exc)) from None
     if not isinstance(protected, dict):
         raise AcmeProblem("malformed", "the protected header must be a JSON object")
     if payload_b64:
@@ -84,13 +104,17 @@ def load_jwk(value: Any) -> JWK:
     """An account (or certificate) public key as a JWK, within the sizes a CA accepts."""
     if not isinstance(value, dict) or len(json.dumps(value)) > 4096:
         raise AcmeProblem("malformed", "jwk must be a JSON object")
-    if value.get("kty") not in ("RSA", "EC"):
+    kty = value.get("kty")
+    if kty not in KEY_MEMBERS:
         raise AcmeProblem("badPublicKey", "only RSA and EC account keys are accepted")
+    for member in KEY_MEMBERS[kty]:
+        if not isinstance(value.get(member), str):
+            raise AcmeProblem("malformed", f"jwk member {member!r} must be a string")
     try:
         jwk = cast(JWK, JWK.from_json(value))
-    except (DeserializationError, ValueError, TypeError) as exc:
-        raise AcmeProblem("malformed", f"jwk does not parse: {exc}") from None
-    key = jwk.key
+        key = jwk.key
+    except (DeserializationError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise AcmeProblem("malformed", f"jwk does not parse: {str(exc)[:200]}") from None
     if isinstance(key._wrapped, rsa.RSAPublicKey):
         if not 2048 <= key.key_size <= 8192:
             raise AcmeProblem("badPublicKey", f"RSA key of {key.key_size} bits not accepted")
@@ -142,10 +166,7 @@ class Verified:
     def json(self) -> dict[str, Any]:
         if self.post_as_get:
             return {}
-        try:
-            value = json.loads(self.payload)
-        except (ValueError, UnicodeDecodeError):
-            raise AcmeProblem("malformed", "the payload is not JSON") from None
+        value = payload_json(self.payload, "payload")
         if not isinstance(value, dict):
             raise AcmeProblem("malformed", "the payload must be a JSON object")
         return value

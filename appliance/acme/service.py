@@ -30,7 +30,7 @@ from appliance.acme.nonces import Nonces
 from appliance.acme.problems import AcmeProblem, subproblem
 from appliance.acme.validation_pool import ValidationPool
 from appliance.audit.log import Actor
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, InputError
 from appliance.inventory.match import InventoryError
 from appliance.issuance.pipeline import (
     AuthorityUnavailable,
@@ -57,6 +57,7 @@ from appliance.store.models import (
     Provisioner,
 )
 from appliance.templates import build as template_build
+from appliance.templates.errors import TemplateError, TemplateInputError
 from appliance.templates.render import TemplateRefusal
 from appliance.x509.path import PathError
 
@@ -308,10 +309,7 @@ class AcmeService:
             raise AcmeProblem("malformed", "the inner JWS url must be the keyChange URL")
         new_jwk = jws.load_jwk(p["jwk"])
         jws.check_signature(inner, new_jwk)
-        try:
-            body = json.loads(inner.payload)
-        except (ValueError, UnicodeDecodeError):
-            raise AcmeProblem("malformed", "the inner payload is not JSON") from None
+        body = jws.payload_json(inner.payload, "the inner payload")
         if not isinstance(body, dict) or body.get("account") != req.kid:
             raise AcmeProblem("malformed", "the inner payload must name this account")
         old = jws.load_jwk(body.get("oldKey"))
@@ -683,7 +681,7 @@ class AcmeService:
         der = jws.b64decode(payload.get("csr"), "csr")
         try:
             csr = load_csr(der)
-        except IssuanceError as exc:
+        except (IssuanceError, InputError) as exc:
             raise AcmeProblem("badCSR", str(exc)) from None
         with self.app.db.transaction() as db:
             found = db.execute(_ORDER_BY_ID, {"b_id": order_id}).first()
@@ -766,7 +764,7 @@ class AcmeService:
         der = jws.b64decode(payload.get("certificate"), "certificate")
         try:
             cert = x509.load_der_x509_certificate(der)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             raise AcmeProblem("malformed", "certificate is not DER") from None
         serial = f"{cert.serial_number:x}"
         with self.app.db.sessions() as db:
@@ -942,6 +940,10 @@ def _as_problem(exc: BaseException) -> AcmeProblem:
         # is one this CA can never certify.
         kind = "rejectedIdentifier" if exc.constraint == "name_constraints" else "unauthorized"
         return AcmeProblem(kind, str(exc))
+    if isinstance(exc, (TemplateError, TemplateInputError, InputError)):
+        # What the template made of this CSR is no certificate (the template was checked
+        # when it was added): the CSR's content is at fault, as for the REST API's 422.
+        return AcmeProblem("badCSR", str(exc))
     if isinstance(exc, (TemplateRefusal, InventoryError, LintError)):
         return AcmeProblem("unauthorized", str(exc), status=403)
     if isinstance(exc, AuthorityUnavailable):

@@ -44,12 +44,14 @@ from appliance.errors import ApplianceError, DatabaseError, SignatureCheckError
 from appliance.hsm import keys, rng
 from appliance.hsm.signer import TokenPrivateKey, token_private_key
 from appliance.inventory import match as inventory
+from appliance.issuance.csr import load_csr
 from appliance.lint import pkilint_gate
 from appliance.ocsp import presign as ocsp_presign
 from appliance.ocsp.signer import CertStatus, SignedResponse
 from appliance.ops import authorities as authz
 from appliance.policy import names as policy
 from appliance.policy import syntax as policy_syntax
+from appliance.provisioners import tokens
 from appliance.provisioners.settings import EffectiveClaims, ProvisionerSettings
 from appliance.runtime import Appliance
 from appliance.store.models import (
@@ -61,11 +63,14 @@ from appliance.store.models import (
 )
 from appliance.templates import build as template_build
 from appliance.templates import render as template_render
+from appliance.templates.errors import TemplateError, TemplateInputError
 from appliance.x509 import path as x509_path
 
+__all__ = ["Issued", "Issuer", "ProvisionerContext", "SignRequest", "load_csr"]
+
 log = logs.get("issuance")
-MAX_CSR_BYTES = 10_000
 BACKDATE = timedelta(seconds=60)
+MAX_LIFETIME = tokens.MAX_CERT_LIFETIME  # timedelta and datetime overflow far above
 ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 _CERTS = cast(Table, Certificate.__table__)
 # Hot statements, built once (values bound per call).
@@ -167,7 +172,7 @@ class Issuer:
         try:
             return self._issue(req, actor)
         except (IssuanceError, AuthorityUnavailable, policy.PolicyError,
-                template_render.TemplateRefusal,
+                template_render.TemplateRefusal, TemplateError, TemplateInputError,
                 inventory.InventoryError, pkilint_gate.LintError, x509_path.PathError) as exc:
             self._audit_refusal(req, actor, exc)
             raise
@@ -401,7 +406,11 @@ class Issuer:
         if req.not_after is not None:
             end = req.not_after.astimezone(UTC)
         else:
-            end = now + timedelta(seconds=req.lifetime or claims.default_duration)
+            lifetime = req.lifetime or claims.default_duration
+            if lifetime > MAX_LIFETIME:
+                raise IssuanceError(f"requested duration {lifetime}s exceeds the maximum of "
+                                    f"{claims.max_duration}s")
+            end = now + timedelta(seconds=lifetime)
         duration = (end - max(start, now)).total_seconds()
         if end <= now:
             raise IssuanceError("the requested validity ends in the past")
@@ -562,16 +571,3 @@ def _san_list(cert: x509.Certificate) -> list[str]:
 
 def _hash(signer: _Signer) -> xb.CaHash:
     return xb.HASHES[xb.default_hash(xb.ca_public_key(signer.cert))]
-
-
-def load_csr(data: str | bytes) -> x509.CertificateSigningRequest:
-    raw = data.encode() if isinstance(data, str) else data
-    if len(raw) > MAX_CSR_BYTES:
-        raise IssuanceError(f"CSR larger than {MAX_CSR_BYTES} bytes")
-    try:
-        if b"-----BEGIN" in raw:
-            return x509.load_pem_x509_csr(raw)
-        return x509.load_der_x509_csr(raw)
-    except ValueError:
-        raise IssuanceError("not a valid CSR (PEM or DER)") from None
-

@@ -25,7 +25,7 @@ from appliance.errors import ApplianceError
 from appliance.issuance.pipeline import ProvisionerContext, SignRequest
 from appliance.provisioners.authorize import audit_failure, context
 from appliance.provisioners.settings import sign_audience
-from appliance.provisioners.tokens import LEEWAY, TokenError
+from appliance.provisioners.tokens import LEEWAY, TokenError, check_times
 from appliance.provisioners.x5c import ALGORITHMS, header_chain
 from appliance.runtime import Appliance
 from appliance.store.models import Certificate, Provisioner, UsedToken
@@ -48,16 +48,24 @@ class RenewalGrant:
 
 def _certificate_from_token(app: Appliance, token: str
                             ) -> tuple[x509.Certificate, str, datetime]:
-    """The certificate in the token's x5c, the token id, and when the token expires."""
-    cert = header_chain(token)[0]
     svc = app.settings.config.service
+    return certificate_from_token(
+        token, sign_audience(svc.api_hostname, svc.api_listen, "/1.0/renew"))
+
+
+def certificate_from_token(token: str, audience: str
+                           ) -> tuple[x509.Certificate, str, datetime]:
+    """The certificate in the token's x5c, the token id, and when the token expires (the
+    token checked against that certificate's key; whether we issued it is checked later)."""
+    cert = header_chain(token)[0]
     try:
         claims = jwt.decode(
             token, cert.public_key(), algorithms=ALGORITHMS,  # type: ignore[arg-type]
-            audience=sign_audience(svc.api_hostname, svc.api_listen, "/1.0/renew"),
-            leeway=LEEWAY, options={"require": ["exp", "nbf", "iat", "jti"]})
+            audience=audience, leeway=LEEWAY,
+            options={"require": ["exp", "nbf", "iat", "jti"]})
     except jwt.PyJWTError as exc:
         raise TokenError(f"invalid renewal token: {exc}") from None
+    check_times(claims)
     if claims["exp"] - claims["iat"] > MAX_TOKEN_LIFETIME:
         raise TokenError("renewal token lifetime exceeds one hour")
     jti = claims["jti"]

@@ -23,12 +23,15 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from appliance import bounded_json
 from appliance.errors import ApplianceError
 
 LEEWAY = 60
 MAX_TOKEN_LIFETIME = 86400
 MAX_TOKEN_BYTES = 8192
 ALGORITHM = "ES256"
+MAX_NUMERIC_DATE = 253_402_300_799  # 9999-12-31T23:59:59Z
+MAX_CERT_LIFETIME = 100 * 366 * 86400  # seconds; any provisioner's maximum is far below
 
 
 class TokenError(ApplianceError):
@@ -84,6 +87,31 @@ def _verifying_key(jwk_text: str) -> Any:
     return jwt.PyJWK(json.loads(jwk_text), algorithm=ALGORITHM).key
 
 
+def check_times(claims: dict[str, Any]) -> None:
+    """``exp``, ``nbf`` and ``iat`` as NumericDates (RFC 7519 §2): numbers, not the strings
+    PyJWT lets through, within what a datetime holds (the spent-token row stores ``exp``)."""
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or \
+                not 0 <= value <= MAX_NUMERIC_DATE:
+            raise TokenError(f"invalid token: {name} must be a NumericDate (seconds since "
+                             "1970)")
+
+
+def check_cert_lifetime(claims: dict[str, Any]) -> None:
+    """``cert_lifetime``, if present, is a whole number of seconds in range: checked with
+    the token, before it is spent (the provisioner's maximum is applied at issuance)."""
+    value = claims.get("cert_lifetime")
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or \
+            not 0 < value <= MAX_CERT_LIFETIME:
+        raise TokenError("invalid token: cert_lifetime must be a whole number of seconds "
+                         f"from 1 to {MAX_CERT_LIFETIME}")
+
+
 def unverified_issuer(token: str) -> str:
     """The provisioner a token names, to find its key (nothing is trusted yet)."""
     if len(token) > MAX_TOKEN_BYTES:
@@ -108,6 +136,9 @@ def verify(token: str, jwk: dict[str, Any], *, provisioner: str, audience: str) 
         )
     except jwt.PyJWTError as exc:
         raise TokenError(f"invalid token: {exc}") from None
+    check_times(claims)
+    check_cert_lifetime(claims)
+    bounded_json.check(claims, "ott")
     if claims["exp"] - claims["iat"] > MAX_TOKEN_LIFETIME:
         raise TokenError("token lifetime exceeds one day")
     if claims["iat"] > time.time() + LEEWAY:

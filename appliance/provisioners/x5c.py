@@ -11,14 +11,18 @@ from datetime import UTC, datetime
 
 import jwt
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509 import verification
 
+from appliance import bounded_json
 from appliance.provisioners.tokens import (
     LEEWAY,
     MAX_TOKEN_BYTES,
     MAX_TOKEN_LIFETIME,
     TokenClaims,
     TokenError,
+    check_cert_lifetime,
+    check_times,
 )
 
 ALGORITHMS = ["ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
@@ -39,10 +43,14 @@ def header_chain(token: str) -> list[x509.Certificate]:
             not all(isinstance(c, str) for c in chain):
         raise TokenError("the token must carry its certificate (chain) in the x5c header")
     try:
-        return [x509.load_der_x509_certificate(base64.b64decode(c, validate=True))
-                for c in chain]
-    except ValueError:
+        certs = [x509.load_der_x509_certificate(base64.b64decode(c, validate=True))
+                 for c in chain]
+        for cert in certs:  # read now: cryptography parses these lazily
+            cert.public_key()
+            cert.subject.rfc4514_string()
+    except (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm):
         raise TokenError("an x5c certificate does not parse") from None
+    return certs
 
 
 def verify(token: str, roots_pem: str, *, provisioner: str, audience: str) -> TokenClaims:
@@ -62,6 +70,9 @@ def verify(token: str, roots_pem: str, *, provisioner: str, audience: str) -> To
             options={"require": ["exp", "nbf", "iat", "jti", "sub", "iss", "aud"]})
     except jwt.PyJWTError as exc:
         raise TokenError(f"invalid token: {exc}") from None
+    check_times(claims)
+    check_cert_lifetime(claims)
+    bounded_json.check(claims, "ott")
     if claims["exp"] - claims["iat"] > MAX_TOKEN_LIFETIME:
         raise TokenError("token lifetime exceeds one day")
     jti, sub = claims["jti"], claims["sub"]

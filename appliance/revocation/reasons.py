@@ -34,7 +34,10 @@ class ReasonError(ApplianceError):
 
 def parse(value: str | int) -> str:
     """The canonical reason name for a code or a (case-insensitive) name."""
-    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+    if isinstance(value, str) and len(value) > 64:
+        raise ReasonError("unknown revocation reason (longer than any reason name)")
+    if isinstance(value, int) or (isinstance(value, str) and value.isascii()
+                                  and value.isdigit()):
         code = int(value)
         if code == 6:
             raise ReasonError("certificateHold is not supported: revocation is final")

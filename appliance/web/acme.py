@@ -99,7 +99,7 @@ def _reply(r: Reply) -> Response:
 def _verified(want: str = "kid") -> tuple[jws.Verified, AcmeAccount | None]:
     if request.mimetype != "application/jose+json":
         raise AcmeProblem("malformed", "Content-Type must be application/jose+json", status=415)
-    env = jws.parse(request.get_json(force=True, silent=True))
+    env = jws.parse(jws.read_body(request.get_data(cache=False)))
     found: dict[str, AcmeAccount] = {}
 
     def account_key(kid: str) -> Any:

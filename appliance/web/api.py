@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -9,12 +10,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from flask import Blueprint, current_app, jsonify, request
 
-from appliance import rfc3339
+from appliance import bounded_json, rfc3339
 from appliance.audit.log import Actor
+from appliance.errors import InputError
 from appliance.issuance.pipeline import Issuer, SignRequest, load_csr
 from appliance.ops import authorities as authz
 from appliance.ops import provisioners as prov_ops
-from appliance.provisioners import authorize, renewal
+from appliance.provisioners import authorize, renewal, tokens
+from appliance.revocation import reasons
 from appliance.revocation import revoke as revoke_mod
 from appliance.runtime import Appliance
 from appliance.store.models import Authority
@@ -33,11 +36,64 @@ def issuer() -> Issuer:
     return iss
 
 
-def json_body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """A request body: one JSON object, within the bounds of ``bounded_json``."""
+    data = bounded_json.loads(raw, "body")
     if not isinstance(data, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")
     return data
+
+
+@dataclass(frozen=True)
+class SignBody:
+    """A ``/1.0/sign`` body, read completely (the CSR too) before the token is looked at."""
+
+    csr: x509.CertificateSigningRequest
+    ott: str
+    not_before: datetime | None
+    not_after: datetime | None
+    template_data: dict[str, Any] | None
+
+
+def parse_sign_body(raw: bytes) -> SignBody:
+    data = parse_object(raw)
+    csr_text, ott = data.get("csr"), data.get("ott")
+    if not isinstance(csr_text, str) or not isinstance(ott, str):
+        raise ApiError(400, "bad_request", "csr and ott are required strings")
+    template_data = data.get("templateData")
+    if template_data is not None and not isinstance(template_data, dict):
+        raise ApiError(400, "bad_request", "templateData must be an object")
+    return SignBody(csr=load_csr(csr_text, "csr"), ott=ott,
+                    not_before=_time(data, "notBefore"), not_after=_time(data, "notAfter"),
+                    template_data=template_data)
+
+
+def token_lifetime(claims: dict[str, Any]) -> int | None:
+    """The token's ``cert_lifetime`` (seconds), as the token check let it through."""
+    tokens.check_cert_lifetime(claims)
+    value = claims.get("cert_lifetime")
+    return value if isinstance(value, int) else None
+
+
+@dataclass(frozen=True)
+class RevokeBody:
+    serial: str  # normalised hexadecimal
+    reason: str  # canonical RFC 5280 name
+    ott: str | None
+
+
+def parse_revoke_body(raw: bytes) -> RevokeBody:
+    data = parse_object(raw)
+    serial = data.get("serial")
+    if not isinstance(serial, str) or not serial:
+        raise ApiError(400, "bad_request", "serial is required (hexadecimal string)")
+    reason = data.get("reasonCode", data.get("reason", 0))
+    if isinstance(reason, bool) or not isinstance(reason, int | str):
+        raise ApiError(400, "bad_request", "reasonCode must be an RFC 5280 code")
+    ott = data.get("ott")
+    if ott is not None and not isinstance(ott, str):
+        raise ApiError(400, "bad_request", "ott must be a string")
+    return RevokeBody(revoke_mod.normalise_serial(serial), reasons.parse(reason), ott or None)
 
 
 def _time(data: dict[str, Any], key: str) -> datetime | None:
@@ -47,7 +103,8 @@ def _time(data: dict[str, Any], key: str) -> datetime | None:
     try:
         return rfc3339.parse(value)
     except ValueError:
-        raise ApiError(400, "bad_request", f"{key} must be an RFC 3339 time") from None
+        raise InputError(key, "must be an RFC 3339 time between the years "
+                         f"{rfc3339.MIN_YEAR} and {rfc3339.MAX_YEAR}") from None
 
 
 @bp.get("/health")
@@ -75,22 +132,13 @@ def provisioners() -> Any:
 
 @bp.post("/sign")
 def sign() -> Any:
-    data = json_body()
-    csr_text, ott = data.get("csr"), data.get("ott")
-    if not isinstance(csr_text, str) or not isinstance(ott, str):
-        raise ApiError(400, "bad_request", "csr and ott are required strings")
-    template_data = data.get("templateData")
-    if template_data is not None and not isinstance(template_data, dict):
-        raise ApiError(400, "bad_request", "templateData must be an object")
-    csr = load_csr(csr_text)
-    ctx, claims = authorize.one_time_token(appliance(), ott)
-    lifetime = claims.raw.get("cert_lifetime")
+    body = parse_sign_body(request.get_data(cache=False))
+    ctx, claims = authorize.one_time_token(appliance(), body.ott)
     issued = issuer().issue(SignRequest(
-        csr=csr, provisioner=ctx, requester=f"{ctx.name}:{claims.subject}",
+        csr=body.csr, provisioner=ctx, requester=f"{ctx.name}:{claims.subject}",
         credential_names=list(claims.sans), token_claims=claims.raw,
-        not_before=_time(data, "notBefore"), not_after=_time(data, "notAfter"),
-        lifetime=lifetime if isinstance(lifetime, int) else None,
-        template_data=template_data))
+        not_before=body.not_before, not_after=body.not_after,
+        lifetime=token_lifetime(claims.raw), template_data=body.template_data))
     return _issued(issued)
 
 
@@ -109,17 +157,10 @@ def renew() -> Any:
 def revoke() -> Any:
     """``{"serial", "reasonCode"?, "reason"?, "ott"?}``: a one-time token of the provisioner that
     issued the certificate (``sub`` = the serial), or mTLS by the certificate itself."""
-    data = json_body()
-    serial = data.get("serial")
-    if not isinstance(serial, str) or not serial:
-        raise ApiError(400, "bad_request", "serial is required (hexadecimal string)")
-    reason = data.get("reasonCode", data.get("reason", 0))
-    if not isinstance(reason, (int, str)):
-        raise ApiError(400, "bad_request", "reasonCode must be an RFC 5280 code")
-    target = revoke_mod.normalise_serial(serial)
+    body = parse_revoke_body(request.get_data(cache=False))
+    target, reason, ott = body.serial, body.reason, body.ott
     app = appliance()
-    ott = data.get("ott")
-    if isinstance(ott, str) and ott:
+    if ott:
         ctx, claims = authorize.one_time_token(app, ott, "/1.0/revoke")
         if revoke_mod.normalise_serial(claims.subject) != target:
             raise ApiError(401, "unauthorized", "the token is for another serial")

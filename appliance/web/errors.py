@@ -13,6 +13,7 @@ from appliance.errors import (
     ConfigError,
     DatabaseError,
     HsmError,
+    InputError,
     SelfTestError,
 )
 
@@ -20,10 +21,12 @@ log = logs.get("web")
 
 STATUS_BY_CODE = {
     "bad_request": 400, "policy_refused": 403, "template_refused": 403,
-    "inventory_refused": 403, "lint_failed": 422, "template_error": 500,
+    "inventory_refused": 403, "lint_failed": 422, "template_error": 422,
     "unauthorized": 401, "forbidden": 403, "not_found": 404, "rate_limited": 429,
     "provisioner_error": 404, "authority_unavailable": 503, "path_constraint": 403,
 }
+# Our side failed (fail closed, 503), not the request.
+FAULTS = (HsmError, DatabaseError, SelfTestError, ConfigError)
 
 
 class ApiError(ApplianceError):
@@ -31,6 +34,15 @@ class ApiError(ApplianceError):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+def status_of(exc: ApplianceError) -> int:
+    """The HTTP status an appliance error is answered with (see ``install``)."""
+    if isinstance(exc, ApiError):
+        return exc.status
+    if isinstance(exc, FAULTS):
+        return 503
+    return STATUS_BY_CODE.get(exc.code, 400)
 
 
 def body(status: int, code: str, message: str) -> dict[str, Any]:
@@ -44,12 +56,15 @@ def install(app: Flask) -> None:
 
     @app.errorhandler(ApplianceError)
     def _appliance(exc: ApplianceError) -> Any:
-        if isinstance(exc, (HsmError, DatabaseError, SelfTestError, ConfigError)):
+        if isinstance(exc, FAULTS):
             log.error("request failed closed", extra={"fault": exc.code})
             return jsonify(body(503, exc.code, "the CA cannot sign right now; nothing was "
                                                "issued")), 503
-        status = STATUS_BY_CODE.get(exc.code, 400)
-        return jsonify(body(status, exc.code, str(exc))), status
+        status = status_of(exc)
+        doc = body(status, exc.code, str(exc))
+        if isinstance(exc, InputError):
+            doc["field"] = exc.field
+        return jsonify(doc), status
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:
