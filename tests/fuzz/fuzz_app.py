@@ -35,8 +35,12 @@ def _data_dir() -> Path:
     env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
     subprocess.run([sys.executable, "-m", "appliance", "quickstart", "--dir", str(d)],
                    check=True, capture_output=True, env=env, timeout=120)
-    with (d / "appliance.yaml").open("a") as f:
-        f.write("\nservice:\n  rate_limit_per_minute: 0\n")
+    import yaml  # init writes every section: set the value in place (a second block is refused)
+
+    cfg = d / "appliance.yaml"
+    doc = yaml.safe_load(cfg.read_text())
+    doc["service"] = {**(doc.get("service") or {}), "rate_limit_per_minute": 0}
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
     return d
 
 
