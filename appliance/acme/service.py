@@ -141,7 +141,11 @@ class Ctx:
 
 
 def _new_id() -> str:
-    return secrets.token_urlsafe(16)
+    """An id for URLs and for the operator's CLI, which would read a leading '-' as an
+    option (1 id in 64 did; `acme account show -x...` failed)."""
+    while (value := secrets.token_urlsafe(16)).startswith("-"):
+        pass
+    return value
 
 
 def _iso(value: datetime) -> str:

@@ -60,12 +60,15 @@ def test_provisioner_add_and_update_refuse_bounds_no_request_can_meet(qs: Path) 
         # the authority's min_duration (5m, appliance.yaml) is above this maximum
         (["--max-duration", "1m"], "min_duration 5m is longer than max_duration 1m"),
     ]:
-        rc, _out, err = _cli(qs, "provisioner", "add", "bounds", "--type", "jwk", *args)
+        rc, _out, err = _cli(qs, "provisioner", "add", "bounds", "--type", "jwk",
+                           "--generate-password", *args)
         assert rc == 2 and message in err, (args, err)
     assert _state(qs) == before
     assert not (qs / "secrets" / "provisioner-bounds.pem").exists()
+    assert not (qs / "secrets" / "provisioner-bounds.jwe").exists()
 
-    _cli(qs, "provisioner", "add", "short", "--type", "jwk", "--max-duration", "1h", check=True)
+    _cli(qs, "provisioner", "add", "short", "--type", "jwk", "--generate-password",
+         "--max-duration", "1h", check=True)
     before = _state(qs)
     rc, _out, err = _cli(qs, "provisioner", "update", "short", "--min-duration", "2h")
     assert rc == 2 and "min_duration 2h is longer than max_duration 1h" in err, err
@@ -113,7 +116,8 @@ def test_token_refuses_a_san_no_certificate_can_carry(qs: Path) -> None:
 def test_token_carries_checked_normalised_names_and_a_common_name(qs: Path) -> None:
     out = _cli(qs, "token", "admin", "--san", "Web.Example.COM", "--san", "2001:DB8::1",
                "--san", "ops@example.com", "--san", "spiffe://example.org/web",
-               "--cn", "Web Service", check=True)[1]
+               "--cn", "Web Service", "--password-file",
+               str(qs / "secrets" / "provisioner-admin.password"), check=True)[1]
     claims = jwt.decode(out.strip(), options={"verify_signature": False})
     assert claims["sans"] == ["web.example.com", "2001:db8::1", "ops@example.com",
                               "spiffe://example.org/web", "Web Service"]

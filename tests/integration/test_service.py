@@ -360,7 +360,7 @@ def test_shipped_and_stored_templates(server: Server, root_pem: str, work: Path)
     # nothing is issued
     before = server.issued_count()
     csr = make_csr(work, "email:p@example.com", cn="A Person")
-    _refused(sign("t-custom-org", csr, "p@example.com", "A Person"), 500, "template_error",
+    _refused(sign("t-custom-org", csr, "p@example.com", "A Person"), 422, "template_error",
              "template 'custom-org'", "no element 0")
     assert server.issued_count() == before
 
