@@ -64,19 +64,6 @@ def sign(server: Server, name: str, csr: str, ott: str) -> tuple[str, str | None
     return f"{r.status_code} {body.get('error', '?')}", None, time.monotonic() - t0
 
 
-def api_workers(server: Server) -> list[int]:
-    procs: dict[int, tuple[int, str]] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        procs[int(pid)] = (ppid, cmd)
-    masters = {p for p, (pp, cmd) in procs.items() if pp == server.proc.pid and "api_app" in cmd}
-    return sorted(p for p, (pp, _) in procs.items() if pp in masters)
-
-
 class Fault:
     """Breaks something once ``after`` answers have come back; records when it ended."""
 
@@ -98,7 +85,7 @@ class Fault:
 
     def _break(self) -> None:
         if self.kind == "kill":
-            os.kill(api_workers(self.server)[0], signal.SIGKILL)
+            os.kill(self.server.api_workers()[0], signal.SIGKILL)
         elif self.kind == "dblock":
             conn = sqlite3.connect(self.server.data_dir / "appliance.db", timeout=30,
                                    isolation_level=None)

@@ -107,6 +107,20 @@ class Server:
     def api(self) -> str:
         return f"https://127.0.0.1:{self.api_port}"
 
+    def api_workers(self) -> list[int]:
+        """PIDs of the API's gunicorn workers (children of its master), from /proc."""
+        procs: dict[int, tuple[int, str]] = {}
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            procs[int(pid)] = (ppid, cmd)
+        masters = {p for p, (pp, cmd) in procs.items()
+                   if pp == self.proc.pid and "api_app" in cmd}
+        return sorted(p for p, (pp, _) in procs.items() if pp in masters)
+
     @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"

@@ -408,8 +408,8 @@ class Issuer:
         else:
             lifetime = req.lifetime or claims.default_duration
             if lifetime > MAX_LIFETIME:
-                raise IssuanceError(f"requested duration {lifetime}s exceeds the maximum of "
-                                    f"{claims.max_duration}s")
+                raise IssuanceError(f"requested duration {lifetime}s exceeds the longest "
+                                    f"the appliance issues ({MAX_LIFETIME}s)")
             end = now + timedelta(seconds=lifetime)
         duration = (end - max(start, now)).total_seconds()
         if end <= now:

@@ -70,21 +70,6 @@ def _sign(server: Server, name: str, csr: str) -> tuple[int, dict[str, object] |
         return r.status_code, r.text
 
 
-def _api_workers(server: Server) -> list[int]:
-    """PIDs of the API's gunicorn workers (children of its master), from /proc."""
-    procs: dict[int, tuple[int, str]] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        procs[int(pid)] = (ppid, cmd)
-    masters = {p for p, (pp, cmd) in procs.items()
-               if pp == server.proc.pid and "api_app" in cmd}
-    return sorted(p for p, (pp, _) in procs.items() if pp in masters)
-
-
 def _consistent(server: Server, answered: list[dict[str, object]]) -> dict[str, int]:
     """Every answered certificate is stored, issued and audited; serials unique; nothing
     left reserved; every failed reservation audited."""
@@ -126,7 +111,7 @@ def _wait_reconciled(server: Server, deadline: float = 60) -> None:
 
 def test_worker_killed_during_concurrent_signing(server: Server, tmp_path: Path) -> None:
     csrs = _csrs(tmp_path, 120)
-    workers = _api_workers(server)
+    workers = server.api_workers()
     assert len(workers) == 2
     results: list[tuple[int, object]] = []
     with ThreadPoolExecutor(30) as pool:
@@ -144,7 +129,7 @@ def test_worker_killed_during_concurrent_signing(server: Server, tmp_path: Path)
     counts = _consistent(server, answered)
     assert counts.get("issued", 0) >= len(answered)
     # gunicorn replaced the worker and signing goes on.
-    assert workers[0] not in _api_workers(server)
+    assert workers[0] not in server.api_workers()
     name, csr = _csrs(tmp_path / "after", 1)[0]
     assert _sign(server, name, csr)[0] == 201
 
