@@ -19,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,9 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
     cp2 = _checkpoint(d)
     _append(d, NODE, 5, 200)
     _append(d, OTHER, 5, 300)
-    with sqlite3.connect(d / "appliance.db") as conn:
+    # closing(): sqlite3's own "with" only commits; a connection left open and closed by the
+    # garbage collector during a later copy removed the -shm file under copytree.
+    with closing(sqlite3.connect(d / "appliance.db")) as conn:
         (head,) = conn.execute("SELECT seq FROM audit_heads WHERE node_id = ?", (NODE,)).fetchone()
     return Base(d, cp1, cp2, head)
 
@@ -531,7 +534,7 @@ def test_the_token_object_and_the_anchor_file(copy: Path, base: Base) -> None:
     lines = (copy / "audit-anchors.jsonl").read_text().splitlines()
     assert [json.loads(line)["seq"] for line in lines] == [base.cp1, base.cp2]
     assert json.loads(lines[-1]) == token_cp and token_cp["seq"] == base.cp2
-    with sqlite3.connect(copy / "appliance.db") as conn:
+    with closing(sqlite3.connect(copy / "appliance.db")) as conn:
         (head_hash,) = conn.execute("SELECT hash FROM audit_events WHERE node_id = ? AND seq = ?",
                                     (NODE, base.cp2)).fetchone()
     assert token_cp["head_hash"] == head_hash
@@ -573,7 +576,7 @@ def test_the_service_checkpoints_at_every_commit_when_configured(copy: Path, bas
     env.pop("SOFTHSM2_CONF", None)
     subprocess.run([sys.executable, "-c", _SERVICE, str(copy)], check=True, env=env,
                    timeout=120, capture_output=True)
-    with sqlite3.connect(copy / "appliance.db") as conn:
+    with closing(sqlite3.connect(copy / "appliance.db")) as conn:
         cps = [seq for (seq,) in conn.execute(
             "SELECT seq FROM audit_checkpoints WHERE node_id = ? ORDER BY seq", (NODE,))]
         (head,) = conn.execute("SELECT seq FROM audit_heads WHERE node_id = ?",
