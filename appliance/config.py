@@ -91,9 +91,34 @@ class ServiceConfig(_Strict):
     # host:port of the HTTPS API (REST and ACME) and of the plain-HTTP OCSP/CRL listener.
     api_listen: str = Field(default="127.0.0.1:8443", pattern=r"^[\w.:\[\]-]+:\d{1,5}$")
     http_listen: str = Field(default="127.0.0.1:8080", pattern=r"^[\w.:\[\]-]+:\d{1,5}$")
+    # The API: worker processes, each one event loop (TLS handshakes, reading requests,
+    # every idle or slow connection: none of it holds a thread) and this many threads that
+    # run requests once they have fully arrived (appliance/web/api_server.py).
     workers: int = Field(default=2, ge=1, le=64)
     threads: int = Field(default=4, ge=1, le=64)
+    # A whole request (head and body) must arrive within this many seconds (else 408).
     timeout_seconds: int = Field(default=30, ge=1, le=600)
+    # ...its head (request line and header fields) within this many.
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    # A TLS handshake not done within this many seconds is cut.
+    handshake_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    # After 5 s of a body, one arriving slower than this (octets a second) is cut (408).
+    body_min_bytes_per_second: int = Field(default=1024, ge=0, le=1 << 30)
+    # An idle keep-alive connection is closed after this many seconds.
+    keepalive_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # Open connections (handshaking, idle, reading, answered) per worker process.
+    max_connections: int = Field(default=4096, ge=1, le=1_000_000)
+    # ...and per client address on the whole listener (each worker enforces its share,
+    # rounded up); beyond it a new connection is closed at once.
+    max_connections_per_address: int = Field(default=256, ge=1, le=1_000_000)
+    # Work that waits has a deadline: a request waits at most this many seconds for a
+    # thread, the database's lock or a token session, then answers 503 with Retry-After
+    # (and frees its thread).
+    deadline_seconds: float = Field(default=10.0, gt=0, le=600)
+    # At most this many requests per worker wait for a thread; beyond, 503 at once.
+    queue_limit: int = Field(default=64, ge=0, le=100_000)
+    # Retry-After (seconds) on every 503 of the API.
+    retry_after_seconds: int = Field(default=5, ge=1, le=3600)
     # A serial reservation still open after this long belongs to a request that died (a
     # killed worker): it is ended as failed and audited (at worker start, then in passing).
     # Keep it well above the longest a request can take (timeout_seconds plus the database

@@ -40,8 +40,12 @@ def cli_actor(role: str = "operator") -> Actor:
 
 
 class Appliance:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, wait_seconds: float | None = None) -> None:
+        """``wait_seconds``: in the service, the longest any request waits for the database's
+        lock or connection and for a token session (``service.deadline_seconds``); the
+        CLI keeps the database's own busy timeout."""
         self.settings = settings
+        self.wait_seconds = wait_seconds
         self._pool: SessionPool | None = None
         self._db: Database | None = None
         self._selftested = False
@@ -58,7 +62,8 @@ class Appliance:
     def pool(self) -> SessionPool:
         with self._lock:
             if self._pool is None:
-                self._pool = SessionPool(self.settings.hsm_profile)
+                self._pool = SessionPool(self.settings.hsm_profile,
+                                         borrow_timeout=self.wait_seconds or 30.0)
             return self._pool
 
     def signing_pool(self) -> SessionPool:
@@ -74,8 +79,10 @@ class Appliance:
         with self._lock:
             if self._db is None:
                 cfg = self.settings.config.database
-                self._db = Database(self.settings.database_url, cfg.busy_timeout_seconds,
-                                    cfg.pool_size)
+                wait = cfg.busy_timeout_seconds
+                if self.wait_seconds is not None:
+                    wait = min(wait, self.wait_seconds)
+                self._db = Database(self.settings.database_url, wait, cfg.pool_size)
             return self._db
 
     def enable_service_checkpoints(self) -> None:

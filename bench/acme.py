@@ -3,7 +3,7 @@
 
 Measures, in one run:
 
-* ``appliance`` ``appliance serve`` (gunicorn, ``--workers`` x ``--threads``, rate limit
+* ``appliance`` ``appliance serve`` (``--workers`` x ``--threads``, rate limit
   off) on a data directory made by ``appliance quickstart`` (or kept with ``--keep``),
   its ``acme`` provisioner (EAB not required): ``--clients`` N client threads in this
   process, each with its own ACME account (made before the clock) and keep-alive HTTPS
@@ -25,7 +25,7 @@ Measures, in one run:
   quick http-01 target it answers the final status and the loop does not poll.
 
 Server CPU is user + system time from /proc of every process in the server's process
-group (appliance: ``serve``, both gunicorn arbiters and their workers; pebble: its one
+group (appliance: ``serve``, both listeners' supervisors and their workers; pebble: its one
 process), reaped children included, read before and after the timed orders and divided
 by the certificates issued. The script prints numbers and never fails on them: the goal
 (appliance CPU per certificate at most pebble's) is reported, not asserted.
@@ -382,10 +382,11 @@ class ApplianceServer(base.Server):
 
 
 def api_processes(server: ApplianceServer) -> set[int]:
-    """The API's gunicorn arbiter (the one serving ``api_app``) and its workers."""
+    """The API's supervisor (``appliance.web.api_server``) and its workers."""
     procs = server.processes()
     arbiters = {pid for pid, (ppid, cmd) in procs.items()
-                if "api_app" in cmd and server.proc is not None and ppid == server.proc.pid}
+                if "appliance.web.api_server" in cmd and server.proc is not None
+                and ppid == server.proc.pid}
     return arbiters | {pid for pid, (ppid, _) in procs.items() if ppid in arbiters}
 
 
@@ -497,7 +498,7 @@ class Phase:
     errors: Counter[str] = field(default_factory=Counter)
     error_examples: list[str] = field(default_factory=list)
     server_cpu: float = 0.0  # seconds in the timed phase
-    api_cpu: float | None = None  # of that: the API's gunicorn arbiter and workers
+    api_cpu: float | None = None  # of that: the API's supervisor and workers
     client_cpu: float = 0.0  # this process's CPU seconds in the timed phase
     other_cores: float | None = None  # the rest of the machine, cores busy
     idle_cores: float | None = None  # the server's CPU with no requests, before the orders
@@ -775,7 +776,7 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"ACME benchmark: complete orders (newOrder, authz, http-01 challenge, finalize, "
           f"certificate) with {report['clients']} client(s), {report['orders']} timed orders "
           "per server")
-    print(f"appliance: {report['workers']} gunicorn worker(s) x {report['threads']} thread(s), "
+    print(f"appliance: {report['workers']} API worker(s) x {report['threads']} thread(s), "
           "SoftHSM, database and audit log in the path, REAL http-01 validation (DNS + HTTP "
           "to this process)")
     print("pebble: PEBBLE_VA_ALWAYS_VALID=1 (no validation), PEBBLE_WFE_NONCEREJECT=0, "
@@ -817,7 +818,7 @@ def print_table(report: dict[str, Any]) -> None:
         extra = []
         if r["api_cpu_ms_per_cert"] is not None:
             print(f"{r['server']}: of the {_fmt(r['server_cpu_ms_per_cert'], '.1f')} ms/cert, "
-                  f"{r['api_cpu_ms_per_cert']:.1f} ms in the API's gunicorn arbiter + workers, "
+                  f"{r['api_cpu_ms_per_cert']:.1f} ms in the API's supervisor + workers, "
                   "the rest in serve and the OCSP/CRL listener")
         if r["server_idle_cores"] is not None:
             print(f"{r['server']}: idle before the timed orders ({IDLE_SECONDS:g} s, no requests): "
@@ -858,9 +859,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="timed orders per server (default 200)")
     ap.add_argument("--sign-seconds", type=float, default=SIGN_SECONDS,
                     help=f"/1.0/sign measurement window (default {SIGN_SECONDS:g})")
-    ap.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+    ap.add_argument("--workers", type=int, default=2, help="API workers (default 2)")
     ap.add_argument("--threads", type=int, default=4,
-                    help="gunicorn threads per worker (default 4)")
+                    help="API threads per worker (default 4)")
     ap.add_argument("--keep", type=Path, metavar="DIR",
                     help="use this data directory (made by quickstart if missing or empty) and "
                          "keep it; default: a temporary one")

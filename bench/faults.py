@@ -3,7 +3,7 @@
 Scenarios (each on a fresh copy of one quickstart data directory, served for real):
 
 - ``none``: the baseline, nothing breaks;
-- ``kill``: one gunicorn API worker is SIGKILLed after 100 answers;
+- ``kill``: one API worker is SIGKILLed after 100 answers;
 - ``dblock``: another process holds the SQLite write lock for ``--lock-seconds`` (40) after
   50 answers;
 - ``token``: the SoftHSM token's files are moved away for ``--token-seconds`` (30) after 50

@@ -9,7 +9,7 @@ kept with ``--keep``), in the same run:
   ``token_private_key`` for the issuing CA's key, then ``CertificateBuilder(...)
   .sign(key, SHA256())`` in a loop (no HTTP, database, policy, lint or audit), in
   1 and 2 spawned processes, while the server is stopped;
-* ``service`` ``appliance serve`` (gunicorn, ``--workers`` workers x ``--threads``
+* ``service`` ``appliance serve`` (``--workers`` workers x ``--threads``
   threads, rate limit off) and N client threads in this process, each with its own
   keep-alive HTTPS session, posting pre-generated CSRs and one-time tokens.
 
@@ -471,7 +471,7 @@ class Server:
                           f"{timeout:g} s (last: {last})")
 
     def processes(self) -> dict[int, tuple[int, str]]:
-        """The server's process group (serve, both gunicorn arbiters, their workers):
+        """The server's process group (serve, both listeners' supervisors, their workers):
         pid -> (parent pid, command line)."""
         if self.proc is None:
             return {}
@@ -490,10 +490,11 @@ class Server:
         return sorted(self.processes())
 
     def api_workers(self) -> list[int]:
-        """The API's gunicorn workers: children of the arbiter that serves ``api_app``."""
+        """The API's workers: children of its supervisor (``appliance.web.api_server``)."""
         procs = self.processes()
         arbiters = {pid for pid, (ppid, cmd) in procs.items()
-                    if "api_app" in cmd and self.proc is not None and ppid == self.proc.pid}
+                    if "appliance.web.api_server" in cmd and self.proc is not None
+                    and ppid == self.proc.pid}
         return sorted(pid for pid, (ppid, _) in procs.items() if ppid in arbiters)
 
     def stop(self) -> int | None:
@@ -502,7 +503,7 @@ class Server:
         proc, self.proc = self.proc, None
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)  # serve stops both gunicorns
+                os.kill(proc.pid, signal.SIGTERM)  # serve stops both listeners
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30)
         self.proc = proc
@@ -988,7 +989,7 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    print(f"Issuance benchmark: POST /1.0/sign on {report['workers']} gunicorn worker(s) x "
+    print(f"Issuance benchmark: POST /1.0/sign on {report['workers']} API worker(s) x "
           f"{report['threads']} thread(s) vs raw build-and-sign through SoftHSM")
     print(f"{report['seconds']:g} s per measurement (service: after a pilot and "
           f"{report['warmup_seconds']:g} s warm-up); {report['cpus']} CPU(s); python "
@@ -1061,9 +1062,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="per measurement (default 10)")
     ap.add_argument("--warmup", type=float, default=1.0,
                     help="service: seconds of load before the window opens (default 1)")
-    ap.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+    ap.add_argument("--workers", type=int, default=2, help="API workers (default 2)")
     ap.add_argument("--threads", type=int, default=4,
-                    help="gunicorn threads per worker (default 4)")
+                    help="API threads per worker (default 4)")
     ap.add_argument("--raw-processes", type=int, nargs="+", default=[1, 2],
                     help="raw signing process counts (default: 1 2)")
     ap.add_argument("--keep", type=Path, metavar="DIR",

@@ -108,7 +108,7 @@ class Server:
         return f"https://127.0.0.1:{self.api_port}"
 
     def api_workers(self) -> list[int]:
-        """PIDs of the API's gunicorn workers (children of its master), from /proc."""
+        """PIDs of the API's workers (children of its supervisor), from /proc."""
         procs: dict[int, tuple[int, str]] = {}
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
@@ -118,7 +118,7 @@ class Server:
                 continue
             procs[int(pid)] = (ppid, cmd)
         masters = {p for p, (pp, cmd) in procs.items()
-                   if pp == self.proc.pid and "api_app" in cmd}
+                   if pp == self.proc.pid and "appliance.web.api_server" in cmd}
         return sorted(p for p, (pp, _) in procs.items() if pp in masters)
 
     @property

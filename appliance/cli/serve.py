@@ -1,9 +1,12 @@
-"""``appliance serve``: the HTTPS API and the plain-HTTP listener, each its own gunicorn.
+"""``appliance serve``: the HTTPS API and the plain-HTTP listener, each its own process group.
 
-Two process groups because TLS is per gunicorn arbiter, and because the
-relying-party listener (CRLs, OCSP) must keep answering whatever the API is
-doing. If either group dies, the other is stopped and serve exits non-zero,
-so a supervisor (systemd) restarts the whole appliance.
+The API is :mod:`appliance.web.api_server` (an event loop per worker reads whole
+requests, TLS included, before a thread runs them); the relying-party listener is
+:mod:`appliance.web.prefork` or one of its gunicorn alternatives. Two groups because the
+relying-party listener (CRLs, OCSP) must keep answering whatever the API is doing. If
+either group dies, the other is stopped and serve exits non-zero, so a supervisor
+(systemd) restarts the whole appliance. SIGHUP is passed on: each group starts new
+workers and retires the old ones.
 """
 
 from __future__ import annotations
@@ -36,6 +39,13 @@ def gunicorn_command(entry: str, bind: str, workers: int, threads: int, timeout:
         cmd += ["--certfile", str(tls_files.certificate), "--keyfile", str(tls_files.key),
                 "--ca-certs", str(tls_files.roots), "--cert-reqs", "1"]
     return [*cmd, entry]
+
+
+def api_command(svc: ServiceConfig, files: tls.TlsFiles) -> list[str]:
+    return [sys.executable, "-m", "appliance.web.api_server", "--bind", svc.api_listen,
+            "--workers", str(svc.workers), "--threads", str(svc.threads),
+            "--certfile", str(files.certificate), "--keyfile", str(files.key),
+            "--ca-certs", str(files.roots), "--graceful-timeout", "10"]
 
 
 def public_command(svc: ServiceConfig) -> list[str]:
@@ -80,9 +90,8 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
     env.pop("SOFTHSM2_CONF", None)
     groups = []
     if only != "public":
-        groups.append(subprocess.Popen(
-            gunicorn_command("appliance.web.wsgi:api_app()", svc.api_listen, svc.workers,
-                             svc.threads, svc.timeout_seconds, files), env=env))
+        assert files is not None
+        groups.append(subprocess.Popen(api_command(svc, files), env=env))
         click.echo(f"serving the API on https://{svc.api_listen}", err=True)
     if only != "api":
         # OCSP, CRLs, CA certificates: the OCSP responder is dispatched first in this app.
@@ -94,8 +103,14 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
             if p.poll() is None:
                 p.terminate()
 
+    def reload(_sig: int, _frame: FrameType | None) -> None:
+        for p in groups:  # each group starts new workers and retires the old ones
+            if p.poll() is None:
+                p.send_signal(signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     code = 0
     while all(p.poll() is None for p in groups):
         time.sleep(0.2)

@@ -10,6 +10,7 @@ writers (WAL). PostgreSQL takes a row lock instead (see :mod:`appliance.audit.lo
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 from collections.abc import Iterator
@@ -99,7 +100,12 @@ def make_engine(url: str, busy_timeout: float = 30.0, pool_size: int = 5) -> Eng
             url = "postgresql+psycopg://" + url[len("postgres://"):]
         elif url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
-        return create_engine(url, pool_size=pool_size, pool_pre_ping=True)
+        # The same bound on every wait: a connection from the pool, a row or table lock.
+        wait_ms = max(1, int(busy_timeout * 1000))
+        return create_engine(url, pool_size=pool_size, pool_pre_ping=True,
+                             pool_timeout=busy_timeout,
+                             connect_args={"options": f"-c lock_timeout={wait_ms}",
+                                           "connect_timeout": max(1, math.ceil(busy_timeout))})
     raise ConfigError(f"unsupported database URL scheme in {url.split(':', 1)[0]!r}")
 
 

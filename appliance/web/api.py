@@ -36,6 +36,13 @@ def issuer() -> Issuer:
     return iss
 
 
+def peer_certificate() -> bytes | None:
+    """The client's TLS certificate (DER), verified by the handshake against the API's
+    roots, as the API server put it in the environ; None without one."""
+    der = request.environ.get("appliance.peer_certificate")
+    return der if isinstance(der, bytes) and der else None
+
+
 def parse_object(raw: bytes) -> dict[str, Any]:
     """A request body: one JSON object, within the bounds of ``bounded_json``."""
     data = bounded_json.loads(raw, "body")
@@ -146,9 +153,7 @@ def sign() -> Any:
 def renew() -> Any:
     auth = request.headers.get("Authorization", "")
     bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-    sock = request.environ.get("gunicorn.socket")
-    peer = sock.getpeercert(binary_form=True) if sock is not None and hasattr(
-        sock, "getpeercert") else None
+    peer = peer_certificate()
     grant = renewal.authenticate(appliance(), peer_der=peer, bearer=bearer)
     return _issued(issuer().issue(grant.request))
 
@@ -167,9 +172,7 @@ def revoke() -> Any:
         done = revoke_mod.revoke(app, target, reason, Actor(f"{ctx.name}:revoke", "service"),
                                  provisioner=ctx.name)
     else:
-        sock = request.environ.get("gunicorn.socket")
-        peer = sock.getpeercert(binary_form=True) if sock is not None and hasattr(
-            sock, "getpeercert") else None
+        peer = peer_certificate()
         if not peer:
             raise ApiError(401, "unauthorized", "revocation needs an ott or a client certificate")
         cert = x509.load_der_x509_certificate(peer)

@@ -80,6 +80,9 @@ def create_app(appliance: Appliance) -> Flask:
         for k, v in SECURITY_HEADERS.items():
             response.headers.setdefault(k, v)
         response.headers.pop("Server", None)
+        if response.status_code == 503:
+            # Every refusal of ours (database, token, deadline) says when to come back.
+            response.headers.setdefault("Retry-After", str(svc.retry_after_seconds))
         if response.status_code == 413:
             _drain(request.environ.get("wsgi.input"), request.content_length or 0)
         return response

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, jsonify
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 from appliance import logs
@@ -65,6 +66,16 @@ def install(app: Flask) -> None:
         if isinstance(exc, InputError):
             doc["field"] = exc.field
         return jsonify(doc), status
+
+    @app.errorhandler(sa_exc.OperationalError)
+    @app.errorhandler(sa_exc.TimeoutError)
+    def _database(exc: Exception) -> Any:
+        # A read that met a locked or unreachable database, or no pooled connection within
+        # the deadline (writes arrive here as DatabaseError): our side, fail closed.
+        log.error("request failed closed", extra={"fault": "database_error",
+                                                  "detail": type(exc).__name__})
+        return jsonify(body(503, "database_error", "the database is not available right "
+                                                   "now; nothing was issued")), 503
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:

@@ -17,9 +17,11 @@ What it enforces (each with a clear 400 and the connection closed):
   :data:`MAX_HEAD` octets (give or take one read);
 * bodies: a handler-chosen limit; a larger body is drained (not stored) and answered
   by the handler as oversized, and beyond :data:`MAX_DRAIN` the connection is dropped;
-* a request must arrive within ``request_timeout`` seconds of its first byte, an idle
-  keep-alive connection is closed after ``keepalive`` seconds (one sweep per second,
-  no timer per request);
+* a request must arrive within ``request_timeout`` seconds of its first byte, its head
+  within ``head_timeout``, and its body no slower than ``min_body_rate`` octets a second
+  (after a grace of :data:`BODY_GRACE` seconds); an idle keep-alive connection is closed
+  after ``keepalive`` seconds (one sweep per second, no timer per request);
+* ``Expect: 100-continue`` is answered ``100 Continue`` (curl waits a second without it);
 * pipelined requests are answered in order; reading pauses while an answer is
   outstanding or the client does not read what it is sent (no unbounded buffers);
 * at most ``max_connections`` connections per process.
@@ -47,23 +49,31 @@ MAX_HEADER_BYTES: Final = 8190
 MAX_HEAD: Final = 65_536  # request line and header fields together
 MAX_DRAIN: Final = 1 << 20  # body octets read and dropped after the limit, then close
 LINGER: Final = 2.0  # seconds a rejected connection drains before it is closed
+BODY_GRACE: Final = 5.0  # seconds of a body before the minimum rate applies
 
 _STATUS_LINES: Final = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in (
-    (200, b"OK"), (304, b"Not Modified"), (400, b"Bad Request"), (404, b"Not Found"),
-    (405, b"Method Not Allowed"), (500, b"Internal Server Error"),
+    (200, b"OK"), (201, b"Created"), (204, b"No Content"), (304, b"Not Modified"),
+    (400, b"Bad Request"), (404, b"Not Found"),
+    (401, b"Unauthorized"), (403, b"Forbidden"), (405, b"Method Not Allowed"),
+    (408, b"Request Timeout"), (413, b"Content Too Large"), (429, b"Too Many Requests"),
+    (500, b"Internal Server Error"),
     (503, b"Service Unavailable"))}
 
 
 @dataclass(slots=True)
 class Request:
     """One parsed request. ``path`` is the request target as sent (not percent-decoded),
-    without the query; ``body`` is None when it was larger than the handler's limit."""
+    without the query; ``body`` is None when it was larger than the handler's limit;
+    ``headers`` (as sent, in order) only when the server keeps them (``keep_headers``)."""
 
     method: str
     path: str
     query: str
     if_none_match: str | None
     body: bytes | None
+    headers: list[tuple[bytes, bytes]] | None = None
+    version: str = "1.1"
+    connection: HttpProtocol | None = None
 
 
 @dataclass(slots=True)
@@ -89,12 +99,16 @@ class ServerState:
 
     def __init__(self, handler: Handler, body_limit: int, *, bad_request: BadRequest | None = None,
                  keepalive: float = 5.0, request_timeout: float = 30.0,
-                 max_connections: int = 4096) -> None:
+                 head_timeout: float | None = None, min_body_rate: float = 0.0,
+                 keep_headers: bool = False, max_connections: int = 4096) -> None:
         self.handler = handler
         self.bad_request: BadRequest = bad_request or (lambda _target, why: plain(400, why + "\n"))
         self.body_limit = body_limit
         self.keepalive = keepalive
         self.request_timeout = request_timeout
+        self.head_timeout = min(head_timeout or request_timeout, request_timeout)
+        self.min_body_rate = min_body_rate
+        self.keep_headers = keep_headers
         self.max_connections = max_connections
         self.connections: set[HttpProtocol] = set()
         self.date = b""
@@ -106,7 +120,8 @@ class ServerState:
         that passed their deadline (idle keep-alive, or a request that never finished)."""
         self.now = time.monotonic()
         self.date = b"Date: " + formatdate(usegmt=True).encode() + b"\r\n"
-        for conn in [c for c in self.connections if c.deadline < self.now]:
+        now = self.now
+        for conn in [c for c in self.connections if c.deadline < now or c.too_slow(now)]:
             conn.timed_out()
 
     def protocol(self) -> HttpProtocol:
@@ -160,6 +175,10 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = False  # between the first octet of a request and its blank line
         self._in_body = False
         self._head_bytes = 0  # octets received while in (or waiting for) a request head
+        self._started = 0.0  # when the current request's first octet came
+        self._body_started = 0.0
+        self._fields: list[tuple[bytes, bytes]] | None = None
+        self._expect_continue = False
 
     # -- connection --------------------------------------------------------------------------
 
@@ -199,12 +218,28 @@ class HttpProtocol(asyncio.Protocol):
             self.paused_reading = False
             self.transport.resume_reading()
 
+    def too_slow(self, now: float) -> bool:
+        """A body arriving slower than the minimum rate (slowloris with a large
+        Content-Length): judged once the grace period of the body has passed."""
+        rate = self.state.min_body_rate
+        if not self._in_body or rate <= 0 or self.pending:
+            return False
+        elapsed = now - self._body_started
+        return elapsed > BODY_GRACE and self._body_len < rate * (elapsed - BODY_GRACE)
+
     def timed_out(self) -> None:
         if self.transport is None or self.transport.is_closing():
+            self.state.connections.discard(self)
             return
-        if not self.done and (self._url_len or self._headers):  # in the middle of a request
-            self._write(render(plain(400, "request timeout\n"), self.state.date, False, False))
-        self.transport.close()
+        if not self.done and (self._url_len or self._headers or self._in_body) \
+                and not self.transport.get_write_buffer_size():
+            # In the middle of a request: say so (408), unless the client is not even
+            # reading what it is sent.
+            self._write(render(plain(408, "request timeout\n"), self.state.date, False, False))
+        if self.transport.get_write_buffer_size() > 65_536:
+            self.transport.abort()  # it does not read: close() would wait on it forever
+        else:
+            self.transport.close()
         self.state.connections.discard(self)
 
     def shutdown(self) -> None:
@@ -266,8 +301,11 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
 
     def on_message_begin(self) -> None:
-        self.deadline = self.state.now + self.state.request_timeout
+        self._started = self.state.now
+        self.deadline = self._started + self.state.head_timeout
         self._in_head = True
+        self._fields = [] if self.state.keep_headers else None
+        self._expect_continue = False
         self._url.clear()
         self._url_len = 0
         self._headers = 0
@@ -290,11 +328,20 @@ class HttpProtocol(asyncio.Protocol):
         if len(name) == 13 and name.lower() == b"if-none-match":
             v = value.decode("latin-1")
             self._inm = v if self._inm is None else f"{self._inm}, {v}"
+        elif len(name) == 6 and name.lower() == b"expect":
+            self._expect_continue = value.strip().lower() == b"100-continue"
+        if self._fields is not None:
+            self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._in_body = True
         self._head_bytes = 0
+        self._body_started = self.state.now
+        self.deadline = self._started + self.state.request_timeout
+        if self._expect_continue and self.transport is not None and not self.pending \
+                and self.parser.get_http_version() == "1.1":
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)
@@ -321,7 +368,9 @@ class HttpProtocol(asyncio.Protocol):
         keep = parser.should_keep_alive() and not self.closing
         http10 = parser.get_http_version() == "1.0"
         request = Request(parser.get_method().decode("latin-1"), path.decode("latin-1"),
-                          query.decode("latin-1"), self._inm, body)
+                          query.decode("latin-1"), self._inm, body, self._fields,
+                          parser.get_http_version(), self)
+        self._fields = None
         self._url.clear()
         self._url_len = 0
         self._headers = 0
@@ -341,6 +390,8 @@ class HttpProtocol(asyncio.Protocol):
             fut.set_result(result)
         else:
             fut = result
+        # The handler's own deadlines bound it from here; the next one starts at the answer.
+        self.deadline = float("inf")
         self._queue(fut, keep, http10)
         if not keep:
             self.closing = True
@@ -389,7 +440,9 @@ class HttpProtocol(asyncio.Protocol):
                 return
             self.transport.close()
         else:
-            self.deadline = self.state.now + self.state.keepalive
+            # The clock itself, not the sweep's (up to a second old): a keep-alive
+            # connection closed early races the client's next request on it.
+            self.deadline = time.monotonic() + self.state.keepalive
 
     def _write(self, data: bytes) -> None:
         assert self.transport is not None

@@ -20,7 +20,11 @@ One supervisor and ``--workers`` worker processes, each a uvloop event loop runn
   status 3, so ``appliance serve`` (and systemd) see the failure instead of a
   restart loop. A worker whose supervisor is gone stops by itself.
 * SIGTERM / SIGINT: stop accepting, answer what is in flight, close idle keep-alive
-  connections, exit within ``--graceful-timeout``.
+  connections, exit within ``--graceful-timeout``. SIGHUP: start a new set of workers
+  (they read the configuration and the files anew) and stop the old ones gracefully.
+
+The API listener (:mod:`appliance.web.api_server`) runs under the same supervisor with
+its own worker function.
 """
 
 from __future__ import annotations
@@ -33,9 +37,13 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from appliance.web.http11 import ServerState
 
 from appliance import logs
 from appliance.ocsp.request import MAX_REQUEST_BYTES
@@ -91,12 +99,13 @@ def listen_sockets(bind: str, count: int) -> tuple[list[socket.socket], socket.s
     SO_REUSEPORT lets any process of the same user bind the same address too, and the
     kernel would then silently split connections with it (a second appliance started by
     mistake, an old one still running). So: an abstract Unix socket named after the
-    address is the lock between appliance instances (exclusive, gone with the process),
+    address is the lock between appliance listeners, API or HTTP (exclusive, gone with
+    the process),
     and a plain bind first proves that nobody else listens there (it fails with
     EADDRINUSE against any listener, SO_REUSEPORT or not)."""
     lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        lock.bind(f"\0appliance-http-listener:{bind}")
+        lock.bind(f"\0appliance-listener:{bind}")
     except OSError:
         lock.close()
         raise OSError(f"another appliance listener already serves {bind}") from None
@@ -144,6 +153,19 @@ def worker(sock: socket.socket, opts: Options, supervisor: int) -> int:
     state = ServerState(listener, MAX_REQUEST_BYTES, bad_request=listener.bad_request,
                         keepalive=opts.keepalive, request_timeout=opts.timeout,
                         max_connections=opts.max_connections)
+    try:
+        serve_loop(loop, state, state.protocol, sock, opts.graceful_timeout, supervisor)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+        app.close()
+    return 0
+
+
+def serve_loop(loop: asyncio.AbstractEventLoop, state: ServerState,
+               protocol: Callable[[], asyncio.BaseProtocol], sock: socket.socket,
+               graceful_timeout: float, supervisor: int) -> None:
+    """Serve ``sock`` on ``loop`` until SIGTERM/SIGINT or the supervisor is gone; then stop
+    accepting, let answers in flight go out, and return within ``graceful_timeout``."""
     stop: asyncio.Future[None] = loop.create_future()
 
     def request_stop() -> None:
@@ -160,33 +182,34 @@ def worker(sock: socket.socket, opts: Options, supervisor: int) -> int:
         loop.call_later(1.0, tick)
 
     loop.call_later(1.0, tick)
-    server = loop.run_until_complete(loop.create_server(state.protocol, sock=sock,
-                                                        backlog=BACKLOG))
-    try:
-        loop.run_until_complete(stop)
-        server.close()
-        for conn in list(state.connections):
-            conn.shutdown()
-        deadline = time.monotonic() + opts.graceful_timeout
-        while state.connections and time.monotonic() < deadline:
-            loop.run_until_complete(asyncio.sleep(0.05))
-    finally:
-        executor.shutdown(wait=False, cancel_futures=True)
-        app.close()
-    return 0
+    server = loop.run_until_complete(loop.create_server(protocol, sock=sock, backlog=BACKLOG))
+    loop.run_until_complete(stop)
+    server.close()
+    for conn in list(state.connections):
+        conn.shutdown()
+    deadline = time.monotonic() + graceful_timeout
+    while state.connections and time.monotonic() < deadline:
+        loop.run_until_complete(asyncio.sleep(0.05))
 
 
 # -- the supervisor --------------------------------------------------------------------------
 
 
+# A worker: (its socket, the options, the supervisor's pid) -> exit status.
+WorkerFn = Callable[[socket.socket, Any, int], int]
+
+
 class Supervisor:
-    def __init__(self, opts: Options, sockets: list[socket.socket],
-                 lock: socket.socket) -> None:
+    def __init__(self, opts: Any, sockets: list[socket.socket],
+                 lock: socket.socket, target: WorkerFn = worker) -> None:
         self.opts = opts
         self.sockets = sockets
         self.lock = lock
+        self.target = target
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, started)
+        self.retiring: set[int] = set()  # old workers stopping after a SIGHUP
         self.stopping = False
+        self.reload = False
 
     def spawn(self, index: int) -> None:
         me = os.getpid()
@@ -196,12 +219,13 @@ class Supervisor:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor reloads
                 # The workers keep the lock's descriptor open: the address stays locked
                 # until the last process of the group is gone.
                 for i, s in enumerate(self.sockets):
                     if i != index:
                         s.close()
-                code = worker(self.sockets[index], self.opts, me)
+                code = self.target(self.sockets[index], self.opts, me)
             except BaseException:
                 log.exception("listener worker failed")
             finally:
@@ -213,17 +237,39 @@ class Supervisor:
     def _stop(self, _sig: int, _frame: Any) -> None:
         self.stopping = True
 
+    def _hup(self, _sig: int, _frame: Any) -> None:
+        self.reload = True
+
+    def _replace_all(self) -> None:
+        """New workers first (on the same sockets: nothing queued is lost), then the old
+        ones are asked to finish what they have and go."""
+        self.reload = False
+        old = [pid for pid in self.children if pid not in self.retiring]
+        for pid in old:
+            self.retiring.add(pid)
+            self.spawn(self.children[pid][0])
+        for pid in old:
+            _signal(pid, signal.SIGTERM)
+        log.warning("reloading: new workers started, old ones stopping",
+                    extra={"old": len(old)})
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._hup)
         for i in range(len(self.sockets)):
             self.spawn(i)
         code = 0
         while not self.stopping:
             time.sleep(0.2)
+            if self.reload:
+                self._replace_all()
             for pid, index, started, status in self._reap():
                 if self.stopping:
                     break
+                if pid in self.retiring:
+                    self.retiring.discard(pid)
+                    continue
                 if time.monotonic() - started < BOOT_SECONDS:
                     log.error("listener worker failed to boot; stopping",
                               extra={"pid": pid, "status": status})

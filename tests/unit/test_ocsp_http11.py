@@ -150,7 +150,7 @@ def test_idle_and_slow_connections_time_out(server: Server) -> None:
     with _connect(server) as s:
         s.sendall(b"GET /slowloris HTTP/1.1\r\nHost: x\r\n")  # never finished
         out = _read_all(s)
-    assert out.startswith(b"HTTP/1.1 400 ") and b"request timeout" in out
+    assert out.startswith(b"HTTP/1.1 408 ") and b"request timeout" in out
 
 
 def test_http10_and_upgrade(server: Server) -> None:

@@ -1,0 +1,231 @@
+"""The API under hostile clients and a locked database (issue 12), on a real server.
+
+Slowloris connections (TLS, real sockets, reopened as soon as the server cuts them) must
+cost the API no thread: health answers within 100 ms at the 99th percentile and every
+sign succeeds while 200 of them are open. Each read limit (head, body rate, handshake)
+cuts its connection; a client address cannot hold more than its share of connections.
+A database locked for 40 s: health stays fast, signs answer 503 with Retry-After by their
+deadline, beyond the wait queue at once, and signing works again after.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import ssl
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.ceremony_helpers import clone_data_dir
+from tests.conftest import run_cli
+from tests.service_helpers import Server, make_csr, serving
+from tests.slow_clients import SlowClients
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("availability") / "base"
+    run_cli("quickstart", "--dir", str(d), check=True)
+    return d
+
+
+@pytest.fixture
+def data(base: Path, tmp_path: Path) -> Path:
+    return clone_data_dir(base, tmp_path / "data")
+
+
+class HealthPoller:
+    """GET /1.0/health every ``every`` seconds on one keep-alive connection; latencies."""
+
+    def __init__(self, server: Server, path: str = "/1.0/health", every: float = 0.05) -> None:
+        self.server, self.path, self.every = server, path, every
+        self.latencies: list[float] = []
+        self.statuses: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> HealthPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        session = requests.Session()
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                r = session.get(self.server.api + self.path, verify=str(self.server.roots),
+                                timeout=10)
+                self.statuses.append(r.status_code)
+            except requests.RequestException:
+                self.statuses.append(0)
+            self.latencies.append(time.monotonic() - t)
+            self._stop.wait(self.every)
+
+    def p99(self) -> float:
+        return statistics.quantiles(self.latencies, n=100)[98]
+
+
+def _sign(server: Server, name: str, csr: str,
+          session: requests.Session | None = None) -> tuple[int, dict[str, object], float,
+                                                         str | None]:
+    t = time.monotonic()
+    try:
+        r = (session or requests).post(server.api + "/1.0/sign",
+                                       json={"csr": csr, "ott": server.token(name)},
+                                       verify=str(server.roots), timeout=60)
+    except requests.RequestException as exc:
+        return 0, {"error": type(exc).__name__}, time.monotonic() - t, None
+    return r.status_code, r.json(), time.monotonic() - t, r.headers.get("Retry-After")
+
+
+def _csrs(work: Path, n: int, prefix: str = "h") -> list[tuple[str, str]]:
+    return [(f"{prefix}{i}.example.com", make_csr(work, f"DNS:{prefix}{i}.example.com",
+                                                   cn=f"{prefix}{i}.example.com"))
+            for i in range(n)]
+
+
+def test_200_slowloris_connections_cost_the_api_nothing(data: Path, tmp_path: Path) -> None:
+    csrs = _csrs(tmp_path, 30)
+    with serving(data, rate_limit_per_minute=0) as server:
+        assert server.get("/1.0/health").status_code == 200
+        with SlowClients("127.0.0.1", server.api_port, server.roots, count=200) as slow:
+            assert slow.open_now == 200 and slow.failed == 0
+            session = requests.Session()
+            with HealthPoller(server) as health:
+                results = [_sign(server, n, c, session) for n, c in csrs]
+                time.sleep(max(0.0, 12 - sum(r[2] for r in results)))  # past a head timeout
+            still_open = slow.open_now
+        assert still_open >= 190, still_open  # the attack held throughout
+        assert [st for st, *_ in results] == [201] * len(csrs), results
+        assert len(health.latencies) > 100 and set(health.statuses) == {200}
+        assert health.p99() < 0.100, (health.p99(), max(health.latencies))
+        # The server did cut them: each head within its 10 s, each body for its rate.
+        assert slow.cut >= 100, slow.cut
+        assert any(a.startswith(b"HTTP/1.1 408 ") for a in slow.answers), slow.answers[:5]
+        assert server.get("/1.0/health").status_code == 200
+
+
+def _tls(server: Server) -> ssl.SSLSocket:
+    ctx = ssl.create_default_context(cafile=str(server.roots))
+    raw = socket.create_connection(("127.0.0.1", server.api_port), timeout=15)
+    return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def _read_until_closed(sock: socket.socket, limit: float = 15) -> tuple[bytes, float]:
+    t = time.monotonic()
+    out = b""
+    sock.settimeout(limit)
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except (OSError, ssl.SSLError):
+        pass
+    return out, time.monotonic() - t
+
+
+def test_each_read_limit_cuts_its_connection(data: Path) -> None:
+    with serving(data, header_timeout_seconds=2, handshake_timeout_seconds=2,
+                 body_min_bytes_per_second=100, keepalive_seconds=2) as server:
+        # A head that never ends: 408 after the head timeout.
+        with _tls(server) as s:
+            s.sendall(b"GET /1.0/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            out, took = _read_until_closed(s)
+        assert out.startswith(b"HTTP/1.1 408 ") and 1.0 < took < 5, (out[:60], took)
+        # A body far slower than 100 octets a second: cut once the 5 s grace has passed.
+        with _tls(server) as s:
+            s.sendall(b"POST /1.0/sign HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n"
+                      b"Content-Type: application/json\r\n\r\n{")
+            out, took = _read_until_closed(s)
+        assert out.startswith(b"HTTP/1.1 408 ") and 4 < took < 9, (out[:60], took)
+        # No ClientHello at all: the connection ends after the handshake timeout.
+        with socket.create_connection(("127.0.0.1", server.api_port), timeout=15) as raw:
+            out, took = _read_until_closed(raw)
+        assert out == b"" and 1.0 < took < 5, (out, took)
+        # Idle keep-alive: closed after keepalive_seconds.
+        with _tls(server) as s:
+            s.sendall(b"GET /1.0/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            out, took = _read_until_closed(s)
+        assert out.startswith(b"HTTP/1.1 200 ") and 1.0 < took < 5, (out[:60], took)
+        # Expect: 100-continue is answered before the body is sent (curl waits 1 s without).
+        with _tls(server) as s:
+            s.sendall(b"POST /1.0/sign HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n"
+                      b"Content-Type: application/json\r\nExpect: 100-continue\r\n\r\n")
+            s.settimeout(5)
+            assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            s.sendall(b"{}")
+            assert b"HTTP/1.1 400 " in s.recv(65536)
+
+
+def test_a_client_address_holds_at_most_its_connections(data: Path) -> None:
+    with serving(data, workers=1, max_connections_per_address=6) as server:
+        held = [socket.create_connection(("127.0.0.1", server.api_port), timeout=5)
+                for _ in range(6)]
+        try:
+            time.sleep(0.3)
+            with pytest.raises((requests.ConnectionError, requests.exceptions.SSLError)):
+                requests.get(server.api + "/1.0/health", verify=str(server.roots), timeout=5)
+        finally:
+            for s in held:
+                s.close()
+        time.sleep(0.3)
+        assert server.get("/1.0/health").status_code == 200
+
+
+def _lock(db_file: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(db_file, timeout=5, isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    conn.execute("UPDATE audit_heads SET seq = seq WHERE 0")  # hold the write lock
+    return conn
+
+
+def test_database_locked_40s_health_fast_signs_503_by_their_deadline(data: Path,
+                                                                     tmp_path: Path) -> None:
+    deadline = 4.0
+    csrs = _csrs(tmp_path, 40)
+    with serving(data, rate_limit_per_minute=0, workers=1, threads=2, queue_limit=2,
+                 deadline_seconds=deadline, retry_after_seconds=7) as server:
+        assert _sign(server, *csrs[0])[0] == 201
+        lock = _lock(server.data_dir / "appliance.db")
+        locked_at = time.monotonic()
+        try:
+            with HealthPoller(server) as health:
+                # A burst: two run (and wait on the lock), two wait for a thread, the rest
+                # are refused at once.
+                with ThreadPoolExecutor(12) as pool:
+                    burst = list(pool.map(lambda nc: _sign(server, *nc), csrs[1:13]))
+                # Then clients one after another, for the rest of the 40 s.
+                later = []
+                i = 13
+                while time.monotonic() - locked_at < 40:
+                    later.append(_sign(server, *csrs[i]))
+                    i += 1
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        for st, body, took, retry in [*burst, *later]:
+            assert st == 503, (st, body)
+            assert retry == "7", retry
+            assert body["error"] in ("busy", "database_error"), body
+            assert took < deadline * 2 + 2, (took, body)  # a queued one: up to two deadlines
+        refused_at_once = [b for st, b, took, _ in burst if b["error"] == "busy" and took < 1.5]
+        assert len(refused_at_once) >= 6, burst
+        assert any(b["error"] == "database_error" for _, b, _, _ in later)
+        assert health.p99() < 0.100, (health.p99(), max(health.latencies))
+        assert set(health.statuses) == {200}
+        # The lock is gone: signing works at once, nothing was left reserved.
+        after = [_sign(server, *nc) for nc in csrs[i:i + 3]]
+        assert [st for st, *_ in after] == [201] * 3, after
+        with server.db() as db:
+            assert db.execute("SELECT COUNT(*) FROM certificates WHERE status = 'reserved'"
+                              ).fetchone()[0] == 0
