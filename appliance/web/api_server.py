@@ -135,6 +135,7 @@ class TlsConnection(HttpProtocol):
         # done, our coroutine not yet resumed): it waits here, so that nothing is parsed,
         # and no answer written, before ``transport`` is the TLS one.
         self._tls_ready = False
+        self._requests = 0
         self._early: list[bytes] = []
         self._early_bytes = 0
 
@@ -198,6 +199,19 @@ class TlsConnection(HttpProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._release()
+
+    def on_message_begin(self) -> None:
+        self._requests += 1
+        super().on_message_begin()
+
+    def shutdown(self) -> None:
+        """Graceful stop (SIGTERM, a SIGHUP reload): a connection that has not sent its
+        first request yet (it may be in its handshake) is still answered once, then
+        closed; any other is closed as :class:`HttpProtocol` does."""
+        if self._requests == 0 and not self.closing:
+            self.last_request = True  # answered with Connection: close
+            return
+        super().shutdown()
 
     def _release(self) -> None:
         if self._counted:

@@ -165,6 +165,7 @@ class HttpProtocol(asyncio.Protocol):
         self.linger = False  # close gently after a rejection (see _after_answer)
         self.paused_reading = False
         self.paused_writing = False
+        self.last_request = False  # the next request is answered with Connection: close
         self.pending: deque[tuple[asyncio.Future[Response], bool, bool]] = deque()
         self._url: list[bytes] = []
         self._url_len = 0
@@ -365,7 +366,7 @@ class HttpProtocol(asyncio.Protocol):
             body: bytes | None = None
         else:
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        keep = parser.should_keep_alive() and not self.closing
+        keep = parser.should_keep_alive() and not self.closing and not self.last_request
         http10 = parser.get_http_version() == "1.0"
         request = Request(parser.get_method().decode("latin-1"), path.decode("latin-1"),
                           query.decode("latin-1"), self._inm, body, self._fields,

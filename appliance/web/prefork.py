@@ -15,10 +15,10 @@ One supervisor and ``--workers`` worker processes, each a uvloop event loop runn
 * Workers are forked before any database connection or token session exists and
   build their :class:`~appliance.runtime.Appliance` themselves; this listener holds
   no key and never opens the token.
-* A worker that dies is replaced; one that dies within :data:`BOOT_SECONDS` of its
-  start (bad configuration, unreadable database) stops the whole group with exit
-  status 3, so ``appliance serve`` (and systemd) see the failure instead of a
-  restart loop. A worker whose supervisor is gone stops by itself.
+* A worker that dies is replaced; one that dies before it serves (bad configuration,
+  unreadable database: it tells the supervisor through a pipe once it listens) stops
+  the whole group with exit status 3, so ``appliance serve`` (and systemd) see the
+  failure instead of a restart loop. A worker whose supervisor is gone stops by itself.
 * SIGTERM / SIGINT: stop accepting, answer what is in flight, close idle keep-alive
   connections, exit within ``--graceful-timeout``. SIGHUP: start a new set of workers
   (they read the configuration and the files anew) and stop the old ones gracefully.
@@ -50,8 +50,18 @@ from appliance.ocsp.request import MAX_REQUEST_BYTES
 
 log = logs.get("web.prefork")
 
-BOOT_SECONDS = 10.0
 BACKLOG = 2048
+_ready_fd: int | None = None  # in a worker: the pipe that tells the supervisor it serves
+
+
+def notify_ready() -> None:
+    """Tell the supervisor this worker serves (its death is no boot failure after this)."""
+    global _ready_fd
+    if _ready_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(_ready_fd, b"1")
+            os.close(_ready_fd)
+        _ready_fd = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,7 @@ def serve_loop(loop: asyncio.AbstractEventLoop, state: ServerState,
 
     loop.call_later(1.0, tick)
     server = loop.run_until_complete(loop.create_server(protocol, sock=sock, backlog=BACKLOG))
+    notify_ready()
     loop.run_until_complete(stop)
     server.close()
     for conn in list(state.connections):
@@ -207,16 +218,23 @@ class Supervisor:
         self.lock = lock
         self.target = target
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, started)
+        self.booting: dict[int, int] = {}  # pid -> read end of its ready pipe, until it serves
         self.retiring: set[int] = set()  # old workers stopping after a SIGHUP
         self.stopping = False
         self.reload = False
 
     def spawn(self, index: int) -> None:
+        global _ready_fd
         me = os.getpid()
+        ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
+                os.close(ready_r)
+                for fd in self.booting.values():
+                    os.close(fd)
+                _ready_fd = ready_w
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor reloads
@@ -232,7 +250,34 @@ class Supervisor:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        os.close(ready_w)
+        os.set_blocking(ready_r, False)
+        self.booting[pid] = ready_r
         self.children[pid] = (index, time.monotonic())
+
+    def _check_booted(self) -> None:
+        for pid, fd in list(self.booting.items()):
+            try:
+                got = os.read(fd, 1)
+            except BlockingIOError:
+                continue
+            except OSError:
+                got = b""
+            if got == b"1":
+                os.close(fd)
+                del self.booting[pid]
+
+    def _booted(self, pid: int) -> bool:
+        """Whether ``pid`` (just reaped) had told us it serves; forgets its pipe."""
+        fd = self.booting.pop(pid, None)
+        if fd is None:
+            return True
+        try:
+            got = os.read(fd, 1)
+        except OSError:
+            got = b""
+        os.close(fd)
+        return got == b"1"
 
     def _stop(self, _sig: int, _frame: Any) -> None:
         self.stopping = True
@@ -264,13 +309,15 @@ class Supervisor:
             time.sleep(0.2)
             if self.reload:
                 self._replace_all()
-            for pid, index, started, status in self._reap():
+            self._check_booted()
+            for pid, index, _started, status in self._reap():
+                booted = self._booted(pid)
                 if self.stopping:
                     break
                 if pid in self.retiring:
                     self.retiring.discard(pid)
                     continue
-                if time.monotonic() - started < BOOT_SECONDS:
+                if not booted:
                     log.error("listener worker failed to boot; stopping",
                               extra={"pid": pid, "status": status})
                     self.stopping, code = True, 3

@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask
-
 from appliance import config, logs
 from appliance.runtime import Appliance
 from appliance.web import public
@@ -29,9 +27,21 @@ def _quiet_server_header() -> None:
     setattr(importlib.import_module("gunicorn.http.wsgi"), "SERVER", "appliance")  # noqa: B010
 
 
-def api_app() -> Flask:
+def api_app() -> Callable[[dict[str, Any], public.StartResponse], Iterable[bytes]]:
+    """The API as a plain WSGI app for gunicorn (``bench/api_load.py`` compares it with
+    :mod:`appliance.web.api_server`, which serves the API: gunicorn gives a slow client a
+    thread). The client certificate is read off gunicorn's TLS socket."""
     _quiet_server_header()
-    return create_app(_appliance())
+    flask_app = create_app(_appliance())
+
+    def app(environ: dict[str, Any], start_response: public.StartResponse) -> Iterable[bytes]:
+        sock = environ.get("gunicorn.socket")
+        getpeercert = getattr(sock, "getpeercert", None)
+        environ["appliance.peer_certificate"] = getpeercert(binary_form=True) \
+            if getpeercert is not None else None
+        return flask_app(environ, start_response)  # type: ignore[arg-type]
+
+    return app
 
 
 def public_app() -> Callable[[dict[str, Any], public.StartResponse], Iterable[bytes]]:

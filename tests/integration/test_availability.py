@@ -10,6 +10,7 @@ deadline, beyond the wait queue at once, and signing works again after.
 
 from __future__ import annotations
 
+import signal
 import socket
 import sqlite3
 import ssl
@@ -43,8 +44,9 @@ def data(base: Path, tmp_path: Path) -> Path:
 class HealthPoller:
     """GET /1.0/health every ``every`` seconds on one keep-alive connection; latencies."""
 
-    def __init__(self, server: Server, path: str = "/1.0/health", every: float = 0.05) -> None:
-        self.server, self.path, self.every = server, path, every
+    def __init__(self, server: Server, path: str = "/1.0/health", every: float = 0.05,
+                 fresh: bool = False) -> None:
+        self.server, self.path, self.every, self.fresh = server, path, every, fresh
         self.latencies: list[float] = []
         self.statuses: list[int] = []
         self._stop = threading.Event()
@@ -63,6 +65,8 @@ class HealthPoller:
         while not self._stop.is_set():
             t = time.monotonic()
             try:
+                if self.fresh:  # a new connection each time (no keep-alive close race)
+                    session = requests.Session()
                 r = session.get(self.server.api + self.path, verify=str(self.server.roots),
                                 timeout=10)
                 self.statuses.append(r.status_code)
@@ -228,3 +232,24 @@ def test_database_locked_40s_health_fast_signs_503_by_their_deadline(data: Path,
         with server.db() as db:
             assert db.execute("SELECT COUNT(*) FROM certificates WHERE status = 'reserved'"
                               ).fetchone()[0] == 0
+
+
+def test_sighup_replaces_the_workers_without_dropping_a_request(data: Path) -> None:
+    with serving(data) as server:
+        before = server.api_workers()
+        assert len(before) == 2
+        with HealthPoller(server, every=0.02, fresh=True) as health:
+            time.sleep(1)
+            server.proc.send_signal(signal.SIGHUP)
+            end = time.monotonic() + 20
+            while time.monotonic() < end:
+                now = server.api_workers()
+                if len(now) == 2 and not set(now) & set(before):
+                    break
+                time.sleep(0.2)
+            time.sleep(1)
+        after = server.api_workers()
+        assert len(after) == 2 and not set(after) & set(before), (before, after)
+        assert set(health.statuses) == {200}, health.statuses
+        assert server.proc.poll() is None
+        assert server.get("/1.0/health").status_code == 200
