@@ -51,7 +51,13 @@ def _context() -> None:
         if limiter is not None and not limiter.allow(request.remote_addr or "?"):
             raise AcmeProblem("rateLimited", "too many requests; slow down",
                               headers={"Retry-After": "10"})
-    g.acme_ctx = service().context(name, f"{request.host_url.rstrip('/')}/acme/{name}")
+    # From the configuration, never from Host (hostcheck refused any other Host already).
+    g.acme_ctx = service().context(name, f"{_external_url()}/acme/{name}")
+
+
+def _external_url() -> str:
+    url: str = current_app.extensions["appliance"].settings.config.service.external_base_url()
+    return url
 
 
 @bp.after_request
@@ -107,7 +113,7 @@ def _verified(want: str = "kid") -> tuple[jws.Verified, AcmeAccount | None]:
         found["acct"] = acct
         return key
 
-    verified = jws.verify(env, url=request.host_url.rstrip("/") + request.path,
+    verified = jws.verify(env, url=_external_url() + request.path,
                           redeem_nonce=service().nonces.redeem, account_key=account_key,
                           want=want)
     return verified, found.get("acct")
