@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.ceremony_helpers import clone_data_dir
 from tests.conftest import run_cli
@@ -160,3 +161,70 @@ def test_a_request_slower_than_its_reservation_fails_closed(server: Server,
     assert _abandoned(server) == [serial]
     assert serial not in {e["object_ids"]["serial"] for e in server.events("certificate.issued")}
     assert server.cli("audit", "verify").returncode == 0
+
+
+@pytest.mark.postgres
+def test_two_nodes_on_postgresql_end_each_reservation_once(
+        tmp_path: Path, pg_available: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two nodes (two API workers each, so four sweepers) share one PostgreSQL database
+    and race for the same abandoned reservations."""
+    from sqlalchemy import create_engine, text
+
+    from tests.conftest import create_pg_database, drop_pg_database, require_pg
+
+    require_pg(pg_available)
+    url = create_pg_database()
+    engine = create_engine(url)
+    try:
+        monkeypatch.setenv("APPLIANCE_DATABASE_URL", url)  # quickstart, serve and the CLI
+        one = tmp_path / "node1"
+        run_cli("quickstart", "--dir", str(one), check=True)
+        two = clone_data_dir(one, tmp_path / "node2")
+        cfg = two / "appliance.yaml"
+        doc = yaml.safe_load(cfg.read_text())
+        doc["node_id"] = "node-2"
+        cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+        with serving(one, reservation_timeout_seconds=RESERVATION_TIMEOUT) as first, \
+                serving(two, reservation_timeout_seconds=RESERVATION_TIMEOUT):
+            model = _issue_one(first, tmp_path, "model.example.com")
+            # Enough for several batches (RECONCILE_BATCH) that take a while each: the
+            # sweepers that wake meanwhile read rows another one is ending.
+            serials = [f"7e57{i:036x}" for i in range(600)]
+            with engine.begin() as db:
+                row = db.execute(text("SELECT * FROM certificates WHERE serial_hex = :s"),
+                                 {"s": model}).mappings().one()
+                db.execute(text(
+                    "INSERT INTO certificates (serial_hex, authority_id, provisioner_id, "
+                    "provisioner_name, requester, template, status, subject, sans, "
+                    "request_context, reserved_at) VALUES (:s, :a, :p, :pn, 'test:killed', "
+                    ":t, 'reserved', '', '[]', '{}', now() - interval '1 hour')"),
+                    [{"s": s, "a": row["authority_id"], "p": row["provisioner_id"],
+                      "pn": row["provisioner_name"], "t": row["template"]} for s in serials])
+            # Nothing sent to either node: their sweepers race on their own clocks.
+            end = time.monotonic() + 120
+            while time.monotonic() < end:
+                with engine.connect() as db:
+                    left = db.execute(text("SELECT COUNT(*) FROM certificates "
+                                           "WHERE status = 'reserved'")).scalar()
+                if not left:
+                    break
+                time.sleep(0.2)
+            assert left == 0
+            with engine.connect() as db:
+                events = db.execute(text(
+                    "SELECT node_id, object_ids FROM audit_events "
+                    "WHERE event_type = 'certificate.reservation.abandoned'")).all()
+                failed = db.execute(text("SELECT COUNT(*) FROM certificates "
+                                         "WHERE status = 'failed'")).scalar()
+            ended = [json.loads(o)["serial"] if isinstance(o, str) else o["serial"]
+                     for _, o in events]
+            assert sorted(ended) == sorted(serials)
+            assert failed == len(serials)
+            listed = first.cli("cert", "list", "--status", "reserved", "--json")
+            assert json.loads(listed.stdout) == []
+            assert "intact" in first.cli("audit", "verify").stdout
+            nodes = [e[0] for e in events]
+            print(f"ended by node: { {n: nodes.count(n) for n in set(nodes)} }")
+    finally:
+        engine.dispose()
+        drop_pg_database(url)
