@@ -96,8 +96,8 @@ class ServiceConfig(_Strict):
     timeout_seconds: int = Field(default=30, ge=1, le=600)
     # A serial reservation still open after this long belongs to a request that died (a
     # killed worker): a sweeper in every API worker of every node ends it as failed and
-    # audits it (checking every min(30 s, half this)). null: twice the longest a request
-    # can take, 2 x (timeout_seconds + database.busy_timeout_seconds). A request slower
+    # audits it (checking every min(30 s, half this)). null: 2 x (timeout_seconds +
+    # database.busy_timeout_seconds), twice what one request may take. A request slower
     # than this loses its reservation and fails closed (nothing is issued under a swept one).
     reservation_timeout_seconds: int | None = Field(default=None, ge=5, le=86_400)
     # The plain-HTTP listener (OCSP, CRLs, CA certificates), keep-alive on:

@@ -62,6 +62,8 @@ def _external_url() -> str:
 
 @bp.after_request
 def _headers(response: Response) -> Response:
+    if g.get("host_refused"):
+        return response
     if getattr(g, "acme_ctx", None) is not None:
         response.headers.add("Link", f'<{ctx().url("directory")}>;rel="index"')
     if request.method in ("POST", "HEAD") or request.path.endswith("/new-nonce"):

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 
 from appliance import hosts
 from appliance.acme.problems import AcmeProblem
@@ -61,6 +61,7 @@ def install(app: Flask, svc: ServiceConfig) -> None:
         why = refusal(request.environ, accepted)
         if why is None:
             return None
+        g.host_refused = True  # nor a nonce made for it (appliance.web.acme)
         if request.path.startswith("/acme/"):
             doc = AcmeProblem("malformed", why, status=400).document()
             return Response(json.dumps(doc), 400, mimetype="application/problem+json")

@@ -80,6 +80,10 @@ def test_a_foreign_host_is_refused(default: Server, path: str) -> None:
     assert "evil.example" in (doc.get("detail") or doc.get("message"))
     if path.startswith("/acme/"):
         assert r.headers["Content-Type"] == "application/problem+json"
+        nonce = requests.head(default.api + "/acme/acme/new-nonce",
+                              headers={"Host": "evil.example"}, verify=str(default.roots),
+                              timeout=30)
+        assert nonce.status_code == 400 and "Replay-Nonce" not in nonce.headers
         assert doc["type"] == "urn:ietf:params:acme:error:malformed"
     else:
         assert doc["error"] == "bad_host"
