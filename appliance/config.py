@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from appliance import durations, strict_yaml
+from appliance import durations, hosts, strict_yaml
 from appliance.errors import ConfigError
 from appliance.hsm.profile import HsmProfile, load_profile
 
@@ -120,10 +120,11 @@ class ServiceConfig(_Strict):
     # Retry-After (seconds) on every 503 of the API.
     retry_after_seconds: int = Field(default=5, ge=1, le=3600)
     # A serial reservation still open after this long belongs to a request that died (a
-    # killed worker): it is ended as failed and audited (at worker start, then in passing).
-    # Keep it well above the longest a request can take (timeout_seconds plus the database
-    # busy timeout).
-    reservation_timeout_seconds: int = Field(default=300, ge=5, le=86_400)
+    # killed worker): a sweeper in every API worker of every node ends it as failed and
+    # audits it (checking every min(30 s, half this)). null: 2 x (timeout_seconds +
+    # database.busy_timeout_seconds), twice what one request may take. A request slower
+    # than this loses its reservation and fails closed (nothing is issued under a swept one).
+    reservation_timeout_seconds: int | None = Field(default=None, ge=5, le=86_400)
     # The plain-HTTP listener (OCSP, CRLs, CA certificates), keep-alive on:
     # "httptools" (default): the appliance's own lean HTTP/1.1 server (asyncio Protocol on
     #   uvloop with the httptools parser, one SO_REUSEPORT process per worker;
@@ -139,12 +140,58 @@ class ServiceConfig(_Strict):
     public_base_url: str = Field(default="http://127.0.0.1:8080", pattern=r"^https?://\S+$")
     # The hostname clients use for the API (the TLS certificate's name, token audiences).
     api_hostname: str = Field(default="127.0.0.1", max_length=253)
+    # The API's base URL as clients reach it (https://ca.example.com, or with a port, e.g.
+    # behind a proxy): every ACME URL is built from it, never from the request's Host.
+    # null: https://<api_hostname>:<api_listen's port>.
+    external_url: str | None = Field(default=None, max_length=300,
+                                     pattern=r"^https://[^/?#@\s]+/?$")
+    # Host header values the API answers ("name", "name:port", "[v6]:port"; no port means
+    # 443); any other request gets 400 before any work. The external URL's host is always
+    # accepted. Empty: that one plus the API TLS certificate's names (api_hostname and
+    # 127.0.0.1) at api_listen's port.
+    allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=300)]] = Field(
+        default_factory=list, max_length=64)
     issuing_authority: str = Field(default="issuing", max_length=64)
     max_request_bytes: int = Field(default=65_536, ge=1024, le=1_048_576)
     rate_limit_per_minute: int = Field(default=1200, ge=0, le=1_000_000)
     # Where serve writes the API's TLS key and certificate (relative: to this file's folder;
     # under systemd use a path in the state directory, e.g. /var/lib/appliance/tls).
     tls_dir: Path = Path("tls")
+
+    @model_validator(mode="after")
+    def _hosts(self) -> ServiceConfig:
+        try:
+            if self.external_url is not None:
+                hosts.parse(self.external_url.removeprefix("https://").rstrip("/"))
+            for h in self.allowed_hosts:
+                hosts.parse(h)
+            if self.external_url is None:
+                hosts.parse(self.api_hostname if ":" not in self.api_hostname
+                            else f"[{self.api_hostname}]")
+        except hosts.HostError as exc:
+            raise ValueError(f"service: {exc}") from None
+        return self
+
+    def external_base_url(self) -> str:
+        """``external_url`` (no trailing slash), or the one the defaults describe."""
+        if self.external_url is not None:
+            return self.external_url.rstrip("/")
+        port = int(self.api_listen.rsplit(":", 1)[1])
+        host = f"[{self.api_hostname}]" if ":" in self.api_hostname else self.api_hostname
+        return "https://" + hosts.render(hosts.parse(host, port))
+
+    def api_tls_names(self) -> list[str]:
+        """The names the API's TLS certificate carries (``appliance serve`` issues it)."""
+        return list(dict.fromkeys([self.api_hostname, "127.0.0.1"]))
+
+    def accepted_hosts(self) -> frozenset[hosts.Authority]:
+        """What a request's Host may name (normalised), see ``allowed_hosts``."""
+        external = hosts.parse(self.external_base_url().removeprefix("https://"))
+        if self.allowed_hosts:
+            return frozenset([external, *(hosts.parse(h) for h in self.allowed_hosts)])
+        port = int(self.api_listen.rsplit(":", 1)[1])
+        tls_names = (f"[{n}]" if ":" in n else n for n in self.api_tls_names())
+        return frozenset([external, *(hosts.parse(n, port) for n in tls_names)])
 
 
 class RevocationConfig(_Strict):

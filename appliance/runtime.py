@@ -12,6 +12,7 @@ import getpass
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class Appliance:
         self._service_checkpoints = False
         self._service_log: AuditLog | None = None
         self._service_signer_retry = 0.0
+        self._on_close: list[Callable[[], None]] = []
 
     @property
     def node_id(self) -> str:
@@ -155,7 +157,14 @@ class Appliance:
     def audit_public_key(self) -> Any:
         return keys.find_key(self.pool, self.settings.config.audit.key_label).public_key
 
+    def on_close(self, stop: Callable[[], None]) -> None:
+        """Have ``close`` call ``stop`` first (a background thread of this process, which
+        must not outlive the pool and the database it uses)."""
+        self._on_close.append(stop)
+
     def close(self) -> None:
+        while self._on_close:
+            self._on_close.pop()()
         if self._pool is not None:
             self._pool.close()
         if self._db is not None:

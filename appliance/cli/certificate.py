@@ -133,3 +133,23 @@ def show_cmd(ctx: CliContext, serial: str, as_json: bool, as_pem: bool) -> None:
     width = max(len(k) for k, _ in lines) + 1
     for key, value in lines:
         click.echo(f"{(key + ':').ljust(width)} {cell(value)}")
+
+
+@cert.command("reconcile")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@location_options
+@pass_ctx
+def reconcile_cmd(ctx: CliContext, as_json: bool) -> None:
+    """End reservations older than the reservation timeout as failed (audited).
+
+    The service's sweeper does this on its own in every API worker; this is for a node
+    whose service is stopped, or to settle them now. Safe while the service runs."""
+    from appliance.issuance.pipeline import Issuer, reservation_timeout
+
+    app = ctx.app()
+    ended = Issuer(app).reconcile_abandoned()
+    timeout = reservation_timeout(app.settings.config)
+    if as_json:
+        emit_json({"ended": ended, "timeout_seconds": timeout})
+        return
+    click.echo(f"ended {ended} reservation(s) older than {timeout} s as failed")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -40,6 +39,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from appliance import logs
 from appliance.audit.log import Actor
 from appliance.ceremony import x509build as xb
+from appliance.config import ApplianceConfig
 from appliance.errors import ApplianceError, DatabaseError, SignatureCheckError
 from appliance.hsm import keys, rng
 from appliance.hsm.signer import TokenPrivateKey, token_private_key
@@ -66,7 +66,8 @@ from appliance.templates import render as template_render
 from appliance.templates.errors import TemplateError, TemplateInputError
 from appliance.x509 import path as x509_path
 
-__all__ = ["Issued", "Issuer", "ProvisionerContext", "SignRequest", "load_csr"]
+__all__ = ["Issued", "Issuer", "ProvisionerContext", "SignRequest", "load_csr",
+           "reservation_timeout"]
 
 log = logs.get("issuance")
 BACKDATE = timedelta(seconds=60)
@@ -84,10 +85,10 @@ _POLICIES = select(_NP.c.provisioner_id, _NP.c.source).where(
 _ABANDONED = (select(_CERTS.c.id, _CERTS.c.serial_hex, _CERTS.c.provisioner_name,
                      _CERTS.c.reserved_at)
               .where(_CERTS.c.status == "reserved", _CERTS.c.reserved_at < bindparam("b_before"))
-              .order_by(_CERTS.c.id).limit(1000))
+              .order_by(_CERTS.c.id).limit(bindparam("b_limit")))
 _ABANDON = (update(_CERTS).where(_CERTS.c.id == bindparam("b_id"), _CERTS.c.status == "reserved")
             .values(status="failed"))
-RECONCILE_EVERY_SECONDS = 60.0
+RECONCILE_BATCH = 500  # rows per transaction: a backlog never holds the write lock for long
 _AUTHORITY_STATUS = select(cast(Table, Authority.__table__).c.status).where(
     cast(Table, Authority.__table__).c.id == bindparam("b_id"))
 
@@ -162,13 +163,11 @@ class Issuer:
         self.app = app
         self._signers: dict[int, _Signer] = {}
         self._lock = threading.Lock()
-        self._reconciled_at = time.monotonic()
 
     # -- the pipeline ----------------------------------------------------------
 
     def issue(self, req: SignRequest) -> Issued:
         actor = Actor(req.requester, "service")
-        self._maybe_reconcile()
         try:
             return self._issue(req, actor)
         except (IssuanceError, AuthorityUnavailable, policy.PolicyError,
@@ -254,53 +253,50 @@ class Issuer:
     # -- reservations whose request never finished -------------------------------
 
     def reconcile_abandoned(self) -> int:
-        """End reservations older than ``service.reservation_timeout_seconds`` as ``failed``.
+        """End reservations older than the reservation timeout as ``failed``; how many.
 
         A reservation is committed before the token signs; the request that made it ends it
         (issued, or failed). Only a request whose process died (a killed worker) or that
         could not write its failure (the database gone at that moment) leaves one behind.
         No certificate was handed out under it: the response is sent only after the store
         commits, and that store is conditional on the row still being ``reserved``, so a
-        request that is merely slow and loses this race fails closed rather than issuing.
-        Each one ended is audited."""
-        timeout = self.app.settings.config.service.reservation_timeout_seconds
-        before = datetime.now(UTC) - timedelta(seconds=timeout)
+        request that is merely slow and loses this race fails closed rather than issuing;
+        the row keeps its serial (unique), so the serial is never used again.
+
+        Safe to run from any number of workers and nodes at once (the sweeper in each, an
+        operator's ``appliance cert reconcile``): the age is read from the row, not from
+        anything in this process, and each row is ended by an update conditional on its
+        status, so exactly one caller ends it and audits it."""
+        timeout = reservation_timeout(self.app.settings.config)
         actor = Actor("appliance", "system")
         ended = 0
-        with self.app.db.transaction() as db:
-            for row in db.execute(_ABANDONED, {"b_before": before}).all():
-                if db.execute(_ABANDON, {"b_id": row.id}).rowcount != 1:  # type: ignore[attr-defined]
-                    continue
-                ended += 1
-                self.app.audit_log().append(
-                    db, "certificate.reservation.abandoned", actor, outcome="failure",
-                    object_ids={"serial": row.serial_hex, "provisioner": row.provisioner_name},
-                    details={"reserved_at": str(row.reserved_at), "timeout_seconds": timeout,
-                             "reason": "the request that reserved this serial never finished "
-                                       "(its worker died, or its failure could not be "
-                                       "written); nothing was issued under it"})
+        while True:
+            before = datetime.now(UTC) - timedelta(seconds=timeout)
+            # A read first (no write lock): that is all a sweep costs when nothing is due.
+            with self.app.db.sessions() as db:
+                due = db.execute(_ABANDONED, {"b_before": before,
+                                              "b_limit": RECONCILE_BATCH}).all()
+            if not due:
+                break
+            with self.app.db.transaction() as db:
+                for row in due:
+                    if db.execute(_ABANDON, {"b_id": row.id}).rowcount != 1:  # type: ignore[attr-defined]
+                        continue  # another worker, node or operator ended it first
+                    ended += 1
+                    self.app.audit_log().append(
+                        db, "certificate.reservation.abandoned", actor, outcome="failure",
+                        object_ids={"serial": row.serial_hex,
+                                    "provisioner": row.provisioner_name},
+                        details={"reserved_at": str(row.reserved_at),
+                                 "timeout_seconds": timeout,
+                                 "reason": "the request that reserved this serial never "
+                                           "finished (its worker died, or its failure could "
+                                           "not be written); nothing was issued under it"})
+            if len(due) < RECONCILE_BATCH:
+                break
         if ended:
             log.warning("ended abandoned serial reservations", extra={"count": ended})
         return ended
-
-    def reconcile_soon(self) -> None:
-        """Reconcile on the next request (a new worker may replace a killed one)."""
-        self._reconciled_at = time.monotonic() - RECONCILE_EVERY_SECONDS
-
-    def _maybe_reconcile(self) -> None:
-        """Now and then, in passing (at most once a minute per process, or every half
-        reservation timeout if that is shorter): never in the way of the request, whatever
-        it finds or fails at."""
-        now = time.monotonic()
-        timeout = self.app.settings.config.service.reservation_timeout_seconds
-        if now - self._reconciled_at < min(RECONCILE_EVERY_SECONDS, timeout / 2):
-            return
-        self._reconciled_at = now
-        try:
-            self.reconcile_abandoned()
-        except Exception:
-            log.warning("reconciling abandoned reservations failed; will retry later",
-                        exc_info=True)
 
     # -- pieces ----------------------------------------------------------------
 
@@ -498,6 +494,16 @@ class Issuer:
                 details={"error": exc.code, "message": str(exc)[:1000],
                          "csr_subject": req.csr.subject.rfc4514_string(),
                          "renewal_of": req.renewal_of})
+
+
+def reservation_timeout(cfg: ApplianceConfig) -> int:
+    """``service.reservation_timeout_seconds``, or twice what one request may take (its
+    timeout plus a wait for the database lock): a request still at work is never swept by
+    default, and a dead one's serial is settled within minutes."""
+    configured = cfg.service.reservation_timeout_seconds
+    if configured is not None:
+        return configured
+    return int(2 * (cfg.service.timeout_seconds + cfg.database.busy_timeout_seconds))
 
 
 @lru_cache(maxsize=256)

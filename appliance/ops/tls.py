@@ -50,7 +50,7 @@ def issue_api_certificate(app: Appliance) -> TlsFiles:
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = []
     # No "localhost": a one-label name fails RFC 5280 linting (pkilint), and clients use the IP.
-    for name in dict.fromkeys([svc.api_hostname, "127.0.0.1"]):
+    for name in svc.api_tls_names():
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(name)))
         except ValueError:

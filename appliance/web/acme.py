@@ -51,11 +51,19 @@ def _context() -> None:
         if limiter is not None and not limiter.allow(request.remote_addr or "?"):
             raise AcmeProblem("rateLimited", "too many requests; slow down",
                               headers={"Retry-After": "10"})
-    g.acme_ctx = service().context(name, f"{request.host_url.rstrip('/')}/acme/{name}")
+    # From the configuration, never from Host (hostcheck refused any other Host already).
+    g.acme_ctx = service().context(name, f"{_external_url()}/acme/{name}")
+
+
+def _external_url() -> str:
+    url: str = current_app.extensions["appliance"].settings.config.service.external_base_url()
+    return url
 
 
 @bp.after_request
 def _headers(response: Response) -> Response:
+    if g.get("host_refused"):
+        return response
     if getattr(g, "acme_ctx", None) is not None:
         response.headers.add("Link", f'<{ctx().url("directory")}>;rel="index"')
     if request.method in ("POST", "HEAD") or request.path.endswith("/new-nonce"):
@@ -107,7 +115,7 @@ def _verified(want: str = "kid") -> tuple[jws.Verified, AcmeAccount | None]:
         found["acct"] = acct
         return key
 
-    verified = jws.verify(env, url=request.host_url.rstrip("/") + request.path,
+    verified = jws.verify(env, url=_external_url() + request.path,
                           redeem_nonce=service().nonces.redeem, account_key=account_key,
                           want=want)
     return verified, found.get("acct")

@@ -11,8 +11,9 @@ from flask import Flask, request
 
 from appliance.acme.service import AcmeService
 from appliance.issuance.pipeline import Issuer
+from appliance.issuance.sweeper import ReservationSweeper
 from appliance.runtime import Appliance
-from appliance.web import acme, api, errors
+from appliance.web import acme, api, errors, hostcheck
 from appliance.web.errors import ApiError
 
 SECURITY_HEADERS = {
@@ -62,10 +63,13 @@ def create_app(appliance: Appliance) -> Flask:
                       PROPAGATE_EXCEPTIONS=False, TRAP_HTTP_EXCEPTIONS=False)
     app.extensions["appliance"] = appliance
     appliance.enable_service_checkpoints()
+    hostcheck.install(app, svc)
     issuer = Issuer(appliance)
     app.extensions["issuer"] = issuer
-    # A worker that starts may be replacing one that was killed mid-request.
-    issuer.reconcile_soon()
+    # In every worker: a worker that starts may be replacing one killed mid-request.
+    sweeper = ReservationSweeper(issuer)
+    sweeper.start()
+    appliance.on_close(sweeper.stop)
     app.extensions["acme"] = AcmeService(appliance, issuer)
     limiter = RateLimiter(svc.rate_limit_per_minute)
     app.extensions["rate_limiter"] = limiter

@@ -9,6 +9,7 @@ clear 503s, and signing works again by itself.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -29,6 +30,7 @@ from tests.conftest import run_cli
 from tests.service_helpers import Server, make_csr, serving
 
 RESERVATION_TIMEOUT = 5
+SWEEP_PERIOD = RESERVATION_TIMEOUT / 2  # min(30 s, half the timeout)
 
 
 @pytest.fixture(scope="module")
@@ -93,20 +95,20 @@ def _consistent(server: Server, answered: list[dict[str, object]]) -> dict[str, 
     return {k: statuses.count(k) for k in set(statuses)}
 
 
-def _wait_reconciled(server: Server, deadline: float = 60) -> None:
-    """Reservations of killed requests end once older than the timeout, at the next request."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
+def _wait_reconciled(server: Server, since: float | None = None) -> None:
+    """Reservations of killed requests end by the sweeper alone, with nothing sent to the
+    server meanwhile: within the sweeper's period of becoming due (the newest was made
+    before ``since``), plus a little for the sweep's own work and a replaced worker's start."""
+    end = (since or time.monotonic()) + RESERVATION_TIMEOUT + SWEEP_PERIOD + 3
+    while True:
         with server.db() as db:
-            left = db.execute("SELECT COUNT(*) FROM certificates WHERE status = 'reserved'"
-                              ).fetchone()[0]
+            left = db.execute("SELECT serial_hex FROM certificates WHERE status = 'reserved'"
+                              ).fetchall()
         if not left:
             return
-        requests.get(server.api + "/1.0/health", verify=str(server.roots), timeout=10)
-        name = f"nudge-{time.monotonic_ns()}.example.com"
-        _sign(server, name, make_csr(server.data_dir / "work", f"DNS:{name}", cn=name))
-        time.sleep(1)
-    raise AssertionError("reservations left open")
+        if time.monotonic() > end:
+            raise AssertionError(f"reservations left open: {[r[0] for r in left]}")
+        time.sleep(0.2)
 
 
 def test_worker_killed_during_concurrent_signing(server: Server, tmp_path: Path) -> None:
@@ -120,15 +122,29 @@ def test_worker_killed_during_concurrent_signing(server: Server, tmp_path: Path)
             time.sleep(0.05)
         os.kill(workers[0], signal.SIGKILL)
         results = [f.result() for f in futures]
+    last_request = time.monotonic()
     answered = [b for st, b in results if st == 201 and isinstance(b, dict)]
     others = [(st, b) for st, b in results if st != 201]
     assert answered, "nothing was issued"
     for st, body in others:  # dropped by the kill, or a clear refusal: never a 500
         assert st in (0, 503), (st, body)
-    _wait_reconciled(server)
+    # Nothing is sent to the server from here on: the sweeper ends them on its own clock.
+    _wait_reconciled(server, since=last_request)
+    listed = server.cli("cert", "list", "--status", "reserved", "--json")
+    assert json.loads(listed.stdout) == []
     counts = _consistent(server, answered)
     assert counts.get("issued", 0) >= len(answered)
-    # gunicorn replaced the worker and signing goes on.
+    # Each ended reservation is failed and audited exactly once, though both workers'
+    # sweepers looked for it.
+    rows = server.certificate_rows()
+    abandoned = [e["object_ids"]["serial"] for e in
+                 server.events("certificate.reservation.abandoned")]
+    assert len(abandoned) == len(set(abandoned)), abandoned
+    for serial in abandoned:
+        assert rows[serial]["status"] == "failed"
+    print(f"kill: {len(answered)} issued, {len(others)} dropped, "
+          f"{len(abandoned)} reservation(s) swept")
+    # The killed worker was replaced and signing goes on.
     assert workers[0] not in server.api_workers()
     name, csr = _csrs(tmp_path / "after", 1)[0]
     assert _sign(server, name, csr)[0] == 201
