@@ -322,7 +322,8 @@ class ApiFront:
         env: dict[str, Any] = {
             "REQUEST_METHOD": req.method, "SCRIPT_NAME": "",
             "PATH_INFO": unquote(req.path, "latin-1"),
-            "RAW_URI": req.path + ("?" + req.query if req.query else ""),
+            # As sent: the host check reads an absolute-form target's authority here.
+            "RAW_URI": req.absolute or req.path + ("?" + req.query if req.query else ""),
             "QUERY_STRING": req.query, "SERVER_PROTOCOL": f"HTTP/{req.version}",
             "SERVER_NAME": self.server[0], "SERVER_PORT": str(self.server[1]),
             "REMOTE_ADDR": conn.address if isinstance(conn, TlsConnection) else "",

@@ -74,6 +74,7 @@ class Request:
     headers: list[tuple[bytes, bytes]] | None = None
     version: str = "1.1"
     connection: HttpProtocol | None = None
+    absolute: str | None = None  # the whole target when it came in absolute-form
 
 
 @dataclass(slots=True)
@@ -360,8 +361,10 @@ class HttpProtocol(asyncio.Protocol):
         parser = self.parser
         target = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         path, _, query = target.partition(b"?")
+        absolute = None
         if not path.startswith(b"/"):  # absolute-form (via a proxy) or "*"
             path, query = _origin_form(target)
+            absolute = target.decode("latin-1")
         if self._body_len > self.state.body_limit:
             body: bytes | None = None
         else:
@@ -370,7 +373,7 @@ class HttpProtocol(asyncio.Protocol):
         http10 = parser.get_http_version() == "1.0"
         request = Request(parser.get_method().decode("latin-1"), path.decode("latin-1"),
                           query.decode("latin-1"), self._inm, body, self._fields,
-                          parser.get_http_version(), self)
+                          parser.get_http_version(), self, absolute)
         self._fields = None
         self._url.clear()
         self._url_len = 0
