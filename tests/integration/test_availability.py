@@ -109,6 +109,10 @@ def test_200_slowloris_connections_cost_the_api_nothing(data: Path, tmp_path: Pa
                 results = [_sign(server, n, c, session) for n, c in csrs]
                 time.sleep(max(0.0, 12 - sum(r[2] for r in results)))  # past a head timeout
             still_open = slow.open_now
+        print(f"slowloris: {len(health.latencies)} health polls p99 {health.p99() * 1000:.1f} ms "
+              f"max {max(health.latencies) * 1000:.1f} ms; {len(results)} signs, slowest "
+              f"{max(r[2] for r in results) * 1000:.0f} ms; slow connections opened "
+              f"{slow.opened}, cut {slow.cut}, open at the end {still_open}")
         assert still_open >= 190, still_open  # the attack held throughout
         assert [st for st, *_ in results] == [201] * len(csrs), results
         assert len(health.latencies) > 100 and set(health.statuses) == {200}
@@ -140,6 +144,7 @@ def _read_until_closed(sock: socket.socket, limit: float = 15) -> tuple[bytes, f
 def test_each_read_limit_cuts_its_connection(data: Path) -> None:
     with serving(data, header_timeout_seconds=2, handshake_timeout_seconds=2,
                  body_min_bytes_per_second=100, keepalive_seconds=2) as server:
+        host = f"127.0.0.1:{server.api_port}"
         # A head that never ends: 408 after the head timeout.
         with _tls(server) as s:
             s.sendall(b"GET /1.0/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
@@ -157,13 +162,13 @@ def test_each_read_limit_cuts_its_connection(data: Path) -> None:
         assert out == b"" and 1.0 < took < 5, (out, took)
         # Idle keep-alive: closed after keepalive_seconds.
         with _tls(server) as s:
-            s.sendall(b"GET /1.0/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            s.sendall(f"GET /1.0/health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
             out, took = _read_until_closed(s)
         assert out.startswith(b"HTTP/1.1 200 ") and 1.0 < took < 5, (out[:60], took)
         # Expect: 100-continue is answered before the body is sent (curl waits 1 s without).
         with _tls(server) as s:
-            s.sendall(b"POST /1.0/sign HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n"
-                      b"Content-Type: application/json\r\nExpect: 100-continue\r\n\r\n")
+            s.sendall(f"POST /1.0/sign HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n"
+                      "Content-Type: application/json\r\nExpect: 100-continue\r\n\r\n".encode())
             s.settimeout(5)
             assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
             s.sendall(b"{}")
@@ -222,6 +227,10 @@ def test_database_locked_40s_health_fast_signs_503_by_their_deadline(data: Path,
             assert body["error"] in ("busy", "database_error"), body
             assert took < deadline * 2 + 2, (took, body)  # a queued one: up to two deadlines
         refused_at_once = [b for st, b, took, _ in burst if b["error"] == "busy" and took < 1.5]
+        print(f"database locked 40 s: {len(burst)} burst ({len(refused_at_once)} refused at "
+              f"once), {len(later)} later, slowest answer "
+              f"{max(t for *_, t, _ in [*burst, *later]):.1f} s (deadline {deadline:g} s); "
+              f"health p99 {health.p99() * 1000:.1f} ms over {len(health.latencies)} polls")
         assert len(refused_at_once) >= 6, burst
         assert any(b["error"] == "database_error" for _, b, _, _ in later)
         assert health.p99() < 0.100, (health.p99(), max(health.latencies))
