@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance import logs
 from appliance.audit import anchor
@@ -26,6 +26,9 @@ from appliance.hsm import keys, selftest
 from appliance.hsm.pool import SessionPool
 from appliance.hsm.signer import token_private_key
 from appliance.store.db import Database
+
+if TYPE_CHECKING:
+    from appliance.health import ServiceHealth
 
 log = logs.get("runtime")
 
@@ -49,6 +52,7 @@ class Appliance:
         self._service_checkpoints = False
         self._service_log: AuditLog | None = None
         self._service_signer_retry = 0.0
+        self.health: ServiceHealth | None = None
 
     @property
     def node_id(self) -> str:
@@ -148,7 +152,21 @@ class Appliance:
     def audit_public_key(self) -> Any:
         return keys.find_key(self.pool, self.settings.config.audit.key_label).public_key
 
+    def start_service_health(self) -> ServiceHealth:
+        """The token watcher and database probe of this (worker) process, started once:
+        readiness, metrics and the background recovery of a lost token."""
+        from appliance.health import ServiceHealth  # the service's, not every CLI's
+
+        with self._lock:
+            if self.health is None:
+                self.health = ServiceHealth(self)
+                self.health.start()
+            return self.health
+
     def close(self) -> None:
+        if self.health is not None:
+            self.health.stop()
+            self.health = None
         if self._pool is not None:
             self._pool.close()
         if self._db is not None:

@@ -62,6 +62,7 @@ def create_app(appliance: Appliance) -> Flask:
                       PROPAGATE_EXCEPTIONS=False, TRAP_HTTP_EXCEPTIONS=False)
     app.extensions["appliance"] = appliance
     appliance.enable_service_checkpoints()
+    appliance.start_service_health()  # per worker: create_app runs after the fork
     issuer = Issuer(appliance)
     app.extensions["issuer"] = issuer
     # A worker that starts may be replacing one that was killed mid-request.
@@ -86,6 +87,7 @@ def create_app(appliance: Appliance) -> Flask:
 
     errors.install(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(api.ops_bp)
     app.register_blueprint(acme.bp)
     return app
 
