@@ -144,6 +144,8 @@ class ServiceHealth:
                    "pin_refused": "appliance_token_pin_refusals_total"}[t.kind]
         if self.metrics is not None:
             self.metrics.inc(counter)
+        if t.kind == "recovered":
+            self.app.audit_key_reachable_again()
         self._audit.append(t)
         self._wake.set()
 

@@ -121,6 +121,11 @@ class Appliance:
                             "can be reached", extra={"fault": type(exc).__name__})
         return AuditLog(self.node_id, None, cfg.checkpoint_every, cfg.checkpoint_interval_seconds)
 
+    def audit_key_reachable_again(self) -> None:
+        """The token is back: look for the audit key at the next record, not a minute on."""
+        if self._service_log is None:
+            self._service_signer_retry = 0.0
+
     def anchor_file(self) -> Path | None:
         path = self.settings.config.audit.anchor_file
         if path is None:
@@ -157,11 +162,10 @@ class Appliance:
         readiness, metrics and the background recovery of a lost token."""
         from appliance.health import ServiceHealth  # the service's, not every CLI's
 
-        with self._lock:
-            if self.health is None:
-                self.health = ServiceHealth(self)
-                self.health.start()
-            return self.health
+        if self.health is None:  # create_app runs once per process: no race to lose
+            self.health = ServiceHealth(self)
+            self.health.start()
+        return self.health
 
     def close(self) -> None:
         if self.health is not None:

@@ -234,6 +234,7 @@ class TokenWatcher:
                 self._checked_at = time.monotonic()
 
     def _recover(self) -> None:
+        self._wake.clear()  # this attempt answers any wake-up so far
         try:
             self.pool.reconnect()
         except HsmLoginError as exc:
