@@ -257,6 +257,9 @@ class SessionPool:
             except _FAULTS as exc:
                 self._discard(ps, exc)
                 last = exc
+                if (self.watcher is not None and isinstance(exc, _DEVICE_FAULTS)
+                        and self.watcher.suspect(exc)):
+                    break  # the token is away (a cheap probe says so): do not wait to retry
             except _STALE_OBJECT_FAULTS as exc:
                 ps.cache.clear()
                 self._give_back(ps)
