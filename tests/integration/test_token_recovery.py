@@ -12,8 +12,13 @@ right PIN is put back.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import sqlite3
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,3 +188,59 @@ def test_a_refused_pin_on_the_way_back_is_not_retried(server: Server) -> None:
     m = _metrics(server)
     assert m["appliance_token_pin_refusals_total"] == WORKERS
     assert m["appliance_token_available"] == 0
+
+
+def test_readiness_stays_fast_while_the_database_is_locked(server: Server) -> None:
+    _wait_all_workers(server, 200, time.monotonic() + 20)
+    conn = sqlite3.connect(server.data_dir / "appliance.db", timeout=5, isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    conn.execute("UPDATE audit_heads SET seq = seq WHERE 0")  # hold the write lock
+    try:
+        with requests.Session() as s:
+            for _ in range(20):
+                start = time.monotonic()
+                r = s.get(server.api + "/1.0/ready", verify=str(server.roots), timeout=10)
+                took = time.monotonic() - start
+                assert r.status_code in (200, 503)
+                assert took < 0.1, took  # the issue's bound for readiness
+                time.sleep(0.1)
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def test_a_database_that_cannot_be_read_makes_the_worker_unready(base: Path,
+                                                                 tmp_path: Path) -> None:
+    """The database probe on its own (a worker's health threads in a process of their own,
+    with the database URL pointing where nothing can be opened)."""
+    data = clone_data_dir(base, tmp_path / "data")
+    script = textwrap.dedent(f"""
+        import json, time
+        from pathlib import Path
+        from appliance import config, metrics
+        from appliance.runtime import Appliance
+        app = Appliance(config.load(Path({str(data / "appliance.yaml")!r})))
+        health = app.start_service_health()
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            state = health.readiness()
+            if state.checks["token"] == "ok" and "not checked" not in state.checks["database"]:
+                break
+            time.sleep(0.05)
+        text = metrics.exposition(health.metrics.directory, __import__("os").getppid())
+        print(json.dumps({{"ready": state.ready, "checks": state.checks,
+                          "retry": state.retry_after, "metrics": text}}))
+        app.close()
+    """)
+    env = dict(os.environ)
+    env.pop("SOFTHSM2_CONF", None)
+    env["APPLIANCE_DATABASE_URL"] = f"sqlite:///{tmp_path / 'no-such-dir' / 'x.db'}"
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert doc["ready"] is False and doc["retry"] >= 1
+    assert doc["checks"]["token"] == "ok"
+    assert doc["checks"]["database"].startswith("unavailable: OperationalError"), doc
+    assert "appliance_database_available 0" in doc["metrics"]
+    assert "appliance_token_available 1" in doc["metrics"]
