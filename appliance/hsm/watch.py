@@ -20,7 +20,6 @@ back, signing must resume by itself within seconds, not at the next lucky reques
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ log = logs.get("hsm.watch")
 State = Literal["starting", "up", "down", "pin refused"]
 Kind = Literal["lost", "recovered", "pin_refused"]
 STATES: tuple[State, ...] = ("starting", "up", "down", "pin refused")
+RECHECK_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,6 @@ class TokenWatcher:
         self._refreshed_at = -1e9
         self._pin_error: HsmLoginError | None = None
         self._thread: threading.Thread | None = None
-        self.pid = os.getpid()
 
     # -- what the pool and readiness ask ----------------------------------------------
 
@@ -163,7 +162,6 @@ class TokenWatcher:
         """Start the thread (once, in the process that will use the pool)."""
         if self._thread is not None:
             return
-        self.pid = os.getpid()
         self.pool.watcher = self
         self._thread = threading.Thread(target=self._run, name="token-watch", daemon=True)
         self._thread.start()
@@ -178,22 +176,25 @@ class TokenWatcher:
             thread.join(timeout)
 
     def _run(self) -> None:
-        try:
-            self._connect_first()
-            while not self._stop.is_set():
-                state = self.snapshot().state
-                if state == "up":
-                    self._sleep(self.probe_interval)
-                    self._check()
-                elif state == "down":
-                    self._recover()
-                    if self.snapshot().state == "down":
-                        self._sleep(self._backoff.next())
-                else:  # pin refused: nothing is tried until a restart
-                    self._sleep(3600)
-        except Exception:  # never a silent death: readiness must not say "up" for ever
-            log.exception("the token watcher stopped")
-            self._lost("the token watcher stopped")
+        self._connect_first()
+        while not self._stop.is_set():
+            try:
+                self._step()
+            except Exception:  # a bug here must not end the watch (nor leave "up" standing)
+                log.exception("token watcher step failed")
+                self._sleep(self._backoff.cap)
+
+    def _step(self) -> None:
+        state = self.snapshot().state
+        if state == "up":
+            self._sleep(self.probe_interval)
+            self._check()
+        elif state == "down":
+            self._recover()
+            if self.snapshot().state == "down":
+                self._sleep(self._backoff.next())
+        else:  # pin refused: nothing is tried until a restart
+            self._sleep(3600)
 
     def _sleep(self, seconds: float) -> None:
         self._wake.wait(seconds)
@@ -204,7 +205,7 @@ class TokenWatcher:
             self.pool.connect()
         except HsmLoginError as exc:
             self._pin_refused(exc)
-        except ApplianceError as exc:
+        except Exception as exc:  # not only ours: whatever it is, the token is not usable
             self._lost(fault_name(exc))
         else:
             self._set("up", "", None, unless=("down", "pin refused"))
@@ -224,7 +225,7 @@ class TokenWatcher:
                 log.warning("a known key was not found; re-initialising the PKCS#11 module")
                 self.pool.reconnect()
             else:
-                self.pool.probe()
+                self._probe_twice()
         except HsmLoginError as exc:
             self._pin_refused(exc)
         except ApplianceError as exc:
@@ -232,6 +233,17 @@ class TokenWatcher:
         else:
             with self._lock:
                 self._checked_at = time.monotonic()
+
+    def _probe_twice(self) -> None:
+        """A failed probe is tried once more a moment later before it counts: a token
+        read while another process writes its files must not pass for a lost one."""
+        try:
+            self.pool.probe()
+        except HsmLoginError:
+            raise
+        except ApplianceError:
+            self._stop.wait(RECHECK_SECONDS)
+            self.pool.probe()
 
     def _recover(self) -> None:
         self._wake.clear()  # this attempt answers any wake-up so far
