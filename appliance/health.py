@@ -120,9 +120,10 @@ class ServiceHealth:
         elif token.state == "starting":
             hsm_check = "unavailable: not checked yet"
         elif token.state == "pin refused":
-            hsm_check = f"pin refused: {token.fault} (restart after fixing the PIN)"
+            hsm_check = ("pin refused: not retried; fix the PIN source and restart "
+                         f"(since {_clock(token.since)})")
         else:
-            hsm_check = f"unavailable: {token.fault}"
+            hsm_check = f"unavailable: {token.reason} (since {_clock(token.since)})"
         with self._lock:
             db_ok, db_detail, db_checked = self._db_ok, self._db_detail, self._db_checked
         db_stale = max(3 * DB_PROBE_INTERVAL, DB_PROBE_TIMEOUT + DB_PROBE_INTERVAL + 1)
@@ -177,18 +178,19 @@ class ServiceHealth:
                 conn.execute(text("SELECT seq FROM audit_heads LIMIT 1")).first()
         except Exception as exc:  # any failure is "unavailable", never a dead thread
             detail = getattr(exc, "orig", None) or exc
-            self._db_state(False, f"{type(detail).__name__}: {str(detail)[:200]}")
+            # readiness names the kind of fault only (anyone may ask); the log has it all
+            self._db_state(False, type(detail).__name__, str(detail)[:300])
         else:
-            self._db_state(True, "")
+            self._db_state(True, "", "")
 
-    def _db_state(self, ok: bool, detail: str) -> None:
+    def _db_state(self, ok: bool, kind: str, detail: str) -> None:
         with self._lock:
             changed = ok != self._db_ok
-            self._db_ok, self._db_detail, self._db_checked = ok, detail, time.monotonic()
+            self._db_ok, self._db_detail, self._db_checked = ok, kind, time.monotonic()
         if changed:
             self._set_metric("appliance_database_available", 1 if ok else 0)
             if not ok:
-                log.warning("database probe failed", extra={"fault": detail})
+                log.warning("database probe failed", extra={"fault": f"{kind}: {detail}"})
 
     def _write_audit(self) -> None:
         """Queued transitions, oldest first; one that fails stays for the next round."""
@@ -213,3 +215,7 @@ class ServiceHealth:
                             extra={"fault": type(exc).__name__, "event": event_type})
                 return
             self._audit.popleft()
+
+
+def _clock(wall: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))

@@ -51,7 +51,8 @@ class Transition:
 @dataclass(frozen=True)
 class Snapshot:
     state: State
-    fault: str
+    fault: str  # in full, for the audit record and the log
+    reason: str  # its kind only (short_reason), for readiness
     since: float  # wall clock of the last transition
     checked_at: float  # monotonic time of the last probe that finished
 
@@ -70,6 +71,17 @@ class Backoff:
 
     def reset(self) -> None:
         self._next = self.initial
+
+
+def short_reason(exc: BaseException) -> str:
+    """What readiness (which anyone may ask) says of a fault: its kind, never a path, a
+    label or a module name (those are in the audit record and the log)."""
+    if isinstance(exc, HsmLoginError):
+        return "the token refused the PIN"
+    cause = exc.__cause__
+    if cause is not None and not isinstance(cause, ApplianceError):
+        return type(cause).__name__
+    return exc.code if isinstance(exc, ApplianceError) else type(exc).__name__
 
 
 def fault_name(exc: BaseException) -> str:
@@ -97,7 +109,7 @@ class TokenWatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._state: State = "starting"
-        self._fault = "not checked yet"
+        self._fault = self._reason = "not checked yet"
         self._since = time.time()
         self._down_at = time.monotonic()
         self._checked_at = time.monotonic()
@@ -110,7 +122,8 @@ class TokenWatcher:
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            return Snapshot(self._state, self._fault, self._since, self._checked_at)
+            return Snapshot(self._state, self._fault, self._reason, self._since,
+                            self._checked_at)
 
     def refusal(self) -> HsmError | None:
         """The error a token operation gets at once while the token is known to be away;
@@ -140,12 +153,12 @@ class TokenWatcher:
             self._pin_refused(exc)
             return True
         except ApplianceError as exc:
-            self._lost(f"{fault_name(fault)}; probe: {fault_name(exc)}")
+            self._lost(f"{fault_name(fault)}; probe: {fault_name(exc)}", exc)
             return True
         if isinstance(fault, HsmUnavailableError) and fault.token_gone:
             # Device faults on every retry while the token is still listed: the module's
             # view of it is broken; re-initialising (in the background) is the cure.
-            self._lost(fault_name(fault))
+            self._lost(fault_name(fault), fault)
             return True
         if isinstance(fault, KeyGoneError):
             # A key we found before is not there though the token is: maybe a token that
@@ -206,7 +219,7 @@ class TokenWatcher:
         except HsmLoginError as exc:
             self._pin_refused(exc)
         except Exception as exc:  # not only ours: whatever it is, the token is not usable
-            self._lost(fault_name(exc))
+            self._lost(fault_name(exc), exc)
         else:
             self._set("up", "", None, unless=("down", "pin refused"))
 
@@ -229,7 +242,7 @@ class TokenWatcher:
         except HsmLoginError as exc:
             self._pin_refused(exc)
         except ApplianceError as exc:
-            self._lost(fault_name(exc))
+            self._lost(fault_name(exc), exc)
         else:
             with self._lock:
                 self._checked_at = time.monotonic()
@@ -264,9 +277,9 @@ class TokenWatcher:
 
     # -- transitions ----------------------------------------------------------------------
 
-    def _lost(self, fault: str) -> None:
+    def _lost(self, fault: str, cause: BaseException) -> None:
         if self._set("down", fault, Transition("lost", fault, time.time()),
-                     unless=("down", "pin refused")):
+                     unless=("down", "pin refused"), reason=short_reason(cause)):
             self._backoff.reset()
             self._wake.set()  # start recovering now, not after the probe interval
 
@@ -275,17 +288,17 @@ class TokenWatcher:
             self._pin_error = exc
         self._set("pin refused", fault_name(exc),
                   Transition("pin_refused", fault_name(exc), time.time()),
-                  unless=("pin refused",))
+                  unless=("pin refused",), reason=short_reason(exc))
 
     def _set(self, state: State, fault: str, transition: Transition | None,
-             unless: tuple[State, ...] = ()) -> bool:
+             unless: tuple[State, ...] = (), reason: str = "") -> bool:
         """Move to ``state`` unless in one of ``unless`` (checked and moved under one lock,
         so two threads seeing the same fault make one transition); whether it moved."""
         with self._lock:
             if self._state in unless:
                 return False
             changed = self._state != state
-            self._state, self._fault = state, fault
+            self._state, self._fault, self._reason = state, fault, reason
             self._since, self._checked_at = time.time(), time.monotonic()
             if changed and self._on_state is not None:
                 self._on_state(state)

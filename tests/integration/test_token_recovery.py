@@ -117,6 +117,8 @@ def test_token_away_then_back_recovers_by_itself(server: Server) -> None:
             checks = doc["checks"]
             assert isinstance(checks, dict)
             assert checks["token"].startswith("unavailable: "), checks
+            assert "/" not in checks["token"] and "appliance" not in checks["token"]  # no
+            # module path or token label to anyone who asks: those are in the audit record
             assert checks["database"] == "ok"
         for i in range(4):  # refused at once: no retries, no reconnect in the request
             st, body, took = _sign(server, f"away{i}.example.com")
