@@ -82,6 +82,7 @@ _STALE_OBJECT_FAULTS: tuple[type[Exception], ...] = (
 )
 _OPEN_FAULTS: tuple[type[Exception], ...] = (*_DEVICE_FAULTS, p11e.SessionCount)
 
+
 class Watcher(Protocol):
     """What the pool asks of a token watcher (:mod:`appliance.hsm.watch`)."""
 
@@ -178,9 +179,12 @@ class SessionPool:
         except (HsmUnavailableError, KeyNotFoundError, HsmLoginError) as exc:
             if isinstance(exc, HsmUnavailableError) and not exc.token_gone:
                 raise
-            if watcher.suspect(exc):
-                raise (watcher.refusal() or exc) from exc
-            raise
+            if not watcher.suspect(exc):
+                raise
+            refused = watcher.refusal()
+            if refused is None or refused is exc:
+                raise
+            raise refused from exc
 
     # -- for the watcher: checks that bypass its refusal ---------------------------------
 

@@ -144,7 +144,7 @@ def metrics_text() -> Any:
     health = appliance().health
     folder = health.metrics.directory if health is not None and health.metrics else None
     body = metrics.exposition(folder or metrics_dir(appliance()), os.getppid())
-    return Response(body, mimetype="text/plain", content_type="text/plain; version=0.0.4")
+    return Response(body, content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @bp.get("/roots")
