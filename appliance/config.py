@@ -40,6 +40,22 @@ class HsmConfig(_Strict):
     # node signs this node's CA certificates); serve refuses to start, and root ceremonies
     # are refused, if this profile's token can reach a root's key.
     root_offline: bool = False
+    # In the service each API worker checks the token in the background this often (the
+    # slot list and token info: nothing a signature waits on); readiness and metrics
+    # report what it saw.
+    probe_interval_seconds: float = Field(default=2.0, ge=0.1, le=300)
+    # After a loss, re-initialising and logging in again is tried after this delay,
+    # doubling up to recovery_backoff_max_seconds (so signing resumes within about that
+    # long of the token's return); a refused PIN is never retried.
+    recovery_backoff_initial_seconds: float = Field(default=0.25, ge=0.01, le=60)
+    recovery_backoff_max_seconds: float = Field(default=2.0, ge=0.01, le=600)
+
+    @model_validator(mode="after")
+    def _backoff_ordered(self) -> HsmConfig:
+        if self.recovery_backoff_max_seconds < self.recovery_backoff_initial_seconds:
+            raise ValueError("hsm.recovery_backoff_max_seconds must be at least "
+                             "recovery_backoff_initial_seconds")
+        return self
 
 
 class AuditConfig(_Strict):

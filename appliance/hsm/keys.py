@@ -232,6 +232,11 @@ def find_key(pool: SessionPool, label: str, public_key: PublicKey | None = None)
     return pool.run(work)
 
 
+class KeyGoneError(KeyNotFoundError):
+    """A key found earlier is not in the token now: unlike a label that matches nothing,
+    this hints that the token (or the module's view of it) changed under us."""
+
+
 def private_key_object(ps: PooledSession, info: KeyInfo) -> Any:
     """The private key object of ``info`` in this session, looked up once per session."""
     cache_key = ("priv", info.id, info.label)
@@ -242,7 +247,7 @@ def private_key_object(ps: PooledSession, info: KeyInfo) -> Any:
             Attribute.LABEL: info.label,
         }))
         if len(found) != 1:
-            raise KeyNotFoundError(f"key {info.label!r} is no longer in the token")
+            raise KeyGoneError(f"key {info.label!r} is no longer in the token")
         obj = found[0]
         ps.cache[cache_key] = obj
     return obj

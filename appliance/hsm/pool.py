@@ -29,6 +29,10 @@ Why these rules:
   session can be opened or a key the caller knows is not found, the module is
   re-initialised (at most every ``reconnect_interval_seconds``, once no thread is inside
   it) and the operation tried once more: the service comes back by itself.
+* In the service a :class:`~appliance.hsm.watch.TokenWatcher` is attached instead: faults
+  are reported to it, it decides whether the token is away, and while it is every
+  operation is refused at once and the module is re-initialised by the watcher's thread,
+  never by a request.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pkcs11 import exceptions as p11e
 
@@ -78,6 +82,15 @@ _STALE_OBJECT_FAULTS: tuple[type[Exception], ...] = (
 )
 _OPEN_FAULTS: tuple[type[Exception], ...] = (*_DEVICE_FAULTS, p11e.SessionCount)
 
+
+class Watcher(Protocol):
+    """What the pool asks of a token watcher (:mod:`appliance.hsm.watch`)."""
+
+    def refusal(self) -> HsmError | None: ...
+
+    def suspect(self, fault: Exception) -> bool: ...
+
+
 @dataclass(eq=False)
 class PooledSession:
     """A borrowed session plus objects looked up in it (handles are per session here)."""
@@ -114,6 +127,8 @@ class SessionPool:
         self._recovered_at = -1e9
         self._epoch: int | None = None  # the module epoch our sessions belong to
         self.reconnects = 0
+        # A forked child starts without one (the parent's watcher thread is not here).
+        self.watcher: Watcher | None = None
 
     # -- public -----------------------------------------------------------
 
@@ -135,6 +150,10 @@ class SessionPool:
         ``retry=False`` is for operations that must not run twice (key
         generation): a fault is still reported clearly, the session replaced.
         """
+        self._ensure_process()
+        watcher = self.watcher
+        if watcher is not None:
+            return self._run_watched(watcher, fn, retry)
         try:
             return self._run(fn, retry)
         except (HsmUnavailableError, KeyNotFoundError) as exc:
@@ -146,6 +165,76 @@ class SessionPool:
             if not self._reconnect(exc) or not retry:
                 raise
         return self._run(fn, retry)
+
+    def _run_watched(self, watcher: Watcher, fn: Callable[[PooledSession], T],
+                     retry: bool) -> T:
+        """Refused at once while the watcher knows the token is away; a fault that may mean
+        it went away is reported to the watcher, which checks and recovers in the
+        background (the request never re-initialises the module nor waits for it)."""
+        refused = watcher.refusal()
+        if refused is not None:
+            raise refused
+        try:
+            return self._run(fn, retry)
+        except (HsmUnavailableError, KeyNotFoundError, HsmLoginError) as exc:
+            if isinstance(exc, HsmUnavailableError) and not exc.token_gone:
+                raise
+            if not watcher.suspect(exc):
+                raise
+            refused = watcher.refusal()
+            if refused is None or refused is exc:
+                raise
+            raise refused from exc
+
+    # -- for the watcher: checks that bypass its refusal ---------------------------------
+
+    def probe(self) -> None:
+        """A cheap check that the token is still there: the slot list and token info (no
+        session, nothing a signing thread waits on)."""
+        self._ensure_process()
+        if self._login_error is not None:
+            raise self._login_error
+        module = load_module(self.profile)
+        with module.gate.shared():
+            self._follow_epoch(module)
+            if not module.ready:
+                raise HsmUnavailableError(
+                    f"the PKCS#11 module {self.profile.module} is not initialised")
+            find_token(self.profile)
+
+    def connect(self) -> None:
+        """Have a session open and the pool logged in (a refused PIN raises
+        :class:`HsmLoginError`), then check the token is listed."""
+        self._ensure_process()
+        module = load_module(self.profile)
+        with module.gate.shared():
+            self._follow_epoch(module)
+            if not module.ready:
+                raise HsmUnavailableError(
+                    f"the PKCS#11 module {self.profile.module} is not initialised")
+            self._give_back(self._take())
+        self.probe()
+
+    def reconnect(self, gate_timeout: float = 2.0) -> None:
+        """Re-initialise the module (every session of this process on it ends; waits at
+        most ``gate_timeout`` for operations inside it to finish) and :meth:`connect`."""
+        self._ensure_process()
+        if self._login_error is not None:
+            raise self._login_error
+        module = load_module(self.profile)
+        with module.gate.exclusive(gate_timeout) as alone:
+            if not alone:
+                busy = HsmUnavailableError("token operations did not finish; re-initialising "
+                                           "the module later")
+                busy.token_gone = False
+                raise busy
+            try:
+                with startup_lock(self.profile):
+                    module.reinitialize()
+            finally:
+                self._follow_epoch(module)
+        self.reconnects += 1
+        self.connect()
 
     def _run(self, fn: Callable[[PooledSession], T], retry: bool) -> T:
         module = load_module(self.profile)
@@ -163,6 +252,8 @@ class SessionPool:
         last: Exception | None = None
         for attempt in range(attempts):
             if attempt:
+                if self.watcher is not None and self.watcher.refusal() is not None:
+                    break  # the token is known to be away: no point waiting to retry
                 time.sleep(self.profile.retry_delay_seconds * attempt)
             ps = self._take()
             try:
@@ -170,6 +261,9 @@ class SessionPool:
             except _FAULTS as exc:
                 self._discard(ps, exc)
                 last = exc
+                if (self.watcher is not None and isinstance(exc, _DEVICE_FAULTS)
+                        and self.watcher.suspect(exc)):
+                    break  # the token is away (a cheap probe says so): do not wait to retry
             except _STALE_OBJECT_FAULTS as exc:
                 ps.cache.clear()
                 self._give_back(ps)

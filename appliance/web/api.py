@@ -1,18 +1,21 @@
-"""``/1.0/*``: sign, roots, health, provisioners (request shapes follow step-ca's)."""
+"""``/1.0/*``: sign, roots, health, readiness, provisioners (request shapes follow
+step-ca's); and ``/metrics`` (Prometheus) for the API's workers."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
-from appliance import bounded_json, rfc3339
+from appliance import bounded_json, metrics, rfc3339
 from appliance.audit.log import Actor
 from appliance.errors import InputError
+from appliance.health import metrics_dir
 from appliance.issuance.pipeline import Issuer, SignRequest, load_csr
 from appliance.ops import authorities as authz
 from appliance.ops import provisioners as prov_ops
@@ -24,6 +27,7 @@ from appliance.store.models import Authority
 from appliance.web.errors import ApiError
 
 bp = Blueprint("api", __name__, url_prefix="/1.0")
+ops_bp = Blueprint("ops", __name__)
 
 
 def appliance() -> Appliance:
@@ -117,6 +121,37 @@ def _time(data: dict[str, Any], key: str) -> datetime | None:
 @bp.get("/health")
 def health() -> Any:
     return jsonify({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready() -> Any:
+    """Whether this worker can sign now, from its background checks only (the token
+    watcher, the database probe): answers at once whatever the token or database do."""
+    app = appliance()
+    health = app.health
+    if health is None:
+        checks = {"token": "unavailable: not watched", "database": "unavailable: not probed"}
+        ready_now, retry = False, 2
+    else:
+        state = health.readiness()
+        checks, ready_now, retry = state.checks, state.ready, state.retry_after
+    doc = {"status": "ready" if ready_now else "unavailable", "checks": checks,
+           "node": app.node_id, "pid": os.getpid()}
+    response = jsonify(doc)
+    if not ready_now:
+        response.status_code = 503
+        response.headers["Retry-After"] = str(retry)
+    return response
+
+
+@ops_bp.get("/metrics")
+def metrics_text() -> Any:
+    """Counters summed over every API worker of this server, gauges over live ones
+    (:mod:`appliance.metrics`), whichever worker the scrape reached."""
+    health = appliance().health
+    folder = health.metrics.directory if health is not None and health.metrics else None
+    body = metrics.exposition(folder or metrics_dir(appliance()), os.getppid())
+    return Response(body, content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @bp.get("/roots")

@@ -64,6 +64,7 @@ def create_app(appliance: Appliance) -> Flask:
     app.extensions["appliance"] = appliance
     appliance.enable_service_checkpoints()
     hostcheck.install(app, svc)
+    appliance.start_service_health()  # per worker: create_app runs after the fork
     issuer = Issuer(appliance)
     app.extensions["issuer"] = issuer
     # In every worker: a worker that starts may be replacing one killed mid-request.
@@ -93,6 +94,7 @@ def create_app(appliance: Appliance) -> Flask:
 
     errors.install(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(api.ops_bp)
     app.register_blueprint(acme.bp)
     return app
 
