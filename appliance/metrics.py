@@ -35,6 +35,14 @@ METRICS: dict[str, tuple[MetricType, str]] = {
         "counter", "Times the token refused the PIN (never retried until restart)"),
     "appliance_database_available": (
         "gauge", "1 when every live API worker's database probe answered, else 0"),
+    "appliance_api_busy_total": (
+        "counter", "Requests answered 503 at once: every thread busy and the wait queue full"),
+    "appliance_api_deadline_expired_total": (
+        "counter", "Requests answered 503 after waiting service.deadline_seconds for a thread"),
+    "appliance_api_connections_refused_total": (
+        "counter", "Connections reset at accept: a per-worker or per-address cap was reached"),
+    "appliance_api_handshake_failures_total": (
+        "counter", "TLS handshakes that failed or timed out"),
 }
 WORKERS = "appliance_api_workers"
 

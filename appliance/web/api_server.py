@@ -48,6 +48,7 @@ log = logs.get("web.api_server")
 # Answered on threads of their own: they must not wait behind signing.
 FAST_PATHS = frozenset({"/1.0/health", "/1.0/ready", "/metrics"})
 FAST_THREADS = 2
+SSL_SHUTDOWN_SECONDS = 2.0
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "upgrade",
                          "proxy-connection", "te", "trailer"})
 _SECURITY_HEADERS = [
@@ -111,13 +112,25 @@ def json_response(status: int, code: str, message: str,
 
 
 class Counters:
-    """What this worker's front did, for ``/metrics`` (read by the app's metrics)."""
+    """What this worker's front did, for ``/metrics``: kept in memory (the loop must not
+    write a file per refused request under a flood) and published once a second."""
 
     def __init__(self) -> None:
         self.refused_connections = 0  # over a connection limit
         self.busy = 0  # 503 at once: the wait queue was full
         self.expired = 0  # 503: waited for a thread past the deadline
         self.handshake_failures = 0
+        self._published: tuple[int, ...] = (0, 0, 0, 0)
+
+    def publish(self, metrics: Any) -> None:
+        now = (self.busy, self.expired, self.refused_connections, self.handshake_failures)
+        if now == self._published or metrics is None:
+            return
+        self._published = now
+        for name, value in zip(("appliance_api_busy_total", "appliance_api_deadline_expired_total",
+                                "appliance_api_connections_refused_total",
+                                "appliance_api_handshake_failures_total"), now, strict=True):
+            metrics.set(name, float(value))
 
 
 class TlsConnection(HttpProtocol):
@@ -167,7 +180,10 @@ class TlsConnection(HttpProtocol):
         try:
             tls = await loop.start_tls(raw, self, self.api.tls,  # type: ignore[arg-type]
                                        server_side=True,
-                                       ssl_handshake_timeout=self.api.handshake_timeout)
+                                       ssl_handshake_timeout=self.api.handshake_timeout,
+                                       # a closed connection waits this long at most for
+                                       # the client's close_notify (uncounted meanwhile)
+                                       ssl_shutdown_timeout=SSL_SHUTDOWN_SECONDS)
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError):
             self.api.counters.handshake_failures += 1
             raw.close()
@@ -378,8 +394,14 @@ def worker(sock: Any, opts: ApiOptions, supervisor: int) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     front = ApiFront(flask_app, loop, svc, opts.threads, _split_bind(opts.bind))
-    flask_app.extensions["api_front"] = front.counters
     state = ApiState(front, tls_context(opts), svc, opts.workers)
+
+    def publish() -> None:
+        health = app.health
+        front.counters.publish(health.metrics if health is not None else None)
+        loop.call_later(1.0, publish)
+
+    loop.call_later(1.0, publish)
     try:
         serve_loop(loop, state, state.protocol, sock, opts.graceful_timeout, supervisor)
     finally:

@@ -20,7 +20,11 @@ from appliance.acme.problems import AcmeProblem
 from appliance.config import ServiceConfig
 from appliance.web.errors import body
 
-__all__ = ["install", "refusal"]
+__all__ = ["PROBES", "install", "refusal"]
+
+# Load balancers, orchestrators and Prometheus ask for these by address (Host: 10.0.0.7:8443);
+# they build no URL, redeem nothing and read no request data, so they answer any Host.
+PROBES = frozenset({"/1.0/health", "/1.0/ready", "/metrics"})
 
 
 def refusal(environ: Mapping[str, Any], accepted: frozenset[hosts.Authority]) -> str | None:
@@ -58,6 +62,8 @@ def install(app: Flask, svc: ServiceConfig) -> None:
 
     @app.before_request
     def _host() -> Response | None:
+        if request.path in PROBES:
+            return None
         why = refusal(request.environ, accepted)
         if why is None:
             return None

@@ -249,6 +249,9 @@ class HttpProtocol(asyncio.Protocol):
         self.closing = True
         if not self.pending and not self._url_len and self.transport is not None:
             self.transport.close()
+            # Gone as far as the stop is concerned: a TLS close waits for the client's
+            # close_notify, which an idle client does not send until it reads.
+            self.state.connections.discard(self)
 
     # -- parsing -----------------------------------------------------------------------------
 

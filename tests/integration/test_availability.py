@@ -247,6 +247,15 @@ def test_database_locked_40s_health_fast_signs_503_by_their_deadline(data: Path,
         with server.db() as db:
             assert db.execute("SELECT COUNT(*) FROM certificates WHERE status = 'reserved'"
                               ).fetchone()[0] == 0
+        # The refusals at once are counted (published within a second).
+        busy = 0.0
+        end = time.monotonic() + 5
+        while time.monotonic() < end and busy < len(refused_at_once):
+            text = server.get("/metrics").text
+            busy = sum(float(line.split()[1]) for line in text.splitlines()
+                       if line.startswith("appliance_api_busy_total "))
+            time.sleep(0.3)
+        assert busy >= len(refused_at_once), text
 
 
 def test_sighup_replaces_the_workers_without_dropping_a_request(data: Path) -> None:
@@ -268,3 +277,39 @@ def test_sighup_replaces_the_workers_without_dropping_a_request(data: Path) -> N
         assert set(health.statuses) == {200}, health.statuses
         assert server.proc.poll() is None
         assert server.get("/1.0/health").status_code == 200
+
+
+@pytest.mark.postgres
+def test_postgresql_row_lock_answers_503_by_the_deadline(
+        tmp_path: Path, pg_available: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL: ``lock_timeout`` is the deadline for a lock another session holds (an
+    operator's transaction left open); health stays fast, signing comes back after."""
+    from sqlalchemy import create_engine, text
+
+    from tests.conftest import create_pg_database, drop_pg_database, require_pg
+
+    require_pg(pg_available)
+    url = create_pg_database()
+    engine = create_engine(url)
+    deadline = 3.0
+    try:
+        monkeypatch.setenv("APPLIANCE_DATABASE_URL", url)
+        node = tmp_path / "node"
+        run_cli("quickstart", "--dir", str(node), check=True)
+        csrs = _csrs(tmp_path, 8, "pg")
+        with serving(node, rate_limit_per_minute=0, deadline_seconds=deadline) as server:
+            assert _sign(server, *csrs[0])[0] == 201
+            with engine.connect() as holder, HealthPoller(server) as health:
+                holder.execute(text("BEGIN"))
+                holder.execute(text("LOCK TABLE audit_heads IN ACCESS EXCLUSIVE MODE"))
+                during = [_sign(server, *nc) for nc in csrs[1:4]]
+                holder.execute(text("ROLLBACK"))
+            after = [_sign(server, *nc) for nc in csrs[4:]]
+        for st, body, took, retry in during:
+            assert st == 503 and body["error"] == "database_error", (st, body)
+            assert retry is not None and took < deadline + 3, (took, body)
+        assert [st for st, *_ in after] == [201] * len(after), after
+        assert health.p99() < 0.100 and set(health.statuses) == {200}
+    finally:
+        engine.dispose()
+        drop_pg_database(url)

@@ -72,7 +72,7 @@ def _raw(server: Server, request: bytes) -> tuple[int, bytes]:
     return int(head.split(b" ", 2)[1]), body
 
 
-@pytest.mark.parametrize("path", ["/acme/acme/directory", "/1.0/health"])
+@pytest.mark.parametrize("path", ["/acme/acme/directory", "/1.0/roots"])
 def test_a_foreign_host_is_refused(default: Server, path: str) -> None:
     r = _get(default, path, "evil.example")
     assert r.status_code == 400, r.text
@@ -87,6 +87,12 @@ def test_a_foreign_host_is_refused(default: Server, path: str) -> None:
         assert doc["type"] == "urn:ietf:params:acme:error:malformed"
     else:
         assert doc["error"] == "bad_host"
+
+
+@pytest.mark.parametrize("path", ["/1.0/health", "/1.0/ready", "/metrics"])
+def test_probes_answer_whatever_host_a_load_balancer_names(default: Server, path: str) -> None:
+    r = _get(default, path, "10.0.0.7:8443")
+    assert r.status_code == 200, r.text
 
 
 def test_a_sign_request_to_a_foreign_host_does_nothing(default: Server, tmp_path: Path) -> None:
@@ -109,14 +115,14 @@ def test_default_names_and_comparison(default: Server) -> None:
     assert directory.status_code == 200
     assert directory.json()["newNonce"] == f"https://127.0.0.1:{port}/acme/acme/new-nonce"
     # Port 443 is implied without one: not this API's port.
-    assert _get(default, "/1.0/health", "127.0.0.1").status_code == 400
-    assert _get(default, "/1.0/health", "127.0.0.1:443").status_code == 400
-    status, body = _raw(default, b"GET /1.0/health HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert _get(default, "/1.0/roots", "127.0.0.1").status_code == 400
+    assert _get(default, "/1.0/roots", "127.0.0.1:443").status_code == 400
+    status, body = _raw(default, b"GET /1.0/roots HTTP/1.1\r\nConnection: close\r\n\r\n")
     assert status == 400 and b"no Host header" in body
-    ok = f"GET /1.0/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    ok = f"GET /1.0/roots HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
     assert _raw(default, ok.encode())[0] == 200
-    assert _raw(default, b"GET /1.0/health HTTP/1.0\r\n\r\n")[0] == 200
-    absolute = (f"GET https://evil.example/1.0/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    assert _raw(default, b"GET /1.0/roots HTTP/1.0\r\n\r\n")[0] == 200
+    absolute = (f"GET https://evil.example/1.0/roots HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                 "Connection: close\r\n\r\n")
     status, body = _raw(default, absolute.encode())
     assert status == 400 and b"evil.example" in body
