@@ -48,6 +48,7 @@ from typing import Any, Protocol, TypeVar
 
 from pkcs11 import exceptions as p11e
 
+from appliance import deadline as request_deadline
 from appliance import logs
 from appliance.errors import HsmError, HsmLoginError, HsmUnavailableError, KeyNotFoundError
 from appliance.hsm.module import (
@@ -361,7 +362,7 @@ class SessionPool:
             return self._idle.pop()  # the fast path: no lock
         except IndexError:
             pass
-        deadline = time.monotonic() + self._borrow_timeout
+        deadline = time.monotonic() + request_deadline.wait_seconds(self._borrow_timeout)
         with self._lock:
             self._waiters += 1
             try:

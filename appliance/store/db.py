@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance import logs
+from appliance import deadline, logs
 from appliance.errors import ConfigError, DatabaseError
 
 log = logs.get("store")
@@ -91,6 +91,13 @@ def make_engine(url: str, busy_timeout: float = 30.0, pool_size: int = 5) -> Eng
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
+            # The lock wait of this transaction: what is left of the request's deadline.
+            want = deadline.wait_seconds(busy_timeout)
+            info = conn.connection.info
+            if abs(info.get("busy_timeout", busy_timeout) - want) > 0.05:
+                conn.connection.driver_connection.execute(
+                    f"PRAGMA busy_timeout={int(want * 1000)}")
+                info["busy_timeout"] = want
             immediate = conn.get_execution_options().get("sqlite_immediate", False)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
@@ -102,10 +109,18 @@ def make_engine(url: str, busy_timeout: float = 30.0, pool_size: int = 5) -> Eng
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
         # The same bound on every wait: a connection from the pool, a row or table lock.
         wait_ms = max(1, int(busy_timeout * 1000))
-        return create_engine(url, pool_size=pool_size, pool_pre_ping=True,
-                             pool_timeout=busy_timeout,
-                             connect_args={"options": f"-c lock_timeout={wait_ms}",
-                                           "connect_timeout": max(1, math.ceil(busy_timeout))})
+        pg = create_engine(url, pool_size=pool_size, pool_pre_ping=True,
+                           pool_timeout=busy_timeout,
+                           connect_args={"options": f"-c lock_timeout={wait_ms}",
+                                         "connect_timeout": max(1, math.ceil(busy_timeout))})
+
+        @event.listens_for(pg, "begin")
+        def _pg_begin(conn: Any) -> None:
+            if deadline.active():  # the lock wait: what is left of the request's deadline
+                ms = max(1, int(deadline.wait_seconds(busy_timeout) * 1000))
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = {ms}")
+
+        return pg
     raise ConfigError(f"unsupported database URL scheme in {url.split(':', 1)[0]!r}")
 
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote
 
+from appliance import deadline as request_deadline
 from appliance import logs
 from appliance.web.http11 import HttpProtocol, Request, Response, ServerState, encode_headers
 
@@ -313,13 +314,15 @@ class ApiFront:
             started[:] = [status, headers]
             return lambda _data: None
 
-        result = self.wsgi(self.environ(req), start_response)
-        try:
-            body = b"".join(result)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+        # Every wait below (database lock, token session) ends by the request's deadline.
+        with request_deadline.until(queued_until):
+            result = self.wsgi(self.environ(req), start_response)
+            try:
+                body = b"".join(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
         status, headers = started
         out = [(k, v) for k, v in headers
                if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length"]

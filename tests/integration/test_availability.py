@@ -227,7 +227,9 @@ def test_database_locked_40s_health_fast_signs_503_by_their_deadline(data: Path,
             assert st == 503, (st, body)
             assert retry == "7", retry
             assert body["error"] in ("busy", "database_error"), body
-            assert took < deadline * 2 + 2, (took, body)  # a queued one: up to two deadlines
+            # One deadline from admission for the whole request (queue wait, each lock
+            # wait), plus the short floor a late request gets to write its refusal.
+            assert took < deadline + 1.5, (took, body)
         refused_at_once = [b for st, b, took, _ in burst if b["error"] == "busy" and took < 1.5]
         print(f"database locked 40 s: {len(burst)} burst ({len(refused_at_once)} refused at "
               f"once), {len(later)} later, slowest answer "
@@ -307,7 +309,7 @@ def test_postgresql_row_lock_answers_503_by_the_deadline(
             after = [_sign(server, *nc) for nc in csrs[4:]]
         for st, body, took, retry in during:
             assert st == 503 and body["error"] == "database_error", (st, body)
-            assert retry is not None and took < deadline + 3, (took, body)
+            assert retry is not None and took < deadline + 1.5, (took, body)
         assert [st for st, *_ in after] == [201] * len(after), after
         assert health.p99() < 0.100 and set(health.statuses) == {200}
     finally:
