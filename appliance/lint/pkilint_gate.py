@@ -137,6 +137,12 @@ def _pkix_certificate_validator() -> Any:
     )
 
 
+def warm() -> None:
+    """Build the leaf certificate validator now (a service supervisor, before it forks its
+    workers: they then share it instead of each building it on its first request)."""
+    _cached(("pkix-certificate",), _pkix_certificate_validator)
+
+
 def _serverauth_validator(cert_type: Any) -> Any:
     from pkilint.cabf import serverauth
     from pkilint.pkix import certificate

@@ -100,14 +100,14 @@ def _csrs(work: Path, n: int, prefix: str = "h") -> list[tuple[str, str]]:
 
 def test_200_slowloris_connections_cost_the_api_nothing(data: Path, tmp_path: Path) -> None:
     csrs = _csrs(tmp_path, 30)
-    with serving(data, rate_limit_per_minute=0) as server:
+    with serving(data, rate_limit_per_minute=0, header_timeout_seconds=5) as server:
         assert server.get("/1.0/health").status_code == 200
         with SlowClients("127.0.0.1", server.api_port, server.roots, count=200) as slow:
             assert slow.open_now == 200 and slow.failed == 0
             session = requests.Session()
             with HealthPoller(server) as health, HealthPoller(server, "/1.0/ready") as ready:
                 results = [_sign(server, n, c, session) for n, c in csrs]
-                time.sleep(max(0.0, 12 - sum(r[2] for r in results)))  # past a head timeout
+                time.sleep(max(0.0, 7 - sum(r[2] for r in results)))  # past a head timeout
             still_open = slow.open_now
         print(f"slowloris: {len(health.latencies)} health polls p99 {health.p99() * 1000:.1f} ms "
               f"max {max(health.latencies) * 1000:.1f} ms; {len(results)} signs, slowest "
@@ -119,7 +119,7 @@ def test_200_slowloris_connections_cost_the_api_nothing(data: Path, tmp_path: Pa
         assert health.p99() < 0.100, (health.p99(), max(health.latencies))
         assert len(ready.latencies) > 100 and set(ready.statuses) == {200}
         assert ready.p99() < 0.100, (ready.p99(), max(ready.latencies))
-        # The server did cut them: each head within its 10 s, each body for its rate.
+        # The server did cut them: each head within its 5 s, each body for its rate.
         assert slow.cut >= 100, slow.cut
         assert any(a.startswith(b"HTTP/1.1 408 ") for a in slow.answers), slow.answers[:5]
         assert server.get("/1.0/health").status_code == 200
@@ -147,34 +147,48 @@ def test_each_read_limit_cuts_its_connection(data: Path) -> None:
     with serving(data, header_timeout_seconds=2, handshake_timeout_seconds=2,
                  body_min_bytes_per_second=100, keepalive_seconds=2) as server:
         host = f"127.0.0.1:{server.api_port}"
-        # A head that never ends: 408 after the head timeout.
-        with _tls(server) as s:
-            s.sendall(b"GET /1.0/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-            out, took = _read_until_closed(s)
+
+        def head() -> tuple[bytes, float]:  # a head that never ends
+            with _tls(server) as s:
+                s.sendall(b"GET /1.0/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                return _read_until_closed(s)
+
+        def body() -> tuple[bytes, float]:  # far slower than 100 octets a second
+            with _tls(server) as s:
+                s.sendall(b"POST /1.0/sign HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          b"Content-Length: 5000\r\nContent-Type: application/json\r\n\r\n{")
+                return _read_until_closed(s)
+
+        def no_hello() -> tuple[bytes, float]:  # TCP, and never a ClientHello
+            with socket.create_connection(("127.0.0.1", server.api_port), timeout=15) as raw:
+                return _read_until_closed(raw)
+
+        def idle() -> tuple[bytes, float]:  # an answered request, then nothing
+            with _tls(server) as s:
+                s.sendall(f"GET /1.0/health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                return _read_until_closed(s)
+
+        with ThreadPoolExecutor(4) as pool:  # each on its own connection, at once
+            cases = {f.__name__: pool.submit(f) for f in (head, body, no_hello, idle)}
+            # Expect: 100-continue is answered before the body is sent (curl waits 1 s
+            # without).
+            with _tls(server) as s:
+                s.sendall(f"POST /1.0/sign HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n"
+                          "Content-Type: application/json\r\nExpect: 100-continue\r\n\r\n"
+                          .encode())
+                s.settimeout(5)
+                assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+                s.sendall(b"{}")
+                assert b"HTTP/1.1 400 " in s.recv(65536)
+            got = {name: f.result() for name, f in cases.items()}
+        out, took = got["head"]  # 408 after the head timeout
         assert out.startswith(b"HTTP/1.1 408 ") and 1.0 < took < 5, (out[:60], took)
-        # A body far slower than 100 octets a second: cut once the 5 s grace has passed.
-        with _tls(server) as s:
-            s.sendall(b"POST /1.0/sign HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n"
-                      b"Content-Type: application/json\r\n\r\n{")
-            out, took = _read_until_closed(s)
+        out, took = got["body"]  # cut once the 5 s grace has passed
         assert out.startswith(b"HTTP/1.1 408 ") and 4 < took < 9, (out[:60], took)
-        # No ClientHello at all: the connection ends after the handshake timeout.
-        with socket.create_connection(("127.0.0.1", server.api_port), timeout=15) as raw:
-            out, took = _read_until_closed(raw)
+        out, took = got["no_hello"]  # ended after the handshake timeout
         assert out == b"" and 1.0 < took < 5, (out, took)
-        # Idle keep-alive: closed after keepalive_seconds.
-        with _tls(server) as s:
-            s.sendall(f"GET /1.0/health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-            out, took = _read_until_closed(s)
+        out, took = got["idle"]  # closed after keepalive_seconds
         assert out.startswith(b"HTTP/1.1 200 ") and 1.0 < took < 5, (out[:60], took)
-        # Expect: 100-continue is answered before the body is sent (curl waits 1 s without).
-        with _tls(server) as s:
-            s.sendall(f"POST /1.0/sign HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n"
-                      "Content-Type: application/json\r\nExpect: 100-continue\r\n\r\n".encode())
-            s.settimeout(5)
-            assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
-            s.sendall(b"{}")
-            assert b"HTTP/1.1 400 " in s.recv(65536)
 
 
 def test_a_client_address_holds_at_most_its_connections(data: Path) -> None:
