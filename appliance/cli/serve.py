@@ -16,13 +16,16 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 import click
 
+from appliance import config
 from appliance.audit.log import Actor
 from appliance.cli.context import CliContext, location_options, pass_ctx
 from appliance.config import ServiceConfig
+from appliance.errors import ConfigError
 from appliance.hsm import selftest
 from appliance.ops import offline_root, schema, tls
 from appliance.ops import provisioners as prov_ops
@@ -104,9 +107,18 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
                 p.terminate()
 
     def reload(_sig: int, _frame: FrameType | None) -> None:
+        # New workers that cannot load the configuration would stop the whole group (the
+        # old ones are already retiring): a configuration that does not load is refused here.
+        try:
+            config.load(Path(config_path))
+        except ConfigError as exc:
+            click.echo(f"reload refused, still serving with the running configuration: {exc}",
+                       err=True)
+            return
         for p in groups:  # each group starts new workers and retires the old ones
             if p.poll() is None:
                 p.send_signal(signal.SIGHUP)
+        click.echo("reloading: new workers with the configuration as it is now", err=True)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

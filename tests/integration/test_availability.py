@@ -293,6 +293,18 @@ def test_sighup_replaces_the_workers_without_dropping_a_request(data: Path) -> N
         assert set(health.statuses) == {200}, health.statuses
         assert server.proc.poll() is None
         assert server.get("/1.0/health").status_code == 200
+        # A configuration that no longer loads: the reload is refused, the workers stay.
+        cfg = server.data_dir / "appliance.yaml"
+        good = cfg.read_text()
+        cfg.write_text(good + "service: {workers: many}\n")
+        try:
+            server.proc.send_signal(signal.SIGHUP)
+            time.sleep(2)
+            assert server.api_workers() == after and server.proc.poll() is None
+            assert "reload refused" in server.log.read_text()
+            assert server.get("/1.0/health").status_code == 200
+        finally:
+            cfg.write_text(good)
 
 
 @pytest.mark.postgres
