@@ -41,8 +41,8 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -195,24 +195,14 @@ class SessionPool:
         self._ensure_process()
         if self._login_error is not None:
             raise self._login_error
-        module = load_module(self.profile)
-        with module.gate.shared():
-            self._follow_epoch(module)
-            if not module.ready:
-                raise HsmUnavailableError(
-                    f"the PKCS#11 module {self.profile.module} is not initialised")
+        with self._initialised():
             find_token(self.profile)
 
     def connect(self) -> None:
         """Have a session open and the pool logged in (a refused PIN raises
         :class:`HsmLoginError`), then check the token is listed."""
         self._ensure_process()
-        module = load_module(self.profile)
-        with module.gate.shared():
-            self._follow_epoch(module)
-            if not module.ready:
-                raise HsmUnavailableError(
-                    f"the PKCS#11 module {self.profile.module} is not initialised")
+        with self._initialised():
             self._give_back(self._take())
         self.probe()
 
@@ -237,7 +227,10 @@ class SessionPool:
         self.reconnects += 1
         self.connect()
 
-    def _run(self, fn: Callable[[PooledSession], T], retry: bool) -> T:
+    @contextmanager
+    def _initialised(self) -> Iterator[None]:
+        """Inside the module's shared gate (no re-initialisation meanwhile), on sessions of
+        its current epoch; refused if the module could not be initialised."""
         module = load_module(self.profile)
         with module.gate.shared():
             self._follow_epoch(module)
@@ -246,6 +239,10 @@ class SessionPool:
                     f"the PKCS#11 module {self.profile.module} could not be initialised (token "
                     f"unavailable); it is tried again every "
                     f"{self.profile.reconnect_interval_seconds:g}s")
+            yield
+
+    def _run(self, fn: Callable[[PooledSession], T], retry: bool) -> T:
+        with self._initialised():
             return self._attempts(fn, retry)
 
     def _attempts(self, fn: Callable[[PooledSession], T], retry: bool) -> T:

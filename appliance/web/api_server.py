@@ -40,23 +40,22 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote
 
+from appliance import config, logs
 from appliance import deadline as request_deadline
-from appliance import logs
+from appliance.lint import pkilint_gate
+from appliance.runtime import Appliance
+from appliance.web import errors
+from appliance.web.app import SECURITY_HEADERS, create_app
+from appliance.web.hostcheck import PROBES
 from appliance.web.http11 import HttpProtocol, Request, Response, ServerState, encode_headers
+from appliance.web.prefork import Supervisor, listen_sockets, serve_loop
 
 log = logs.get("web.api_server")
 
-# Answered on threads of their own: they must not wait behind signing.
-FAST_PATHS = frozenset({"/1.0/health", "/1.0/ready", "/metrics"})
-FAST_THREADS = 2
+FAST_THREADS = 2  # for the probes (hostcheck.PROBES): they must not wait behind signing
 SSL_SHUTDOWN_SECONDS = 2.0
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "upgrade",
                          "proxy-connection", "te", "trailer"})
-_SECURITY_HEADERS = [
-    ("Strict-Transport-Security", "max-age=31536000"), ("X-Content-Type-Options", "nosniff"),
-    ("X-Frame-Options", "DENY"),
-    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
-    ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store")]
 
 
 @dataclass(frozen=True)
@@ -106,10 +105,10 @@ def tls_context(opts: ApiOptions) -> ssl.SSLContext:
 def json_response(status: int, code: str, message: str,
                   extra: list[tuple[str, str]] | None = None) -> Response:
     """An answer the loop gives itself (no thread): the API's JSON error shape."""
-    body = json.dumps({"status": status, "error": code, "message": message}).encode()
+    body = json.dumps(errors.body(status, code, message)).encode()
     return Response(status, encode_headers([
         ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-        *_SECURITY_HEADERS, *(extra or [])]), body)
+        *SECURITY_HEADERS.items(), *(extra or [])]), body)
 
 
 class Counters:
@@ -278,7 +277,7 @@ class ApiFront:
         self.counters = Counters()
 
     def __call__(self, req: Request) -> Response | asyncio.Future[Response]:
-        if req.path in FAST_PATHS:
+        if req.path in PROBES:
             return self.loop.run_in_executor(self.fast, self.call, req, None)
         if self.inflight >= self.capacity:
             self.counters.busy += 1
@@ -384,11 +383,6 @@ def worker(sock: Any, opts: ApiOptions, supervisor: int) -> int:
     even when the protocol paused it there, so under load the ClientHello reached the
     HTTP parser (seen here: clients got a plaintext 400, "wrong version number"); the
     standard loop honours the pause."""
-    from appliance import config
-    from appliance.runtime import Appliance
-    from appliance.web.app import create_app
-    from appliance.web.prefork import serve_loop
-
     settings = config.load(config.locate(None, None))
     logs.configure(settings.config.logging.level)
     svc = settings.config.service
@@ -414,16 +408,11 @@ def worker(sock: Any, opts: ApiOptions, supervisor: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from appliance.web.prefork import Supervisor, listen_sockets
-
     opts = parse_args(argv)
     logs.configure("WARNING")
     # Code only, before the fork (no token session, no database connection: those are each
-    # worker's own): every worker then starts without importing the application (~0.7 s)
-    # or building pkilint's validator on its first request.
-    import appliance.web.app  # noqa: F401
-    from appliance.lint import pkilint_gate
-
+    # worker's own): every worker starts with the application imported (this module
+    # imports it) and pkilint's validator built, instead of building it on its first request.
     pkilint_gate.warm()
     try:
         tls_context(opts)  # unreadable certificate or key: fail here, not in every worker
