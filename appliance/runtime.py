@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance import logs
 from appliance.audit import anchor
@@ -27,9 +27,6 @@ from appliance.hsm import keys, selftest
 from appliance.hsm.pool import SessionPool
 from appliance.hsm.signer import token_private_key
 from appliance.store.db import Database
-
-if TYPE_CHECKING:
-    from appliance.health import ServiceHealth
 
 log = logs.get("runtime")
 
@@ -58,7 +55,6 @@ class Appliance:
         self._service_log: AuditLog | None = None
         self._service_signer_retry = 0.0
         self._on_close: list[Callable[[], None]] = []
-        self.health: ServiceHealth | None = None
 
     @property
     def node_id(self) -> str:
@@ -171,22 +167,9 @@ class Appliance:
         must not outlive the pool and the database it uses)."""
         self._on_close.append(stop)
 
-    def start_service_health(self) -> ServiceHealth:
-        """The token watcher and database probe of this (worker) process, started once:
-        readiness, metrics and the background recovery of a lost token."""
-        from appliance.health import ServiceHealth  # the service's, not every CLI's
-
-        if self.health is None:  # create_app runs once per process: no race to lose
-            self.health = ServiceHealth(self)
-            self.health.start()
-        return self.health
-
     def close(self) -> None:
         while self._on_close:
             self._on_close.pop()()
-        if self.health is not None:
-            self.health.stop()
-            self.health = None
         if self._pool is not None:
             self._pool.close()
         if self._db is not None:

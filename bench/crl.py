@@ -83,7 +83,7 @@ def _baseline(data: str, out: Any) -> None:
     from sqlalchemy import select
 
     from appliance import config
-    from appliance.ops import authorities as authz
+    from appliance.ca import authorities as authz
     from appliance.revocation import crl
     from appliance.runtime import Appliance
 

@@ -208,7 +208,7 @@ class RawSigner:
         from cryptography.x509.oid import AuthorityInformationAccessOID, ObjectIdentifier
 
         from appliance import config
-        from appliance.ceremony.x509build import ca_public_key
+        from appliance.x509.signing import ca_public_key
         from appliance.hsm.keys import find_key
         from appliance.hsm.pool import SessionPool
         from appliance.hsm.signer import token_private_key

@@ -85,7 +85,7 @@ def _requests(app: Any, serials: list[int], k: int) -> list[bytes]:
     from cryptography.x509 import ocsp
 
     from appliance.ocsp.certid import cert_id_hashes
-    from appliance.ops import authorities as authz
+    from appliance.ca import authorities as authz
     from appliance.store.models import Authority
 
     with app.db.sessions() as db:

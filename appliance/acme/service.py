@@ -30,20 +30,21 @@ from appliance.acme.nonces import Nonces
 from appliance.acme.problems import AcmeProblem, subproblem
 from appliance.acme.validation_pool import ValidationPool
 from appliance.audit.log import Actor
+from appliance.ca import authorities as authz
 from appliance.errors import ApplianceError, InputError
 from appliance.inventory.match import InventoryError
+from appliance.issuance.csr import load_csr
 from appliance.issuance.pipeline import (
     AuthorityUnavailable,
     IssuanceError,
     Issuer,
-    ProvisionerContext,
-    SignRequest,
-    load_csr,
 )
+from appliance.issuance.request import ProvisionerContext, SignRequest
 from appliance.lint.pkilint_gate import LintError
-from appliance.ops import authorities as authz
 from appliance.policy import names as policy
 from appliance.provisioners.authorize import context_of as provisioner_context_of
+from appliance.provisioners.authorize import settings_of
+from appliance.provisioners.settings import ProvisionerSettings
 from appliance.revocation import revoke as revoke_mod
 from appliance.runtime import Appliance
 from appliance.store.models import (
@@ -134,6 +135,7 @@ class Ctx:
     """One request's provisioner and the absolute URL prefix the client used."""
 
     prov: ProvisionerContext
+    settings: ProvisionerSettings  # the ACME ones: EAB required, challenges offered
     base: str  # https://host:port/acme/<provisioner>
 
     def url(self, *parts: str) -> str:
@@ -189,14 +191,14 @@ class AcmeService:
         if row is None or row.type != "acme":
             raise AcmeProblem("malformed", f"no ACME provisioner named {name!r}", status=404)
         return Ctx(provisioner_context_of(self.app, row.id, row.name, row.type, row.config,
-                                          row.authority_id), base)
+                                          row.authority_id), settings_of(row.config), base)
 
     def directory(self, ctx: Ctx) -> Reply:
         return Reply(200, {
             "newNonce": ctx.url("new-nonce"), "newAccount": ctx.url("new-account"),
             "newOrder": ctx.url("new-order"), "revokeCert": ctx.url("revoke-cert"),
             "keyChange": ctx.url("key-change"), "renewalInfo": ctx.url("renewal-info"),
-            "meta": {"externalAccountRequired": ctx.prov.settings.require_eab,
+            "meta": {"externalAccountRequired": ctx.settings.require_eab,
                      **({"caaIdentities": list(self.validation.caa_identities)}
                         if self.validation.caa_identities else {})},
         })
@@ -252,7 +254,7 @@ class AcmeService:
                 sealed = key.hmac_sealed
             eab.check_binding(binding, account_jwk=jwk_json, url=ctx.url("new-account"),
                               hmac_key=eab.unseal(self.app.settings.base_dir, key_id, sealed))
-        elif ctx.prov.settings.require_eab:
+        elif ctx.settings.require_eab:
             raise AcmeProblem("externalAccountRequired",
                               "this directory requires an externalAccountBinding")
         acct_id, now = _new_id(), datetime.now(UTC)
@@ -394,7 +396,7 @@ class AcmeService:
         replaces = payload.get("replaces")
         if replaces is not None:
             self._check_replaces(acct, replaces)
-        offered = ctx.prov.settings.challenges
+        offered = ctx.settings.challenges
         for ident in idents:
             kinds = _challenge_types(ident, offered)
             if not kinds:

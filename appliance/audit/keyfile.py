@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from appliance.audit.anchor import Checkpoint
-from appliance.hsm.keys import PublicKey
 from appliance.hsm.signer import spki_der
+from appliance.x509.algorithms import PublicKey
 
 MAX_BYTES = 64 * 1024 * 1024
 _PEM = re.compile(r"-----BEGIN PUBLIC KEY-----\r?\n[A-Za-z0-9+/=\r\n]+-----END PUBLIC KEY-----")

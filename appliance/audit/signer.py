@@ -8,8 +8,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from appliance.hsm.keys import PublicKey
 from appliance.hsm.signer import TokenPrivateKey, spki_der
+from appliance.x509.algorithms import PublicKey
 
 ALGORITHMS = ("ecdsa-sha256", "rsa-pkcs1-sha256")
 

@@ -32,9 +32,9 @@ from sqlalchemy.orm import Session
 from appliance.audit.anchor import Anchor, Checkpoint
 from appliance.audit.record import GENESIS, HASHED_FIELDS, checkpoint_payload, record_hash
 from appliance.audit.signer import verify_signature
-from appliance.hsm.keys import PublicKey
 from appliance.hsm.signer import spki_der
 from appliance.store.models import AuditCheckpoint, AuditEvent, AuditHead
+from appliance.x509.algorithms import PublicKey
 
 MAX_EXPORT_LINE = 256 * 1024
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from appliance.ceremony import schema as s
 from appliance.ceremony.script import LoadedScript
-from appliance.ceremony.x509build import name
+from appliance.x509.extensions import name
 
 
 def describe(script: LoadedScript) -> list[str]:

@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from sqlalchemy import func, select
 
 from appliance.audit.log import Actor
+from appliance.ca import authorities as authz
+from appliance.ca import keys as key_ops
 from appliance.ceremony import quorum as quorum_mod
 from appliance.ceremony import schema as s
 from appliance.ceremony import transcript as tx
@@ -34,14 +36,16 @@ from appliance.ceremony import x509build as xb
 from appliance.ceremony.script import LoadedScript
 from appliance.errors import KeyNotFoundError
 from appliance.hsm import keys, rng
-from appliance.hsm.keys import KeyInfo, PublicKey
+from appliance.hsm.keys import KeyInfo
 from appliance.hsm.module import token_text
 from appliance.hsm.signer import token_private_key
-from appliance.ops import authorities as authz
-from appliance.ops import keys as key_ops
 from appliance.runtime import Appliance
 from appliance.store.models import Authority, Crl, HsmKey
+from appliance.x509 import algorithms, signing
+from appliance.x509 import extensions as x509ext
 from appliance.x509 import path as x509_path
+from appliance.x509.algorithms import PublicKey
+from appliance.x509.vocabulary import NameConstraints
 
 Echo = Callable[[str], None]
 
@@ -176,7 +180,7 @@ class CeremonyRunner:
         key = self._resolve_key(step.key)
         now = _now()
         start, end = xb.validity_window(step.validity, now, _cap(step, s.ROOT_MAX_DAYS), None)
-        subject = xb.name(step.subject)
+        subject = x509ext.name(step.subject)
         # A self-signed root carries an AKI equal to its SKI (RFC 5280 allows omitting it;
         # pkilint and many path builders want it).
         builder = self._ca_builder(step, subject, subject, key.public_key, key.public_key, start,
@@ -191,7 +195,7 @@ class CeremonyRunner:
         _check_issuer_can_sign(issuer, step.path_length)
         start, end = xb.validity_window(step.validity, _now(),
                                         _cap(step, s.SUBORDINATE_MAX_DAYS), issuer.cert)
-        builder = self._ca_builder(step, xb.name(step.subject), issuer.cert.subject,
+        builder = self._ca_builder(step, x509ext.name(step.subject), issuer.cert.subject,
                                    key.public_key, issuer.public_key, start, end,
                                    step.path_length, step.name_constraints)
         cert = self._sign(step, builder, self._signing_key(issuer), issuer.public_key,
@@ -224,15 +228,15 @@ class CeremonyRunner:
         _check_issuer_can_sign(issuer, None, child_is_ca=False)
         start, end = xb.validity_window(step.validity, _now(),
                                         _cap(step, s.OCSP_SIGNER_MAX_DAYS), issuer.cert)
-        builder = self._base_builder(step, xb.name(step.subject), issuer.cert.subject,
+        builder = self._base_builder(step, x509ext.name(step.subject), issuer.cert.subject,
                                      key.public_key, start, end)
         builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
         builder = builder.add_extension(
-            xb.key_usage(step.key_usage or ["digital_signature"]), critical=True)
+            x509ext.key_usage(step.key_usage or ["digital_signature"]), critical=True)
         builder = builder.add_extension(
-            xb.eku(step.extended_key_usage or ["ocsp_signing"]), critical=False)
+            x509ext.eku(step.extended_key_usage or ["ocsp_signing"]), critical=False)
         builder = builder.add_extension(x509.OCSPNoCheck(), critical=False)
-        builder = xb.add_common_extensions(
+        builder = x509ext.add_common_extensions(
             builder, subject_key=key.public_key, issuer_key=issuer.public_key,
             policies=step.policies, crl_urls=step.crl_urls, ocsp_urls=step.ocsp_urls,
             ca_issuers_urls=step.ca_issuers_urls)
@@ -262,11 +266,11 @@ class CeremonyRunner:
                                    "(its subject does not hold the key)")
         if not isinstance(subject_key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
             raise xb.CeremonyError(f"step {step.id}: the CSR's key is neither RSA nor ECDSA")
-        spec = keys.KeySpec.of_public_key(subject_key)  # refuses sizes and curves we don't use
-        if step.subject and csr.subject.public_bytes() != xb.name(step.subject).public_bytes():
+        spec = algorithms.KeySpec.of_public_key(subject_key)  # refuses unused sizes and curves
+        if step.subject and csr.subject.public_bytes() != x509ext.name(step.subject).public_bytes():
             raise xb.CeremonyError(
                 f"step {step.id}: the CSR's subject {csr.subject.rfc4514_string()!r} is not "
-                f"the {xb.name(step.subject).rfc4514_string()!r} the script expects")
+                f"the {x509ext.name(step.subject).rfc4514_string()!r} the script expects")
         issuer = self._resolve_ca(step.issuer)
         self._require_subordinate_urls(step)
         _check_issuer_can_sign(issuer, step.path_length)
@@ -317,9 +321,10 @@ class CeremonyRunner:
     def _csr(self, step: s.CsrStep) -> StepResult:
         key = self._resolve_key(step.key)
         signer = token_private_key(self.app.pool, key)
-        algo = xb.HASHES[step.signature_hash or xb.default_hash(key.public_key)]
-        csr = x509.CertificateSigningRequestBuilder().subject_name(xb.name(step.subject)).sign(
-            signer, algo, rsa_padding=xb.rsa_padding(key.public_key, step.rsa_padding, algo))
+        algo = algorithms.HASHES[step.signature_hash or algorithms.default_hash(key.public_key)]
+        pad = algorithms.rsa_padding(key.public_key, step.rsa_padding, algo)
+        csr = x509.CertificateSigningRequestBuilder().subject_name(
+            x509ext.name(step.subject)).sign(signer, algo, rsa_padding=pad)
         if not csr.is_signature_valid:
             raise xb.CeremonyError(f"CSR {step.id} does not verify")
         pem = csr.public_bytes(serialization.Encoding.PEM)
@@ -402,9 +407,9 @@ class CeremonyRunner:
                 only_contains_user_certs=False, only_contains_ca_certs=True,
                 only_some_reasons=None, indirect_crl=False,
                 only_contains_attribute_certs=False), critical=True)
-        algo = xb.HASHES[step.signature_hash or xb.default_hash(issuer.public_key)]
-        crl = xb.sign_crl(builder, signing_key, algo,
-                          xb.rsa_padding(issuer.public_key, step.rsa_padding, algo),
+        algo = algorithms.HASHES[step.signature_hash or algorithms.default_hash(issuer.public_key)]
+        crl = signing.sign_crl(builder, signing_key, algo,
+                          algorithms.rsa_padding(issuer.public_key, step.rsa_padding, algo),
                           issuer.public_key, step.skip_lints, f"CRL {step.id}")
         der = crl.public_bytes(serialization.Encoding.DER)
         with self.app.db.transaction() as db:
@@ -436,18 +441,18 @@ class CeremonyRunner:
 
     def _ca_builder(self, step: Any, subject: x509.Name, issuer: x509.Name, public_key: Any,
                     issuer_key: Any, start: datetime, end: datetime, path_length: int | None,
-                    constraints: s.NameConstraints | None) -> x509.CertificateBuilder:
+                    constraints: NameConstraints | None) -> x509.CertificateBuilder:
         builder = self._base_builder(step, subject, issuer, public_key, start, end)
         builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=path_length),
                                         critical=True)
         usage = step.key_usage or ["key_cert_sign", "crl_sign"]
         if "key_cert_sign" not in usage:
             raise xb.CeremonyError(f"step {step.id}: a CA certificate needs key_cert_sign")
-        builder = builder.add_extension(xb.key_usage(usage), critical=True)
+        builder = builder.add_extension(x509ext.key_usage(usage), critical=True)
         if step.extended_key_usage:
-            builder = builder.add_extension(xb.eku(step.extended_key_usage), critical=False)
+            builder = builder.add_extension(x509ext.eku(step.extended_key_usage), critical=False)
         if constraints is not None:
-            builder = builder.add_extension(xb.name_constraints(constraints), critical=True)
+            builder = builder.add_extension(x509ext.name_constraints(constraints), critical=True)
         pc = getattr(step, "policy_constraints", None)
         if pc is not None:
             builder = builder.add_extension(x509.PolicyConstraints(
@@ -455,7 +460,7 @@ class CeremonyRunner:
         inhibit_any = getattr(step, "inhibit_any_policy", None)
         if inhibit_any is not None:
             builder = builder.add_extension(x509.InhibitAnyPolicy(inhibit_any), critical=True)
-        return xb.add_common_extensions(
+        return x509ext.add_common_extensions(
             builder, subject_key=public_key, issuer_key=issuer_key, policies=step.policies,
             crl_urls=step.crl_urls, ocsp_urls=step.ocsp_urls,
             ca_issuers_urls=step.ca_issuers_urls)
@@ -464,8 +469,8 @@ class CeremonyRunner:
               lint_kind: Any, what: str, issuer: CaRef | None) -> x509.Certificate:
         """Sign after the lint gate and, below a CA (``issuer``; None for a self-signed
         root), after path validation of the trial certificate under the issuer's chain."""
-        algo = xb.HASHES[step.signature_hash or xb.default_hash(issuer_public)]
-        pad = xb.rsa_padding(issuer_public, step.rsa_padding, algo)
+        algo = algorithms.HASHES[step.signature_hash or algorithms.default_hash(issuer_public)]
+        pad = algorithms.rsa_padding(issuer_public, step.rsa_padding, algo)
         if isinstance(signer, KeyInfo):
             signer = token_private_key(self.app.pool, signer)
         check = None
@@ -474,7 +479,7 @@ class CeremonyRunner:
 
             def check(trial: x509.Certificate) -> None:
                 chain.check(trial, what)
-        return xb.sign_certificate(builder, signer, algo, pad, issuer_public, lint_kind,
+        return signing.sign_certificate(builder, signer, algo, pad, issuer_public, lint_kind,
                                    step.skip_lints, what, check)
 
     def _register(self, step: Any, cert: x509.Certificate, key: KeyInfo, kind: str,
@@ -542,7 +547,7 @@ class CeremonyRunner:
             except ValueError as exc:
                 raise xb.CeremonyError(f"{source}: not a PEM CSR") from exc
         assert step.subject is not None
-        return xb.name(step.subject)
+        return x509ext.name(step.subject)
 
     def _quorum(self, step: Any) -> list[str]:
         if step.quorum is None:

@@ -12,38 +12,27 @@ registered authority (``issuer:``, ``subject_authority:``).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from appliance.hsm.profile import KeyType
+from appliance.x509.algorithms import HashName as Hash
+from appliance.x509.algorithms import KeyType
+from appliance.x509.vocabulary import (
+    EkuName,
+    KeyUsageName,
+    NameConstraints,
+    Oid,
+    RevocationReason,
+    SubjectAttr,
+    Url,
+)
 
 Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")]
 Ref = Annotated[str, Field(min_length=1, max_length=64)]
 AuthorityName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-Oid = Annotated[str, Field(pattern=r"^[0-2](\.(0|[1-9][0-9]*)){1,20}$")]
-# A host with a dot (or an IP literal): relying parties and pkilint reject one-label hosts.
-Url = Annotated[str, Field(
-    pattern=r"^https?://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?(/\S{0,500})?$"
-)]
-Hash = Literal["sha256", "sha384", "sha512"]
-KeyUsageName = Literal[
-    "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
-    "key_agreement", "key_cert_sign", "crl_sign",
-]
-EkuName = Literal[
-    "server_auth", "client_auth", "code_signing", "email_protection", "time_stamping",
-    "ocsp_signing",
-]
-SubjectAttr = Literal["C", "ST", "L", "O", "OU", "CN", "serialNumber", "DC", "emailAddress"]
-RevocationReason = Literal[
-    "unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
-    "cessationOfOperation", "privilegeWithdrawn", "aACompromise",
-]
-
 YEAR = 365.25
 ROOT_MAX_DAYS = int(25 * YEAR)
 SUBORDINATE_MAX_DAYS = int(8 * YEAR)
@@ -82,38 +71,6 @@ class Validity(_Strict):
         if end <= start:
             raise ValueError("validity ends before it starts")
         return start, end
-
-
-class NameConstraints(_Strict):
-    permitted_dns: list[str] = Field(default_factory=list, max_length=100)
-    excluded_dns: list[str] = Field(default_factory=list, max_length=100)
-    permitted_ip: list[str] = Field(default_factory=list, max_length=100)
-    excluded_ip: list[str] = Field(default_factory=list, max_length=100)
-    permitted_email: list[str] = Field(default_factory=list, max_length=100)
-    excluded_email: list[str] = Field(default_factory=list, max_length=100)
-    permitted_uri: list[str] = Field(default_factory=list, max_length=100)
-    excluded_uri: list[str] = Field(default_factory=list, max_length=100)
-
-    @field_validator("permitted_ip", "excluded_ip")
-    @classmethod
-    def _cidr(cls, values: list[str]) -> list[str]:
-        for v in values:
-            ipaddress.ip_network(v, strict=True)
-        return values
-
-    @field_validator("permitted_dns", "excluded_dns", "permitted_uri", "excluded_uri")
-    @classmethod
-    def _domains(cls, values: list[str]) -> list[str]:
-        for v in values:
-            if not re.fullmatch(r"\.?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9-]{1,63}", v):
-                raise ValueError(f"{v!r} is not a lowercase DNS name")
-        return values
-
-    @model_validator(mode="after")
-    def _not_empty(self) -> NameConstraints:
-        if not any(getattr(self, f) for f in type(self).model_fields):
-            raise ValueError("name_constraints: give at least one permitted or excluded name")
-        return self
 
 
 class PolicyConstraints(_Strict):

@@ -18,8 +18,8 @@ from appliance.audit.record import canonical
 from appliance.audit.signer import CheckpointSigner, verify_signature
 from appliance.ceremony.schema import Ceremony
 from appliance.ceremony.script import LoadedScript
-from appliance.hsm.keys import PublicKey
 from appliance.hsm.signer import spki_der
+from appliance.x509.algorithms import PublicKey
 
 FORMAT = "appliance-ceremony-transcript/1"
 MAX_TRANSCRIPT_BYTES = 10_000_000

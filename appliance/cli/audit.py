@@ -14,9 +14,9 @@ from appliance.audit.keyfile import ExportedKey
 from appliance.audit.record import utc_now
 from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx
 from appliance.errors import AuditError
-from appliance.hsm.keys import PublicKey
 from appliance.runtime import cli_actor
 from appliance.store.models import AuditCheckpoint
+from appliance.x509.algorithms import PublicKey
 
 
 @click.group()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+from appliance.ca import authorities
 from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx, table
-from appliance.ops import authorities
 
 
 @click.group()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from appliance.ca import keys as key_ops
 from appliance.cli.context import (
     CliContext,
     emit_json,
@@ -14,9 +15,8 @@ from appliance.cli.context import (
 )
 from appliance.hsm import keys, selftest
 from appliance.hsm.module import token_text
-from appliance.hsm.profile import ALL_KEY_TYPES
-from appliance.ops import keys as key_ops
 from appliance.runtime import cli_actor
+from appliance.x509.algorithms import ALL_KEY_TYPES
 
 
 @click.group()

@@ -8,7 +8,7 @@ import click
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from appliance.hsm.keys import PublicKey
+from appliance.x509.algorithms import PublicKey
 
 
 def load_public_key(path: Path) -> PublicKey:

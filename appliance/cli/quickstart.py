@@ -28,9 +28,9 @@ import click
 import yaml
 
 from appliance import config
+from appliance.ca import keys as key_ops
 from appliance.cli.ceremony import run_ceremony
 from appliance.cli.context import CliContext, location_options, pass_ctx
-from appliance.ops import keys as key_ops
 from appliance.ops import provisioners as prov_ops
 from appliance.ops.init import init
 from appliance.provisioners.settings import ProvisionerSettings

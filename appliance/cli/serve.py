@@ -27,8 +27,9 @@ from appliance.cli.context import CliContext, location_options, pass_ctx
 from appliance.config import ServiceConfig
 from appliance.errors import ConfigError
 from appliance.hsm import selftest
-from appliance.ops import offline_root, schema, tls
+from appliance.ops import offline_root, schema
 from appliance.ops import provisioners as prov_ops
+from appliance.web import tls
 
 
 def gunicorn_command(entry: str, bind: str, workers: int, threads: int, timeout: int,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -22,9 +22,7 @@ from pkcs11 import exceptions as p11e
 
 from appliance.errors import HsmError, KeyExistsError, KeyNotFoundError, KeyPolicyError
 from appliance.hsm.pool import PooledSession, SessionPool
-from appliance.hsm.profile import KeyType as KeyTypeName
-
-PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+from appliance.x509.algorithms import KeySpec, PublicKey
 
 # DER of the named-curve OIDs, as CKA_EC_PARAMS carries them.
 _CURVES: dict[str, tuple[bytes, ec.EllipticCurve]] = {
@@ -34,39 +32,6 @@ _CURVES: dict[str, tuple[bytes, ec.EllipticCurve]] = {
 }
 _CURVE_BY_PARAMS = {der: (name, curve) for name, (der, curve) in _CURVES.items()}
 LABEL_MAX = 64
-
-
-@dataclass(frozen=True)
-class KeySpec:
-    """What a key type name means: algorithm and size or curve."""
-
-    name: KeyTypeName
-    algorithm: Literal["ec", "rsa"]
-    bits: int
-    curve: str | None = None
-
-    @classmethod
-    def parse(cls, name: str) -> KeySpec:
-        table: dict[str, KeySpec] = {
-            "rsa-2048": cls("rsa-2048", "rsa", 2048),
-            "rsa-3072": cls("rsa-3072", "rsa", 3072),
-            "rsa-4096": cls("rsa-4096", "rsa", 4096),
-            "ec-p256": cls("ec-p256", "ec", 256, "p256"),
-            "ec-p384": cls("ec-p384", "ec", 384, "p384"),
-            "ec-p521": cls("ec-p521", "ec", 521, "p521"),
-        }
-        try:
-            return table[name]
-        except KeyError:
-            raise KeyPolicyError(
-                f"unknown key type {name!r}; choose one of {', '.join(table)}"
-            ) from None
-
-    @classmethod
-    def of_public_key(cls, key: PublicKey) -> KeySpec:
-        if isinstance(key, rsa.RSAPublicKey):
-            return cls.parse(f"rsa-{key.key_size}")
-        return cls.parse(f"ec-p{key.curve.key_size}")
 
 
 @dataclass(frozen=True)

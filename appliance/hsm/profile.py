@@ -17,11 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appliance import strict_yaml
 from appliance.errors import ConfigError
+from appliance.x509.algorithms import ALL_KEY_TYPES, KeyType
 
-KeyType = Literal["rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384", "ec-p521"]
-ALL_KEY_TYPES: tuple[KeyType, ...] = (
-    "rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384", "ec-p521",
-)
 Mechanism = Literal[
     "ECDSA",
     "SHA256_RSA_PKCS", "SHA384_RSA_PKCS", "SHA512_RSA_PKCS",

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
@@ -38,21 +38,18 @@ from sqlalchemy import Table, bindparam, insert, select, update
 
 from appliance import logs
 from appliance.audit.log import Actor
-from appliance.ceremony import x509build as xb
+from appliance.ca import authorities as authz
 from appliance.config import ApplianceConfig
 from appliance.errors import ApplianceError, DatabaseError, SignatureCheckError
 from appliance.hsm import keys, rng
 from appliance.hsm.signer import TokenPrivateKey, token_private_key
 from appliance.inventory import match as inventory
-from appliance.issuance.csr import load_csr
+from appliance.issuance.request import MAX_CERT_LIFETIME, ProvisionerContext, SignRequest
 from appliance.lint import pkilint_gate
 from appliance.ocsp import presign as ocsp_presign
 from appliance.ocsp.signer import CertStatus, SignedResponse
-from appliance.ops import authorities as authz
 from appliance.policy import names as policy
 from appliance.policy import syntax as policy_syntax
-from appliance.provisioners import tokens
-from appliance.provisioners.settings import EffectiveClaims, ProvisionerSettings
 from appliance.runtime import Appliance
 from appliance.store.models import (
     Authority,
@@ -64,15 +61,12 @@ from appliance.store.models import (
 from appliance.templates import build as template_build
 from appliance.templates import render as template_render
 from appliance.templates.errors import TemplateError, TemplateInputError
+from appliance.x509 import algorithms, signing
 from appliance.x509 import path as x509_path
-
-__all__ = ["Issued", "Issuer", "ProvisionerContext", "SignRequest", "load_csr",
-           "reservation_timeout"]
 
 log = logs.get("issuance")
 BACKDATE = timedelta(seconds=60)
-MAX_LIFETIME = tokens.MAX_CERT_LIFETIME  # timedelta and datetime overflow far above
-ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
+MAX_LIFETIME = MAX_CERT_LIFETIME
 _CERTS = cast(Table, Certificate.__table__)
 # Hot statements, built once (values bound per call).
 _RESERVE = insert(_CERTS)
@@ -103,35 +97,6 @@ class AuthorityUnavailable(ApplianceError):
     """The issuing CA is out of service (revoked, retired): fail closed, not a client error."""
 
     code = "authority_unavailable"
-
-
-@dataclass(frozen=True)
-class ProvisionerContext:
-    id: int | None  # None: the appliance itself (its own TLS certificate)
-    name: str
-    type: str
-    settings: ProvisionerSettings
-    claims: EffectiveClaims
-    authority_id: int
-
-
-@dataclass
-class SignRequest:
-    # A CSR, or for a renewal the certificate being renewed (its key, subject and names).
-    csr: x509.CertificateSigningRequest | x509.Certificate
-    provisioner: ProvisionerContext
-    requester: str
-    credential_names: list[str] | None  # names the credential authorizes; must equal the CSR's
-    token_claims: dict[str, Any] = field(default_factory=dict)
-    not_before: datetime | None = None
-    not_after: datetime | None = None
-    lifetime: int | None = None  # seconds, e.g. asked for in the token
-    template_data: dict[str, Any] | None = None
-    renewal_of: str | None = None  # serial of the certificate being renewed
-    after_expiry: bool = False
-    # Name-policy levels checked before the provisioner's and the authority's (ACME: the
-    # EAB key's policy), as (label, policy) pairs.
-    extra_policy_levels: list[tuple[str, policy.Policy | None]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -189,7 +154,7 @@ class Issuer:
         with self.app.db.sessions() as db:  # one session for this request's reads
             signer = self._signer(req.provisioner.authority_id, db)
             found = inventory.find(db, _flat_names(csr_names))
-            if req.provisioner.settings.require_inventory and (found is None or found.unmatched):
+            if req.provisioner.require_inventory and (found is None or found.unmatched):
                 raise inventory.InventoryError(
                     "this provisioner requires every name to belong to one inventory record; "
                     + ("no record matches" if found is None else
@@ -203,7 +168,7 @@ class Issuer:
             template_name, template_source,
             template_render.TemplateInput.from_request(
                 csr=csr, token=req.token_claims, inventory=inventory_view,
-                data=req.template_data if req.provisioner.settings.allow_template_data else {},
+                data=req.template_data if req.provisioner.allow_template_data else {},
                 provisioner={"name": req.provisioner.name, "type": req.provisioner.type},
                 authority={"name": signer.authority.name,
                            "subject": signer.cert.subject.rfc4514_string()},
@@ -218,7 +183,8 @@ class Issuer:
         builder = template_build.to_builder(
             desc, public_key=csr.public_key(), issuer=signer.cert, serial=serial,
             not_before=start, not_after=end)
-        trial = builder.sign(xb.throwaway_key(xb.ca_public_key(signer.cert)), _hash(signer))
+        trial_key = signing.throwaway_key(signing.ca_public_key(signer.cert))
+        trial = builder.sign(trial_key, _hash(signer))
         policy.check(policy.Names.from_certificate(trial), levels)
         # As a relying party would see it under the whole chain (name constraints, path
         # length, validity nesting, policies, EKU): never sign what the chain forbids.
@@ -343,7 +309,7 @@ class Issuer:
             raise AuthorityUnavailable(f"authority {ca.name} cannot issue: its own chain does "
                                        f"not validate: {exc}") from exc
         pool = self.app.signing_pool()
-        info = keys.find_key(pool, key_row.label, xb.ca_public_key(cert))
+        info = keys.find_key(pool, key_row.label, signing.ca_public_key(cert))
         signer = _Signer(ca, cert, token_private_key(pool, info), [lk.cert for lk in links],
                          path)
         with self._lock:
@@ -369,7 +335,7 @@ class Issuer:
                                        f"not validate: {exc}") from exc
 
     def _template(self, db: Any, prov: ProvisionerContext) -> tuple[str, str]:
-        name = prov.settings.template or "tls-server"
+        name = prov.template or "tls-server"
         source = db.execute(_TEMPLATE_SOURCE, {"b_name": name}).scalar()
         if source is not None:
             return name, str(source)
@@ -527,7 +493,7 @@ def _check_key(key: Any) -> None:
         if key.public_numbers().e != 65537:
             raise IssuanceError("RSA public exponent must be 65537")
     elif isinstance(key, ec.EllipticCurvePublicKey):
-        if not isinstance(key.curve, ALLOWED_CURVES):
+        if not isinstance(key.curve, algorithms.ALLOWED_CURVES):
             raise IssuanceError(f"curve {key.curve.name} is not allowed")
     else:
         raise IssuanceError("only RSA and ECDSA keys are accepted")
@@ -575,5 +541,5 @@ def _san_list(cert: x509.Certificate) -> list[str]:
     return [str(getattr(n, "value", n)) for n in san]
 
 
-def _hash(signer: _Signer) -> xb.CaHash:
-    return xb.HASHES[xb.default_hash(xb.ca_public_key(signer.cert))]
+def _hash(signer: _Signer) -> algorithms.CaHash:
+    return algorithms.HASHES[algorithms.default_hash(signing.ca_public_key(signer.cert))]

@@ -47,17 +47,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from sqlalchemy import select
 
 from appliance import durations, logs
-from appliance.ceremony import x509build as xb
+from appliance.ca import authorities as authz
 from appliance.errors import ApplianceError, SignatureCheckError
 from appliance.hsm import keys
-from appliance.hsm.keys import PublicKey
 from appliance.hsm.pool import SessionPool
 from appliance.hsm.signer import TokenECPrivateKey, TokenRSAPrivateKey
 from appliance.lint import pkilint_gate
 from appliance.ocsp.certid import CERTID_HASHES, cert_id_hashes
-from appliance.ops import authorities as authz
 from appliance.runtime import Appliance
 from appliance.store.models import Authority, HsmKey
+from appliance.x509 import algorithms, signing
+from appliance.x509.algorithms import PublicKey
 
 log = logs.get("ocsp.signer")
 
@@ -144,7 +144,7 @@ class Responder:
 
     @property
     def public(self) -> PublicKey:
-        return xb.ca_public_key(self.cert)
+        return signing.ca_public_key(self.cert)
 
 
 @dataclass(frozen=True)
@@ -260,12 +260,12 @@ class OcspSigner:
                 raise OcspSigningError(f"authority {ca_name} has neither a delegated OCSP "
                                        "signer nor a key of its own in the token")
             signer_cert, label, delegated = issuer, own_label, False
-        public = xb.ca_public_key(signer_cert)
+        public = signing.ca_public_key(signer_cert)
         pool = self.app.signing_pool()
         info = keys.find_key(pool, label, public)
         algorithm: hashes.HashAlgorithm = (
             hashes.SHA256() if isinstance(public, rsa.RSAPublicKey)
-            else xb.HASHES[xb.default_hash(public)])
+            else algorithms.HASHES[algorithms.default_hash(public)])
         return Responder(authority_id, ca_name, issuer, cert_id_hashes(issuer), signer_cert,
                          delegated, witness_key(pool, info), algorithm,
                          time.monotonic() + reuse)

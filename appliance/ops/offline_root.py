@@ -13,9 +13,9 @@ from __future__ import annotations
 from cryptography import x509
 from sqlalchemy import select
 
+from appliance.ca import authorities as authz
 from appliance.errors import ConfigError
 from appliance.hsm import keys
-from appliance.ops import authorities as authz
 from appliance.runtime import Appliance
 from appliance.store.models import Authority
 

@@ -26,8 +26,8 @@ from sqlalchemy.orm import Session
 
 from appliance import secretfile
 from appliance.audit.log import Actor
+from appliance.ca import authorities as authz
 from appliance.errors import ApplianceError
-from appliance.ops import authorities as authz
 from appliance.provisioners import sealed, tokens
 from appliance.provisioners.settings import ProvisionerSettings, effective
 from appliance.runtime import Appliance

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from appliance.audit.log import Actor
-from appliance.issuance.pipeline import ProvisionerContext
+from appliance.issuance.request import ProvisionerContext
 from appliance.provisioners import tokens, x5c
 from appliance.provisioners.settings import ProvisionerSettings, effective, sign_audience
 from appliance.runtime import Appliance
@@ -48,15 +48,17 @@ def context_of(app: Appliance, id: int, name: str, type: str, config: str,
     """The context of a provisioner row as read on this request. Only the parsing of the
     stored settings JSON is cached, keyed by the exact text: a changed row parses afresh on
     the next request in every worker."""
-    settings = _settings(config)
+    settings = settings_of(config)
     return ProvisionerContext(
-        id=id, name=name, type=type, settings=settings,
+        id=id, name=name, type=type,
         claims=effective(settings.claims, app.settings.config.claims),
-        authority_id=authority_id)
+        authority_id=authority_id, template=settings.template,
+        require_inventory=settings.require_inventory,
+        allow_template_data=settings.allow_template_data)
 
 
 @lru_cache(maxsize=256)
-def _settings(config: str) -> ProvisionerSettings:
+def settings_of(config: str) -> ProvisionerSettings:
     return ProvisionerSettings.model_validate_json(config)  # frozen: safe to share
 
 

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from appliance.errors import ApplianceError
-from appliance.issuance.pipeline import ProvisionerContext, SignRequest
+from appliance.issuance.request import ProvisionerContext, SignRequest
 from appliance.provisioners.authorize import audit_failure, context
 from appliance.provisioners.settings import sign_audience
 from appliance.provisioners.tokens import LEEWAY, TokenError, check_times

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appliance import durations
 from appliance.config import ClaimsConfig
+from appliance.issuance.request import EffectiveClaims
 
 ProvisionerType = Literal["jwk", "x5c", "acme"]
 AcmeChallengeType = Literal["http-01", "dns-01", "tls-alpn-01"]
@@ -46,26 +46,6 @@ class ProvisionerSettings(BaseModel):
     require_eab: bool = False
     challenges: tuple[AcmeChallengeType, ...] = Field(default=ALL_CHALLENGES, min_length=1,
                                                      max_length=3)
-
-
-@dataclass(frozen=True)
-class EffectiveClaims:
-    min_duration: int
-    max_duration: int
-    default_duration: int
-    disable_renewal: bool
-    allow_renewal_after_expiry: bool
-    renewal_grace: int | None  # None: unlimited
-
-    def as_dict(self) -> dict[str, object]:
-        def fmt(v: int | None) -> str | None:
-            return durations.format_seconds(v) if v is not None else None
-
-        return {"min_duration": fmt(self.min_duration), "max_duration": fmt(self.max_duration),
-                "default_duration": fmt(self.default_duration),
-                "disable_renewal": self.disable_renewal,
-                "allow_renewal_after_expiry": self.allow_renewal_after_expiry,
-                "renewal_grace": fmt(self.renewal_grace)}
 
 
 def effective(claims: Claims, authority: ClaimsConfig) -> EffectiveClaims:

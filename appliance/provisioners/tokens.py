@@ -25,13 +25,13 @@ from jwt.algorithms import ECAlgorithm
 
 from appliance import bounded_json
 from appliance.errors import ApplianceError
+from appliance.issuance.request import MAX_CERT_LIFETIME
 
 LEEWAY = 60
 MAX_TOKEN_LIFETIME = 86400
 MAX_TOKEN_BYTES = 8192
 ALGORITHM = "ES256"
 MAX_NUMERIC_DATE = 253_402_300_799  # 9999-12-31T23:59:59Z
-MAX_CERT_LIFETIME = 100 * 366 * 86400  # seconds; any provisioner's maximum is far below
 
 
 class TokenError(ApplianceError):

@@ -31,15 +31,15 @@ from sqlalchemy.exc import IntegrityError
 
 from appliance import durations, logs
 from appliance.audit.log import Actor
-from appliance.ceremony import x509build as xb
+from appliance.ca import authorities as authz
 from appliance.errors import ApplianceError, SignatureCheckError
 from appliance.hsm import keys
 from appliance.hsm.signer import token_private_key
 from appliance.lint import pkilint_gate
-from appliance.ops import authorities as authz
 from appliance.revocation.reasons import FLAGS
 from appliance.runtime import Appliance
 from appliance.store.models import Authority, Certificate, Crl, HsmKey
+from appliance.x509 import algorithms, signing
 
 log = logs.get("revocation.crl")
 SAMPLE = 1000
@@ -162,7 +162,7 @@ def _builder(ca: Authority, cert: x509.Certificate, url: str, number: int, now: 
             revoked_certificates=entries)
         .add_extension(x509.CRLNumber(number), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            xb.ca_public_key(cert)), critical=False)
+            signing.ca_public_key(cert)), critical=False)
         .add_extension(x509.IssuingDistributionPoint(
             full_name=[x509.UniformResourceIdentifier(url)], relative_name=None,
             only_contains_user_certs=ca.kind != "root", only_contains_ca_certs=ca.kind == "root",
@@ -198,9 +198,9 @@ def publish(app: Appliance, authority: str, actor: Actor, *,
         url = _scope_url(app, db, ca)
         db.expunge(ca)
     pool = app.signing_pool()
-    public = xb.ca_public_key(cert)
+    public = signing.ca_public_key(cert)
     signer = token_private_key(pool, keys.find_key(pool, key_row.label, public))
-    algo = xb.HASHES[xb.default_hash(public)]
+    algo = algorithms.HASHES[algorithms.default_hash(public)]
     next_update = min(now + validity, cert.not_valid_after_utc)
     for attempt in range(5):
         with app.db.sessions() as db:
@@ -210,7 +210,7 @@ def publish(app: Appliance, authority: str, actor: Actor, *,
         if len(entries) <= cfg.crl_full_lint_max_entries:
             progress(f"{authority}: building, linting and signing CRL #{number} "
                      f"({len(entries)} entries)")
-            crl = xb.sign_crl(builder, signer, algo, None, public, [], f"CRL of {authority}")
+            crl = signing.sign_crl(builder, signer, algo, None, public, [], f"CRL of {authority}")
         else:
             progress(f"{authority}: linting a sample of CRL #{number}")
             _lint_sample(ca, cert, url, number, now, next_update, found.sample, public, algo)
@@ -246,7 +246,7 @@ def _lint_sample(ca: Authority, cert: x509.Certificate, url: str, number: int, n
     """Lint a trial CRL with the same extensions and a sample of entries (every reason
     present in the CRL, then the first :data:`SAMPLE`), signed by a throw-away key."""
     trial = _builder(ca, cert, url, number, now, next_update, sample).sign(
-        xb.throwaway_key(public), algo)
+        signing.throwaway_key(public), algo)
     pkilint_gate.require_clean(pkilint_gate.lint_crl(
         trial.public_bytes(serialization.Encoding.DER)), f"CRL of {ca.name} (sample)")
 
@@ -276,7 +276,7 @@ def import_signed(app: Appliance, authority: str, data: bytes, actor: Actor) -> 
         if crl.issuer.public_bytes() != cert.subject.public_bytes():
             raise CrlError(f"the CRL's issuer {crl.issuer.rfc4514_string()!r} is not "
                            f"{authority} ({cert.subject.rfc4514_string()!r})")
-        if not crl.is_signature_valid(xb.ca_public_key(cert)):
+        if not crl.is_signature_valid(signing.ca_public_key(cert)):
             raise CrlError(f"the CRL is not signed by {authority}'s key")
         this_update, next_update = crl.last_update_utc, crl.next_update_utc
         if next_update is None or next_update <= now:

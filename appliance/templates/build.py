@@ -25,9 +25,10 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ObjectIdentifier
 from pydantic import ValidationError
 
-from appliance.ceremony import x509build as xb
 from appliance.templates.errors import TemplateError
 from appliance.templates.model import CertificateDescription, general_name
+from appliance.x509 import extensions as x509ext
+from appliance.x509 import signing
 
 __all__ = ["effective_validity", "subject_name", "to_builder", "with_default_urls"]
 
@@ -39,9 +40,9 @@ def subject_name(desc: CertificateDescription) -> x509.Name:
     pairs = desc.subject
     attrs = [attr for attr, _ in pairs]
     if len(set(attrs)) == len(attrs):
-        return xb.name(dict(pairs))
+        return x509ext.name(dict(pairs))
     # x509build.name takes a mapping, so repeated attributes (OU, DC) are built here.
-    return x509.Name([x509.NameAttribute(xb.ATTR_OIDS[attr], value) for attr, value in pairs])
+    return x509.Name([x509.NameAttribute(x509ext.ATTR_OIDS[attr], value) for attr, value in pairs])
 
 
 def _utc(when: datetime, what: str) -> datetime:
@@ -78,7 +79,7 @@ def authority_key_identifier(issuer: x509.Certificate) -> x509.AuthorityKeyIdent
     try:
         ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(xb.ca_public_key(issuer))
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(signing.ca_public_key(issuer))
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
@@ -152,17 +153,17 @@ def to_builder(desc: CertificateDescription, *, public_key: CertificatePublicKey
             x509.BasicConstraints(ca=bc.ca, path_length=bc.path_length if bc.ca else None),
             critical=True)
     if desc.key_usage:
-        builder = builder.add_extension(xb.key_usage(desc.key_usage), critical=True)
+        builder = builder.add_extension(x509ext.key_usage(desc.key_usage), critical=True)
     if desc.extended_key_usage:
-        builder = builder.add_extension(xb.eku(list(desc.extended_key_usage)), critical=False)
+        builder = builder.add_extension(x509ext.eku(list(desc.extended_key_usage)), critical=False)
     if desc.sans:
         names = [general_name(san.type, san.value) for san in desc.sans]
         builder = builder.add_extension(x509.SubjectAlternativeName(names),
                                         critical=len(subject) == 0)
     if desc.name_constraints is not None:
-        builder = builder.add_extension(xb.name_constraints(desc.name_constraints),
+        builder = builder.add_extension(x509ext.name_constraints(desc.name_constraints),
                                         critical=True)
-    builder = xb.add_common_extensions(
+    builder = x509ext.add_common_extensions(
         builder, subject_key=public_key, issuer_key=None, policies=list(desc.policies),
         crl_urls=list(desc.crl_urls), ocsp_urls=list(desc.ocsp_urls),
         ca_issuers_urls=list(desc.ca_issuers_urls))

@@ -41,7 +41,7 @@ from pydantic import (
     model_validator,
 )
 
-from appliance.ceremony.schema import EkuName, KeyUsageName, NameConstraints, Oid, SubjectAttr, Url
+from appliance.x509.vocabulary import EkuName, KeyUsageName, NameConstraints, Oid, SubjectAttr, Url
 
 SanType = Literal["dns", "ip", "email", "uri"]
 

@@ -14,10 +14,11 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from appliance import bounded_json, metrics, rfc3339
 from appliance.audit.log import Actor
+from appliance.ca import authorities as authz
 from appliance.errors import InputError
-from appliance.health import metrics_dir
-from appliance.issuance.pipeline import Issuer, SignRequest, load_csr
-from appliance.ops import authorities as authz
+from appliance.issuance.csr import load_csr
+from appliance.issuance.pipeline import Issuer
+from appliance.issuance.request import SignRequest
 from appliance.ops import provisioners as prov_ops
 from appliance.provisioners import authorize, renewal, tokens
 from appliance.revocation import reasons
@@ -25,9 +26,15 @@ from appliance.revocation import revoke as revoke_mod
 from appliance.runtime import Appliance
 from appliance.store.models import Authority
 from appliance.web.errors import ApiError
+from appliance.web.health import ServiceHealth, metrics_dir
 
 bp = Blueprint("api", __name__, url_prefix="/1.0")
 ops_bp = Blueprint("ops", __name__)
+
+
+def service_health() -> ServiceHealth | None:
+    health: ServiceHealth | None = current_app.extensions.get("health")
+    return health
 
 
 def appliance() -> Appliance:
@@ -128,7 +135,7 @@ def ready() -> Any:
     """Whether this worker can sign now, from its background checks only (the token
     watcher, the database probe): answers at once whatever the token or database do."""
     app = appliance()
-    health = app.health
+    health = service_health()
     if health is None:
         checks = {"token": "unavailable: not watched", "database": "unavailable: not probed"}
         ready_now, retry = False, 2
@@ -148,7 +155,7 @@ def ready() -> Any:
 def metrics_text() -> Any:
     """Counters summed over every API worker of this server, gauges over live ones
     (:mod:`appliance.metrics`), whichever worker the scrape reached."""
-    health = appliance().health
+    health = service_health()
     folder = health.metrics.directory if health is not None and health.metrics else None
     body = metrics.exposition(folder or metrics_dir(appliance()), os.getppid())
     return Response(body, content_type="text/plain; version=0.0.4; charset=utf-8")

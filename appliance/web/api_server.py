@@ -394,7 +394,7 @@ def worker(sock: Any, opts: ApiOptions, supervisor: int) -> int:
     state = ApiState(front, tls_context(opts), svc, opts.workers)
 
     def publish() -> None:
-        health = app.health
+        health = flask_app.extensions.get("health")
         front.counters.publish(health.metrics if health is not None else None)
         loop.call_later(1.0, publish)
 

@@ -15,6 +15,7 @@ from appliance.issuance.sweeper import ReservationSweeper
 from appliance.runtime import Appliance
 from appliance.web import acme, api, errors, hostcheck
 from appliance.web.errors import ApiError
+from appliance.web.health import ServiceHealth
 
 SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=31536000",
@@ -64,7 +65,8 @@ def create_app(appliance: Appliance) -> Flask:
     app.extensions["appliance"] = appliance
     appliance.enable_service_checkpoints()
     hostcheck.install(app, svc)
-    appliance.start_service_health()  # per worker: create_app runs after the fork
+    # Per worker: create_app runs after the fork.
+    app.extensions["health"] = ServiceHealth.start_for(appliance)
     issuer = Issuer(appliance)
     app.extensions["issuer"] = issuer
     # In every worker: a worker that starts may be replacing one killed mid-request.

@@ -162,6 +162,8 @@ def test_a_reservation_whose_process_died_ends_failed_and_audited(server: Server
         from appliance import config
         from appliance.runtime import Appliance
         from appliance.issuance import pipeline
+        from appliance.issuance.csr import load_csr
+        from appliance.issuance.request import SignRequest
         from appliance.provisioners import authorize
         from pathlib import Path
         app = Appliance(config.load(Path({str(server.data_dir / "appliance.yaml")!r})))
@@ -172,8 +174,8 @@ def test_a_reservation_whose_process_died_ends_failed_and_audited(server: Server
             os.kill(os.getpid(), signal.SIGKILL)
         issuer._reserve = reserve_then_die
         ctx, claims = authorize.one_time_token(app, {server.token(name)!r})
-        csr = pipeline.load_csr(open({str(tmp_path / "req.csr")!r}).read())
-        issuer.issue(pipeline.SignRequest(csr=csr, provisioner=ctx, requester="test:killed",
+        csr = load_csr(open({str(tmp_path / "req.csr")!r}).read())
+        issuer.issue(SignRequest(csr=csr, provisioner=ctx, requester="test:killed",
                                           credential_names=list(claims.sans)))
     """)
     env = dict(os.environ)

@@ -118,6 +118,8 @@ def test_a_request_slower_than_its_reservation_fails_closed(server: Server,
         from appliance import config
         from appliance.runtime import Appliance
         from appliance.issuance import pipeline
+        from appliance.issuance.csr import load_csr
+        from appliance.issuance.request import SignRequest
         from appliance.provisioners import authorize
         from pathlib import Path
         app = Appliance(config.load(Path({str(server.data_dir / "appliance.yaml")!r})))
@@ -138,9 +140,9 @@ def test_a_request_slower_than_its_reservation_fails_closed(server: Server,
             return row_id
         issuer._reserve = reserve_then_stall
         ctx, claims = authorize.one_time_token(app, {server.token(name)!r})
-        csr = pipeline.load_csr(open({str(tmp_path / "req.csr")!r}).read())
+        csr = load_csr(open({str(tmp_path / "req.csr")!r}).read())
         try:
-            issuer.issue(pipeline.SignRequest(csr=csr, provisioner=ctx,
+            issuer.issue(SignRequest(csr=csr, provisioner=ctx,
                                               requester="test:slow",
                                               credential_names=list(claims.sans)))
         except Exception as exc:

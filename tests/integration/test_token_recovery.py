@@ -221,8 +221,9 @@ def test_a_database_that_cannot_be_read_makes_the_worker_unready(base: Path,
         from pathlib import Path
         from appliance import config, metrics
         from appliance.runtime import Appliance
+        from appliance.web.health import ServiceHealth
         app = Appliance(config.load(Path({str(data / "appliance.yaml")!r})))
-        health = app.start_service_health()
+        health = ServiceHealth.start_for(app)
         end = time.monotonic() + 20
         while time.monotonic() < end:
             state = health.readiness()

@@ -66,6 +66,15 @@ class ServiceHealth:
     """The token watcher, the database probe, their metrics and the audit of transitions,
     for one worker process."""
 
+    @classmethod
+    def start_for(cls, appliance: Appliance) -> ServiceHealth:
+        """Started once per (worker) process, stopped by ``appliance.close`` before the pool
+        and the database it watches are closed."""
+        health = cls(appliance)
+        health.start()
+        appliance.on_close(health.stop)
+        return health
+
     def __init__(self, appliance: Appliance) -> None:
         self.app = appliance
         cfg = appliance.settings.config.hsm

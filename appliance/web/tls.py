@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
-from appliance.issuance.pipeline import Issuer, ProvisionerContext, SignRequest
-from appliance.ops import authorities as authz
-from appliance.provisioners.settings import EffectiveClaims, ProvisionerSettings
+from appliance.ca import authorities as authz
+from appliance.issuance.pipeline import Issuer
+from appliance.issuance.request import EffectiveClaims, ProvisionerContext, SignRequest
 from appliance.runtime import Appliance
 from appliance.store.models import Authority
 
@@ -71,11 +71,10 @@ def issue_api_certificate(app: Appliance) -> TlsFiles:
                             for r in roots)
     ctx = ProvisionerContext(
         id=None, name="appliance-tls", type="internal",
-        settings=ProvisionerSettings(template="tls-server"),
         claims=EffectiveClaims(min_duration=3600, max_duration=90 * DAY,
                                default_duration=30 * DAY, disable_renewal=True,
                                allow_renewal_after_expiry=False, renewal_grace=None),
-        authority_id=ca.id)
+        authority_id=ca.id, template="tls-server")
     issued = Issuer(app).issue(SignRequest(csr=csr, provisioner=ctx, requester="appliance:serve",
                                            credential_names=None))
     chain = [issued.certificate, *issued.chain[:-1]]  # the leaf and intermediates, not the root

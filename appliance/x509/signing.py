@@ -1,0 +1,99 @@
+"""Signing safely: lint a trial signature, then let the token key sign the same bytes.
+
+Signing is always: build the to-be-signed structure, sign it with a
+throw-away software key of the same algorithm and size, lint that with
+pkilint, then sign the very same structure with the token key, check the TBS
+bytes did not change and verify the signature against the issuer. So the
+token key never signs something the linter has not seen.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from appliance.errors import KeyPolicyError, SignatureCheckError
+from appliance.lint import pkilint_gate
+from appliance.x509.algorithms import CaHash, KeySpec, PublicKey
+
+_throwaway: dict[str, Any] = {}
+_throwaway_lock = threading.Lock()
+
+
+def throwaway_key(like: PublicKey) -> Any:
+    """A software key of the same algorithm and size, made once per process."""
+    spec = KeySpec.of_public_key(like)
+    with _throwaway_lock:
+        key = _throwaway.get(spec.name)
+        if key is None:
+            if isinstance(like, rsa.RSAPublicKey):
+                key = rsa.generate_private_key(65537, like.key_size)
+            else:
+                key = ec.generate_private_key(like.curve)
+            _throwaway[spec.name] = key
+        return key
+
+
+def sign_certificate(builder: x509.CertificateBuilder, signer: Any, algo: CaHash,
+                     pad: Any, issuer_public: PublicKey, lint_kind: pkilint_gate.CertKind,
+                     skip_lints: Iterable[str], what: str,
+                     check: Callable[[x509.Certificate], None] | None = None
+                     ) -> x509.Certificate:
+    """Lint with a throw-away signature (and run ``check`` on it: path validation), then
+    sign the same TBS with the token key."""
+    trial_key = throwaway_key(issuer_public)
+    trial = builder.sign(trial_key, algo, rsa_padding=pad)
+    if check is not None:
+        check(trial)
+    findings = pkilint_gate.lint_certificate(trial.public_bytes(Encoding.DER), lint_kind)
+    pkilint_gate.require_clean(findings, what, skip_lints)
+    cert = builder.sign(signer, algo, rsa_padding=pad)
+    if cert.tbs_certificate_bytes != trial.tbs_certificate_bytes:
+        raise SignatureCheckError(f"{what}: the signed TBS differs from the linted one")
+    _verify(lambda: _verify_cert_signature(cert, issuer_public), what)
+    return cert
+
+
+def sign_crl(builder: x509.CertificateRevocationListBuilder, signer: Any,
+             algo: CaHash, pad: Any, issuer_public: PublicKey,
+             skip_lints: Iterable[str], what: str) -> x509.CertificateRevocationList:
+    trial = builder.sign(throwaway_key(issuer_public), algo, rsa_padding=pad)
+    findings = pkilint_gate.lint_crl(trial.public_bytes(Encoding.DER))
+    pkilint_gate.require_clean(findings, what, skip_lints)
+    crl = builder.sign(signer, algo, rsa_padding=pad)
+    if crl.tbs_certlist_bytes != trial.tbs_certlist_bytes:
+        raise SignatureCheckError(f"{what}: the signed TBS differs from the linted one")
+    if not crl.is_signature_valid(issuer_public):
+        raise SignatureCheckError(f"{what}: the CRL signature does not verify")
+    return crl
+
+
+def _verify_cert_signature(cert: x509.Certificate, issuer_public: PublicKey) -> None:
+    algo = cert.signature_hash_algorithm
+    assert algo is not None
+    if isinstance(issuer_public, rsa.RSAPublicKey):
+        pss = cert.signature_algorithm_parameters
+        pad = pss if isinstance(pss, padding.PSS) else padding.PKCS1v15()
+        issuer_public.verify(cert.signature, cert.tbs_certificate_bytes, pad, algo)
+    else:
+        issuer_public.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algo))
+
+
+def _verify(check: Callable[[], None], what: str) -> None:
+    try:
+        check()
+    except Exception as exc:
+        raise SignatureCheckError(f"{what}: signature does not verify ({exc!r})") from exc
+
+
+def ca_public_key(cert: x509.Certificate) -> PublicKey:
+    """A CA certificate's key, which must be one the appliance works with (EC or RSA)."""
+    key = cert.public_key()
+    if not isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
+        raise KeyPolicyError(f"{cert.subject.rfc4514_string()}: unsupported key type")
+    return key
