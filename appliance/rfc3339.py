@@ -24,3 +24,14 @@ def parse(value: object) -> datetime:
     if not MIN_YEAR <= parsed.year <= MAX_YEAR:
         raise ValueError("time out of range")
     return parsed
+
+
+def to_utc(value: datetime) -> datetime:
+    """In UTC. A naive time is taken as UTC: SQLite hands back naive datetimes and every
+    time the appliance stores is UTC (PostgreSQL hands back aware ones in its zone)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def format_z(value: datetime) -> str:
+    """``2026-12-06T20:34:02Z``: whole seconds, UTC, as ACME, transcripts and messages show it."""
+    return to_utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -46,6 +46,7 @@ from appliance.provisioners.authorize import context_of as provisioner_context_o
 from appliance.provisioners.authorize import settings_of
 from appliance.provisioners.settings import ProvisionerSettings
 from appliance.revocation import revoke as revoke_mod
+from appliance.rfc3339 import format_z, to_utc
 from appliance.runtime import Appliance
 from appliance.store.models import (
     AcmeAccount,
@@ -148,14 +149,6 @@ def _new_id() -> str:
     while (value := secrets.token_urlsafe(16)).startswith("-"):
         pass
     return value
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @lru_cache(maxsize=4096)
@@ -452,15 +445,15 @@ class AcmeService:
     def _order_json(self, ctx: Ctx, order: Any, authz_ids: list[str]) -> dict[str, Any]:
         status = _order_status(order)
         out: dict[str, Any] = {
-            "status": status, "expires": _iso(order.expires_at),
+            "status": status, "expires": format_z(order.expires_at),
             "identifiers": json.loads(order.identifiers),
             "authorizations": [ctx.url("authz", a) for a in authz_ids],
             "finalize": ctx.url("order", order.id, "finalize"),
         }
         if order.not_before:
-            out["notBefore"] = _iso(order.not_before)
+            out["notBefore"] = format_z(order.not_before)
         if order.not_after:
-            out["notAfter"] = _iso(order.not_after)
+            out["notAfter"] = format_z(order.not_after)
         if order.replaces:
             out["replaces"] = order.replaces
         if order.error:
@@ -489,18 +482,18 @@ class AcmeService:
         out: dict[str, Any] = {"type": ch.type, "url": ctx.url("chall", ch.id),
                                "status": ch.status, "token": ch.token}
         if ch.validated_at:
-            out["validated"] = _iso(ch.validated_at)
+            out["validated"] = format_z(ch.validated_at)
         if ch.error:
             out["error"] = json.loads(ch.error)
         return out
 
     def _authz_json(self, ctx: Ctx, az: Any, challenges: list[Any]) -> dict[str, Any]:
         status = az.status
-        if status == "pending" and _aware(az.expires_at) <= datetime.now(UTC):
+        if status == "pending" and to_utc(az.expires_at) <= datetime.now(UTC):
             status = "expired"
         out: dict[str, Any] = {
             "identifier": {"type": az.identifier_type, "value": az.identifier_value},
-            "status": status, "expires": _iso(az.expires_at),
+            "status": status, "expires": format_z(az.expires_at),
             "challenges": [self._challenge_json(ctx, c) for c in challenges],
         }
         if az.wildcard:
@@ -570,7 +563,7 @@ class AcmeService:
         if not start or ch.authz_status != "pending" or not (
                 ch.status == "pending" or self._stale(ch, now)):
             return self._challenge_reply(ctx, ch, up)
-        if _aware(ch.expires_at) <= now:
+        if to_utc(ch.expires_at) <= now:
             raise AcmeProblem("malformed", "the authorization has expired")
         started = now.replace(microsecond=0)
         reserved = False
@@ -597,7 +590,7 @@ class AcmeService:
                             object_ids={"challenge": ch.id,
                                         "authorization": ch.authorization_id,
                                         "account": acct.id, "provisioner": ctx.prov.name},
-                            details={"interrupted_attempt_started": _iso(
+                            details={"interrupted_attempt_started": format_z(
                                 ch.processing_since)})
         except BaseException:
             if reserved:
@@ -623,7 +616,7 @@ class AcmeService:
         if ch.status != "processing" or ch.processing_since is None:
             return False
         limit = self.validation.timeout + STALE_MARGIN_SECONDS
-        return bool(_aware(ch.processing_since) + timedelta(seconds=limit) < now)
+        return bool(to_utc(ch.processing_since) + timedelta(seconds=limit) < now)
 
     def _challenge_reply(self, ctx: Ctx, ch: Any, up: dict[str, str]) -> Reply:
         headers = dict(up)
@@ -640,7 +633,7 @@ class AcmeService:
         with self.app.db.transaction() as db:
             row: Any = db.execute(_CHALL_AND_AUTHZ, {"b_id": ch.id}).one()
             mine = row.status == "processing" and row.processing_since is not None and \
-                _aware(row.processing_since) == started
+                to_utc(row.processing_since) == started
             recorded = False
             if mine:
                 new = {"status": "invalid" if error else "valid",
@@ -665,7 +658,7 @@ class AcmeService:
                                        "account": account_id, "provisioner": prov_name},
                 details={"type": ch.type, "identifier": {"type": ch.identifier_type,
                                                          "value": ch.identifier_value},
-                         "checked": checked, "error": error, "started": _iso(started),
+                         "checked": checked, "error": error, "started": format_z(started),
                          "recorded": recorded})
 
     def _advance_order(self, db: Any, order_id: str) -> None:
@@ -710,8 +703,8 @@ class AcmeService:
                 credential_names=[i.value for i in idents],
                 token_claims={"acme": {"account": acct.id, "order": order_id,
                                        "eab_key": acct.eab_key_id}},
-                not_before=_aware(not_before) if not_before else None,
-                not_after=_aware(not_after) if not_after else None,
+                not_before=to_utc(not_before) if not_before else None,
+                not_after=to_utc(not_after) if not_after else None,
                 extra_policy_levels=[eab_level]))
         except BaseException as exc:
             self._finalize_failed(order_id, exc)
@@ -814,10 +807,10 @@ class AcmeService:
                     or template_build.authority_key_identifier(
                         authz.certificate(ca)).key_identifier != cid.key_identifier:
                 raise AcmeProblem("malformed", "no certificate with that certID", status=404)
-            start, end = ari.window(_aware(row.not_before), _aware(row.not_after),
-                                    _aware(row.revoked_at) if row.revoked_at else None)
+            start, end = ari.window(to_utc(row.not_before), to_utc(row.not_after),
+                                    to_utc(row.revoked_at) if row.revoked_at else None)
         retry = self.app.settings.config.acme.ari_retry_after_seconds
-        return Reply(200, {"suggestedWindow": {"start": _iso(start), "end": _iso(end)}},
+        return Reply(200, {"suggestedWindow": {"start": format_z(start), "end": format_z(end)}},
                      {"Retry-After": str(retry)})
 
 
@@ -862,7 +855,7 @@ class _Row:
 
 def _order_status(order: Any) -> str:
     """The status a client sees: a pending or ready order past its expiry is invalid."""
-    if order.status in ("pending", "ready") and _aware(order.expires_at) <= datetime.now(UTC):
+    if order.status in ("pending", "ready") and to_utc(order.expires_at) <= datetime.now(UTC):
         return "invalid"
     return str(order.status)
 

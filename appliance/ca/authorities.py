@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from appliance import rfc3339
 from appliance.errors import ApplianceError
 from appliance.hsm.keys import KeyInfo
 from appliance.store.models import Authority, HsmKey
@@ -125,13 +126,8 @@ def list_all(session: Session) -> list[AuthorityView]:
         out.append(AuthorityView(
             name=r.name, kind=r.kind, subject=r.subject,
             key_label=key.label if key else None, algorithm=key.key_type if key else None,
-            not_before=_utc(r.not_before), not_after=_utc(r.not_after),
+            not_before=rfc3339.to_utc(r.not_before), not_after=rfc3339.to_utc(r.not_after),
             parent=names.get(r.parent_id) if r.parent_id else None,
             fingerprint_sha256=r.fingerprint_sha256, serial=r.serial_hex, status=r.status,
         ))
     return out
-
-
-def _utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every time here is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

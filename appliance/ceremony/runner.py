@@ -39,6 +39,7 @@ from appliance.hsm import keys, rng
 from appliance.hsm.keys import KeyInfo
 from appliance.hsm.module import token_text
 from appliance.hsm.signer import token_private_key
+from appliance.rfc3339 import format_z
 from appliance.runtime import Appliance
 from appliance.store.models import Authority, Crl, HsmKey
 from appliance.x509 import algorithms, signing
@@ -118,8 +119,8 @@ class CeremonyRunner:
                 t0 = _now()
                 officers = self._quorum(step)
                 result = self._step(step)
-                result.record.update({"id": step.id, "type": step.type, "started": _iso(t0),
-                                      "finished": _iso(_now()), "token": self.token})
+                result.record.update({"id": step.id, "type": step.type, "started": format_z(t0),
+                                      "finished": format_z(_now()), "token": self.token})
                 if officers:
                     result.record["quorum"] = {"required": step.quorum.required,  # type: ignore[union-attr]
                                                "officers": officers}
@@ -292,8 +293,8 @@ class CeremonyRunner:
                 "serial": row.serial_hex},
                 details={"kind": "intermediate", "subject": row.subject, "issuer": issuer.name,
                          "fingerprint_sha256": row.fingerprint_sha256,
-                         "not_before": _iso(cert.not_valid_before_utc),
-                         "not_after": _iso(cert.not_valid_after_utc),
+                         "not_before": format_z(cert.not_valid_before_utc),
+                         "not_after": format_z(cert.not_valid_after_utc),
                          "csr_sha256": digest, "subject_spki_sha256": spki,
                          "key_in_this_token": key_row is not None,
                          "skipped_lints": step.skip_lints})
@@ -423,7 +424,7 @@ class CeremonyRunner:
                 "ceremony": self.ceremony_ref, "step": step.id, "authority": issuer.name,
                 "crl_number": number},
                 details={"entries": len(entries), "revoked_authorities": step.revoke_authorities,
-                         "next_update": _iso(now + _days(step.next_update_days)),
+                         "next_update": format_z(now + _days(step.next_update_days)),
                          "sha256": hashlib.sha256(der).hexdigest()})
         self._write(f"{step.id}.crl", der)
         return StepResult(step.id, step.type, record={"crl": {
@@ -495,8 +496,8 @@ class CeremonyRunner:
                 details={"kind": kind, "subject": row.subject,
                          "issuer": issuer.name if issuer else row.name,
                          "fingerprint_sha256": row.fingerprint_sha256,
-                         "not_before": _iso(cert.not_valid_before_utc),
-                         "not_after": _iso(cert.not_valid_after_utc),
+                         "not_before": format_z(cert.not_valid_before_utc),
+                         "not_after": format_z(cert.not_valid_after_utc),
                          "key_label": key.label, "skipped_lints": step.skip_lints})
         self._write(f"{step.id}.pem", cert.public_bytes(serialization.Encoding.PEM))
         above = (issuer.chain or [x509_path.Link(issuer.name, issuer.cert)]) if issuer else []
@@ -656,8 +657,8 @@ def _ca_problems(cert: x509.Certificate, what: str) -> list[str]:
         out.append(f"{what} has no keyUsage")
     now = _now()
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        out.append(f"{what} is not valid now ({_iso(cert.not_valid_before_utc)} .. "
-                   f"{_iso(cert.not_valid_after_utc)})")
+        out.append(f"{what} is not valid now ({format_z(cert.not_valid_before_utc)} .. "
+                   f"{format_z(cert.not_valid_after_utc)})")
     return out
 
 
@@ -721,8 +722,8 @@ def _cert_record(cert: x509.Certificate) -> dict[str, Any]:
     return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
             "serial": f"{cert.serial_number:x}",
             "sha256": authz.fingerprint(cert),
-            "not_before": _iso(cert.not_valid_before_utc),
-            "not_after": _iso(cert.not_valid_after_utc)}
+            "not_before": format_z(cert.not_valid_before_utc),
+            "not_after": format_z(cert.not_valid_after_utc)}
 
 
 def _summary(result: StepResult) -> str:
@@ -746,10 +747,6 @@ def _cap(step: Any, default: int) -> int:
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _days(n: int) -> timedelta:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from appliance.audit.signer import CheckpointSigner, verify_signature
 from appliance.ceremony.schema import Ceremony
 from appliance.ceremony.script import LoadedScript
 from appliance.hsm.signer import spki_der
+from appliance.rfc3339 import format_z
 from appliance.x509.algorithms import PublicKey
 
 FORMAT = "appliance-ceremony-transcript/1"
@@ -40,8 +41,8 @@ def build(script: LoadedScript, c: Ceremony, token: dict[str, str],
         "operators": c.operators,
         "witnesses": c.witnesses,
         "token": token,
-        "started": _iso(started),
-        "finished": _iso(finished),
+        "started": format_z(started),
+        "finished": format_z(finished),
         "steps": steps,
         "outputs": dict(sorted(outputs.items())),
         "audit": {"node_id": node_id, "first_seq": first_seq, "last_seq": last_seq},
@@ -120,7 +121,3 @@ def outcome(doc: dict[str, Any]) -> tuple[str, str]:
             where = f" at step {step.get('number')} ({step.get('id')}, {step.get('type')})"
         return str(status), f"{status}{where}: {error}"
     return "unknown", f"unknown status {status!r}: {error}"
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

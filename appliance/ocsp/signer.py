@@ -46,7 +46,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from sqlalchemy import select
 
-from appliance import durations, logs
+from appliance import durations, logs, rfc3339
 from appliance.ca import authorities as authz
 from appliance.errors import ApplianceError, SignatureCheckError
 from appliance.hsm import keys
@@ -193,10 +193,6 @@ def reason_flag(name: str | None) -> x509.ReasonFlags | None:
     raise OcspSigningError(f"unknown revocation reason {name!r}")
 
 
-def utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def validity_of(app: Appliance) -> timedelta:
     return timedelta(seconds=durations.parse(app.settings.config.ocsp.validity))
 
@@ -292,7 +288,7 @@ class OcspSigner:
         this_update = now - BACKDATE
         revoked_at = reason = None
         if status == "revoked":
-            revoked_at = utc(cs.revoked_at or now).replace(microsecond=0)
+            revoked_at = rfc3339.to_utc(cs.revoked_at or now).replace(microsecond=0)
             reason = reason_flag(cs.reason)
             this_update = max(this_update, revoked_at)
         next_update = this_update + self.validity

@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Row, Select, func, select
 
+from appliance import rfc3339
 from appliance.errors import ApplianceError
 from appliance.revocation.revoke import normalise_serial
 from appliance.runtime import Appliance
@@ -148,11 +149,7 @@ def _matches(row: _Row, name: str) -> bool:
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes (every time stored is UTC); PostgreSQL aware ones
-    in the session's time zone."""
-    if value is None:
-        return None
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return rfc3339.to_utc(value) if value is not None else None
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -50,6 +50,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from appliance.errors import ApplianceError
+from appliance.rfc3339 import format_z
 
 ANY_POLICY = "2.5.29.32.0"
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -470,8 +471,8 @@ class Chain:
             if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
                 raise PathError("validity", facts.link.name,
                                 f"CA {facts.link.name!r} is not valid now "
-                                f"({_iso(cert.not_valid_before_utc)} .. "
-                                f"{_iso(cert.not_valid_after_utc)})")
+                                f"({format_z(cert.not_valid_before_utc)} .. "
+                                f"{format_z(cert.not_valid_after_utc)})")
             above = self.facts[i + 1:]
             if not above:
                 continue
@@ -538,10 +539,10 @@ class Chain:
             if cert.not_valid_before_utc < c.not_valid_before_utc or \
                     cert.not_valid_after_utc > c.not_valid_after_utc:
                 raise PathError("validity", ca.link.name,
-                                f"{what} ({_iso(cert.not_valid_before_utc)} .. "
-                                f"{_iso(cert.not_valid_after_utc)}) is not inside the validity "
-                                f"of CA {ca.link.name!r} ({_iso(c.not_valid_before_utc)} .. "
-                                f"{_iso(c.not_valid_after_utc)})")
+                                f"{what} ({format_z(cert.not_valid_before_utc)} .. "
+                                f"{format_z(cert.not_valid_after_utc)}) is not inside the validity "
+                                f"of CA {ca.link.name!r} ({format_z(c.not_valid_before_utc)} .. "
+                                f"{format_z(c.not_valid_after_utc)})")
         eku = _ext(cert, x509.ExtendedKeyUsage, what)
         if eku is not None:
             asked = {o.dotted_string for o in eku} - {
@@ -568,7 +569,3 @@ def _policy_text(valid: frozenset[str] | None) -> str:
     if ANY_POLICY in valid:
         return "any policy"
     return ", ".join(sorted(valid))
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
