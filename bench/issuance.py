@@ -208,10 +208,10 @@ class RawSigner:
         from cryptography.x509.oid import AuthorityInformationAccessOID, ObjectIdentifier
 
         from appliance import config
-        from appliance.x509.signing import ca_public_key
         from appliance.hsm.keys import find_key
         from appliance.hsm.pool import SessionPool
         from appliance.hsm.signer import token_private_key
+        from appliance.x509.signing import ca_public_key
 
         settings = config.load(Path(config_path))
         self.pool = SessionPool(settings.hsm_profile)  # sets SOFTHSM2_CONF as the module loads

@@ -84,8 +84,8 @@ def _requests(app: Any, serials: list[int], k: int) -> list[bytes]:
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509 import ocsp
 
-    from appliance.ocsp.certid import cert_id_hashes
     from appliance.ca import authorities as authz
+    from appliance.ocsp.certid import cert_id_hashes
     from appliance.store.models import Authority
 
     with app.db.sessions() as db:
