@@ -4,7 +4,7 @@ account (compare step-ca's policy engine; REFERENCE.md "Name policy").
 This module is the package's one face: the rest of the appliance writes
 ``from appliance import policy`` and uses ``policy.Names``, ``policy.check``, ... . Inside,
 each name is defined once and the modules import downwards only: ``syntax`` (how a name is
-parsed) <- ``model`` (the policy file and its compiled rules) <- ``names`` (what a request
+parsed) <- ``model`` (the policy file and its compiled rules) and ``names`` (what a request
 carries) <- ``engine`` (the verdict).
 
 Evaluation (``check(names, [(level label, Policy | None), ...])``):
