@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appliance import durations, hosts, strict_yaml
 from appliance.errors import ConfigError
-from appliance.hsm.profile import HsmProfile, load_profile
 
 CONFIG_NAME = "appliance.yaml"
 
@@ -311,7 +310,6 @@ class Settings:
         self.config = config
         self.base_dir = base_dir
         self.path = path
-        self._profile: HsmProfile | None = None
 
     @property
     def node_id(self) -> str:
@@ -324,11 +322,10 @@ class Settings:
         return resolve_sqlite_url(url, self.base_dir)
 
     @property
-    def hsm_profile(self) -> HsmProfile:
-        if self._profile is None:
-            path = self.config.hsm.profile
-            self._profile = load_profile(path if path.is_absolute() else self.base_dir / path)
-        return self._profile
+    def hsm_profile_path(self) -> Path:
+        """The token profile file; the runtime reads it (the ground floor knows no token)."""
+        path = self.config.hsm.profile
+        return path if path.is_absolute() else self.base_dir / path
 
 
 def resolve_sqlite_url(url: str, base: Path) -> str:

@@ -25,6 +25,7 @@ from appliance.config import Settings
 from appliance.errors import ApplianceError, KeyNotFoundError
 from appliance.hsm import keys, selftest
 from appliance.hsm.pool import SessionPool
+from appliance.hsm.profile import HsmProfile, load_profile
 from appliance.hsm.signer import token_private_key
 from appliance.store.db import Database
 
@@ -47,6 +48,7 @@ class Appliance:
         CLI keeps the database's own busy timeout."""
         self.settings = settings
         self.wait_seconds = wait_seconds
+        self._profile: HsmProfile | None = None
         self._pool: SessionPool | None = None
         self._db: Database | None = None
         self._selftested = False
@@ -61,10 +63,18 @@ class Appliance:
         return self.settings.node_id
 
     @property
+    def hsm_profile(self) -> HsmProfile:
+        """The token profile the configuration names, read once (``config`` only knows its
+        path, so the ground floor does not depend on the token room)."""
+        if self._profile is None:
+            self._profile = load_profile(self.settings.hsm_profile_path)
+        return self._profile
+
+    @property
     def pool(self) -> SessionPool:
         with self._lock:
             if self._pool is None:
-                self._pool = SessionPool(self.settings.hsm_profile,
+                self._pool = SessionPool(self.hsm_profile,
                                          borrow_timeout=self.wait_seconds or 30.0)
             return self._pool
 

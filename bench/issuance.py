@@ -210,11 +210,13 @@ class RawSigner:
         from appliance import config
         from appliance.hsm.keys import find_key
         from appliance.hsm.pool import SessionPool
+        from appliance.hsm.profile import load_profile
         from appliance.hsm.signer import token_private_key
         from appliance.x509.signing import ca_public_key
 
         settings = config.load(Path(config_path))
-        self.pool = SessionPool(settings.hsm_profile)  # sets SOFTHSM2_CONF as the module loads
+        # SessionPool sets SOFTHSM2_CONF as the module loads.
+        self.pool = SessionPool(load_profile(settings.hsm_profile_path))
         self.issuer = x509.load_der_x509_certificate(authority.certificate_der)
         info = find_key(self.pool, authority.key_label, ca_public_key(self.issuer))
         self.key = token_private_key(self.pool, info)

@@ -6,9 +6,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from appliance import policy
 from appliance.acme.problems import AcmeProblem, subproblem
-from appliance.policy import names as policy
-from appliance.policy.syntax import MalformedName, parse_dns_name
 
 MAX_IDENTIFIERS = 100
 
@@ -47,8 +46,8 @@ def parse_one(item: Any) -> Identifier:
             raise AcmeProblem("rejectedIdentifier", detail,
                               subproblems=[subproblem("malformed", detail, item)])
         try:
-            return Identifier("dns", str(parse_dns_name(value)))
-        except MalformedName as exc:
+            return Identifier("dns", str(policy.parse_dns_name(value)))
+        except policy.MalformedName as exc:
             raise AcmeProblem("rejectedIdentifier", f"{value!r} is not a valid DNS name: {exc}",
                               subproblems=[subproblem("malformed", str(exc), item)]) from None
     if kind == "ip":

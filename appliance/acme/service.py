@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from josepy.jwk import JWK
 from sqlalchemy import Table, bindparam, insert, select, update
 
-from appliance import durations, logs, rfc3339
+from appliance import durations, logs, policy, rfc3339
 from appliance.acme import ari, eab, jws, validation
 from appliance.acme.identifiers import Identifier, parse_list
 from appliance.acme.nonces import Nonces
@@ -41,7 +41,6 @@ from appliance.issuance.pipeline import (
 )
 from appliance.issuance.request import ProvisionerContext, SignRequest
 from appliance.lint.pkilint_gate import LintError
-from appliance.policy import names as policy
 from appliance.provisioners.authorize import context_of as provisioner_context_of
 from appliance.provisioners.authorize import settings_of
 from appliance.provisioners.settings import ProvisionerSettings

@@ -86,8 +86,8 @@ def info(ctx: CliContext, as_json: bool) -> None:
     app = ctx.app()
     token = app.pool.token
     out = {
-        "profile": app.settings.hsm_profile.name,
-        "module": str(app.settings.hsm_profile.module),
+        "profile": app.hsm_profile.name,
+        "module": str(app.hsm_profile.module),
         "label": token.label,
         "serial": token_text(token.serial),
         "manufacturer": token.manufacturer_id,

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
+# Aliased: this module's click group is called ``policy``.
+from appliance import policy as name_policy
 from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx
 from appliance.ops import policies
-from appliance.policy.model import wildcard_notice
 from appliance.runtime import cli_actor
 
 
@@ -34,7 +35,7 @@ def set_cmd(ctx: CliContext, authority: bool, provisioner: str | None, file: Pat
     set_to = policies.set_policy(ctx.app(), level, name, file.read_text(encoding="utf-8"),
                                  cli_actor())
     click.echo(f"policy set for {name or 'the authority'}")
-    notice = wildcard_notice(set_to, level)
+    notice = name_policy.wildcard_notice(set_to, level)
     if notice:
         click.echo(f"note: {notice}", err=True)
 

@@ -15,6 +15,7 @@ from typing import Any
 import click
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from appliance import policy
 from appliance.cli.context import (
     CliContext,
     duration_callback,
@@ -26,9 +27,6 @@ from appliance.cli.context import (
 )
 from appliance.ops import policies as policy_ops
 from appliance.ops import provisioners as prov_ops
-from appliance.policy import syntax
-from appliance.policy.model import wildcard_notice
-from appliance.policy.names import parse_policy
 from appliance.provisioners import sealed, tokens
 from appliance.provisioners.settings import (
     Claims,
@@ -131,12 +129,12 @@ def add_cmd(ctx: CliContext, /, name: str, ptype: str, root_pem: Path | None,
     app = ctx.app()
     policy_text = policy_file.read_text(encoding="utf-8") if policy_file else None
     if policy_text is not None:
-        parse_policy(policy_text, str(policy_file))  # a bad policy refuses the whole add
+        policy.parse_policy(policy_text, str(policy_file))  # a bad policy refuses the whole add
     prov_ops.add(app, name, ptype, settings, cli_actor(), authority=authority,
                  roots_pem=root_pem.read_bytes() if root_pem else None, custody=custody)
     notice = None
     if policy_text is not None:
-        notice = wildcard_notice(policy_ops.set_policy(app, "provisioner", name, policy_text,
+        notice = policy.wildcard_notice(policy_ops.set_policy(app, "provisioner", name, policy_text,
                                                        cli_actor()), "provisioner")
     click.echo(f"provisioner {name!r} ({ptype}) added")
     if notice:
@@ -307,8 +305,8 @@ def _san_callback(_ctx: click.Context, _param: click.Parameter,
     out: list[str] = []
     for value in values:
         try:
-            checked = syntax.check_san(value)[1]
-        except syntax.MalformedName as exc:
+            checked = policy.check_san(value)[1]
+        except policy.MalformedName as exc:
             raise click.BadParameter(str(exc)) from None
         if checked not in out:
             out.append(checked)
@@ -319,8 +317,8 @@ def _cn_callback(_ctx: click.Context, _param: click.Parameter, value: str | None
     if value is None:
         return None
     try:
-        return syntax.check_common_name(value)
-    except syntax.MalformedName as exc:
+        return policy.check_common_name(value)
+    except policy.MalformedName as exc:
         raise click.BadParameter(str(exc)) from None
 
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
+from appliance import policy
 from appliance.errors import InputError
-from appliance.policy import names as policy
-from appliance.policy.syntax import quote
 from appliance.templates import model as template_model
 
 MAX_CSR_BYTES = 10_000
@@ -82,7 +81,7 @@ def _check_sans(names: policy.Names, field: str) -> None:
     for kind, values in (("dns", names.dns), ("email", names.email), ("uri", names.uri)):
         for value in values:
             if not value.isascii():
-                raise InputError(field, f"subjectAltName {kind} {quote(value)} is not ASCII "
+                raise InputError(field, f"subjectAltName {kind} {policy.quote(value)} is not ASCII "
                                  "(IA5String; internationalised names go as A-labels)")
             try:
                 template_model.normalize_san(kind, value)

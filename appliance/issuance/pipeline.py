@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import Table, bindparam, insert, select, update
 
-from appliance import logs
+from appliance import lint, logs, policy
 from appliance.audit.log import Actor
 from appliance.ca import authorities as authz
 from appliance.config import ApplianceConfig
@@ -45,11 +45,8 @@ from appliance.hsm import keys, rng
 from appliance.hsm.signer import TokenPrivateKey, token_private_key
 from appliance.inventory import match as inventory
 from appliance.issuance.request import MAX_CERT_LIFETIME, ProvisionerContext, SignRequest
-from appliance.lint import pkilint_gate
 from appliance.ocsp import presign as ocsp_presign
 from appliance.ocsp.signer import CertStatus, SignedResponse
-from appliance.policy import names as policy
-from appliance.policy import syntax as policy_syntax
 from appliance.runtime import Appliance
 from appliance.store.models import (
     Authority,
@@ -137,7 +134,7 @@ class Issuer:
             return self._issue(req, actor)
         except (IssuanceError, AuthorityUnavailable, policy.PolicyError,
                 template_render.TemplateRefusal, TemplateError, TemplateInputError,
-                inventory.InventoryError, pkilint_gate.LintError, x509_path.PathError) as exc:
+                inventory.InventoryError, lint.LintError, x509_path.PathError) as exc:
             self._audit_refusal(req, actor, exc)
             raise
 
@@ -190,7 +187,7 @@ class Issuer:
         # length, validity nesting, policies, EKU): never sign what the chain forbids.
         signer.path.check(trial, "the requested certificate")
         findings = [
-            f for f in pkilint_gate.lint_certificate(
+            f for f in lint.lint_certificate(
                 trial.public_bytes(serialization.Encoding.DER), "leaf")
             # pkilint only knows a few URI schemes (no spiffe:, urn:); SAN URIs were already
             # checked by the template model, so that one finding there is not a defect.
@@ -200,7 +197,7 @@ class Issuer:
             and not (f.code == "pkix.invalid_domain_name_syntax" and "subjectAltName" in f.node
                      and _wildcard_san(f.message or ""))
         ]
-        pkilint_gate.require_clean(
+        lint.require_clean(
             findings, f"certificate for {trial.subject.rfc4514_string() or 'an empty subject'}")
         serial_hex = f"{serial:x}"
         row_id = self._reserve(req, signer, serial_hex, template_name, inventory_id)
@@ -528,8 +525,8 @@ def _wildcard_san(message: str) -> bool:
         return False
     name = message[start + 1:message.find('"', start + 1)]
     try:
-        return policy_syntax.parse_dns_name(name).wildcard
-    except policy_syntax.MalformedName:
+        return policy.parse_dns_name(name).wildcard
+    except policy.MalformedName:
         return False
 
 

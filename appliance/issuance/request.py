@@ -13,8 +13,7 @@ from typing import Any
 
 from cryptography import x509
 
-from appliance import durations
-from appliance.policy import names as policy
+from appliance import durations, policy
 
 MAX_CERT_LIFETIME = 100 * 366 * 86400  # seconds; any provisioner's maximum is far below
 

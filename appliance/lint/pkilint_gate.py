@@ -33,20 +33,6 @@ from typing import Any, Final, Literal, get_args
 
 from appliance.errors import ApplianceError
 
-__all__ = [
-    "MAX_DER_BYTES",
-    "CertKind",
-    "CrlKind",
-    "CrlProfile",
-    "Finding",
-    "LintError",
-    "blocking",
-    "lint_certificate",
-    "lint_crl",
-    "lint_ocsp_response",
-    "require_clean",
-]
-
 MAX_DER_BYTES: Final = 1_000_000
 """Larger input is refused: no certificate, CRL or OCSP response this appliance signs comes
 near it, and pkilint builds a Python object per ASN.1 node, so size is memory and time."""

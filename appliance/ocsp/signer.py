@@ -46,13 +46,12 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from sqlalchemy import select
 
-from appliance import durations, logs, rfc3339
+from appliance import durations, lint, logs, rfc3339
 from appliance.ca import authorities as authz
 from appliance.errors import ApplianceError, SignatureCheckError
 from appliance.hsm import keys
 from appliance.hsm.pool import SessionPool
 from appliance.hsm.signer import TokenECPrivateKey, TokenRSAPrivateKey
-from appliance.lint import pkilint_gate
 from appliance.ocsp.certid import CERTID_HASHES, cert_id_hashes
 from appliance.runtime import Appliance
 from appliance.store.models import Authority, HsmKey
@@ -322,8 +321,8 @@ class OcspSigner:
         shape = (responder.fingerprint, status, hash_name)
         if shape in self._linted:
             return
-        findings = pkilint_gate.lint_ocsp_response(der)
-        pkilint_gate.require_clean(findings, f"OCSP response ({status}, {hash_name} CertID) "
+        findings = lint.lint_ocsp_response(der)
+        lint.require_clean(findings, f"OCSP response ({status}, {hash_name} CertID) "
                                              f"by {responder.cert.subject.rfc4514_string()}")
         with self._lock:
             self._linted.add(shape)

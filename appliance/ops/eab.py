@@ -13,11 +13,11 @@ from typing import Any, TypeVar
 
 from sqlalchemy import select
 
+from appliance import policy
 from appliance.acme import eab
 from appliance.audit.log import Actor
 from appliance.errors import ApplianceError
 from appliance.ops import provisioners as prov_ops
-from appliance.policy.names import parse_policy
 from appliance.runtime import Appliance
 from appliance.store.models import AcmeAccount, AcmeEabKey, Provisioner
 
@@ -55,7 +55,7 @@ def add(app: Appliance, provisioner: str, reference: str, actor: Actor, *,
     if not 1 <= len(reference) <= 128 or not reference.isprintable():
         raise EabError("--reference must be 1 to 128 printable characters")
     if policy_text is not None:
-        parse_policy(policy_text, "EAB key policy")  # refused before anything changes
+        policy.parse_policy(policy_text, "EAB key policy")  # refused before anything changes
     key_id = _no_leading_dash(lambda: secrets.token_urlsafe(16))
     hmac_key = _no_leading_dash(lambda: os.urandom(32), _b64)
     with app.db.transaction() as db:

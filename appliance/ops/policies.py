@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from appliance import policy
 from appliance.audit.log import Actor
 from appliance.errors import ApplianceError
 from appliance.ops import provisioners as prov_ops
-from appliance.policy.names import Policy, parse_policy
 from appliance.runtime import Appliance
 from appliance.store.models import NamePolicy
 
@@ -30,11 +30,12 @@ def _row(db: Session, level: str, provisioner: str | None) -> tuple[NamePolicy |
 
 
 def set_policy(app: Appliance, level: str, provisioner: str | None, text: str,
-               actor: Actor) -> Policy:
+               actor: Actor) -> policy.Policy:
     if len(text.encode()) > MAX_POLICY_BYTES:
         raise ApplianceError(f"policy larger than {MAX_POLICY_BYTES} bytes")
     where = "authority" if provisioner is None else f"provisioner {provisioner}"
-    policy = parse_policy(text, f"{where} policy")  # refuse a bad file before touching anything
+    # Refuse a bad file before touching anything.
+    parsed = policy.parse_policy(text, f"{where} policy")
     with app.db.transaction() as db:
         row, pid = _row(db, level, provisioner)
         before = row.source if row is not None else None
@@ -47,17 +48,17 @@ def set_policy(app: Appliance, level: str, provisioner: str | None, text: str,
             row.updated_at = datetime.now(UTC)
         app.audit_log().append(db, "policy.set", actor,
                                object_ids={"level": level, "provisioner": provisioner},
-                               details={"before": before, "after": policy.to_yaml()})
-    return policy
+                               details={"before": before, "after": parsed.to_yaml()})
+    return parsed
 
 
-def get_policy(app: Appliance, level: str, provisioner: str | None) -> Policy:
+def get_policy(app: Appliance, level: str, provisioner: str | None) -> policy.Policy:
     with app.db.sessions() as db:
         row, _ = _row(db, level, provisioner)
         if row is None:
             where = "the authority" if provisioner is None else f"provisioner {provisioner}"
             raise PolicyNotFound(f"no policy is set for {where}")
-        return parse_policy(row.source, "stored policy")
+        return policy.parse_policy(row.source, "stored policy")
 
 
 def remove_policy(app: Appliance, level: str, provisioner: str | None, actor: Actor) -> None:

@@ -1,6 +1,12 @@
 """Name policies: which names a certificate may carry, per authority, provisioner and ACME
 account (compare step-ca's policy engine; REFERENCE.md "Name policy").
 
+This module is the package's one face: the rest of the appliance writes
+``from appliance import policy`` and uses ``policy.Names``, ``policy.check``, ... . Inside,
+each name is defined once and the modules import downwards only: ``syntax`` (how a name is
+parsed) <- ``model`` (the policy file and its compiled rules) and ``names`` (what a request
+carries) <- ``engine`` (the verdict).
+
 Evaluation (``check(names, [(level label, Policy | None), ...])``):
 
 - Every level must pass; levels are judged in the order given and the first refusal is
@@ -49,22 +55,17 @@ Evaluation (``check(names, [(level label, Policy | None), ...])``):
   "no allow rule for cn [or <type>]" when neither list exists). An empty CN is not judged.
 """
 
-from appliance.policy.names import (
-    NameRules,
-    Names,
-    Policy,
-    PolicyError,
-    X509Policy,
-    check,
-    parse_policy,
-)
-
-__all__ = [
-    "NameRules",
-    "Names",
-    "Policy",
-    "PolicyError",
-    "X509Policy",
-    "check",
-    "parse_policy",
-]
+# ``X as X`` marks each name as exported (mypy --strict), so the face is these lines alone.
+from appliance.policy.engine import PolicyError as PolicyError
+from appliance.policy.engine import check as check
+from appliance.policy.model import NameRules as NameRules
+from appliance.policy.model import Policy as Policy
+from appliance.policy.model import X509Policy as X509Policy
+from appliance.policy.model import parse_policy as parse_policy
+from appliance.policy.model import wildcard_notice as wildcard_notice
+from appliance.policy.names import Names as Names
+from appliance.policy.syntax import MalformedName as MalformedName
+from appliance.policy.syntax import check_common_name as check_common_name
+from appliance.policy.syntax import check_san as check_san
+from appliance.policy.syntax import parse_dns_name as parse_dns_name
+from appliance.policy.syntax import quote as quote

@@ -6,7 +6,6 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
 
 from appliance.errors import ApplianceError
 from appliance.policy.model import (
@@ -18,6 +17,7 @@ from appliance.policy.model import (
     Policy,
     compile_policy,
 )
+from appliance.policy.names import Names
 from appliance.policy.syntax import (
     DnsName,
     IPAddress,
@@ -29,9 +29,6 @@ from appliance.policy.syntax import (
     parse_uri_host,
     quote,
 )
-
-if TYPE_CHECKING:
-    from appliance.policy.names import Names
 
 _LABELS = {
     "dns": "dns name",

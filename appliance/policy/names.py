@@ -1,8 +1,7 @@
-"""The names a request or certificate carries, and the public API of the name policy.
+"""The names a request or certificate carries, in the form the policy engine judges.
 
-``from appliance.policy import names as policy`` gives ``policy.Names``, ``policy.Policy``,
-``policy.parse_policy``, ``policy.check`` and ``policy.PolicyError``; the semantics are
-described in ``appliance.policy``.
+Only parsing helpers from ``syntax`` are needed here, so the engine can import ``Names``
+without a circle; the semantics are described in ``appliance.policy``.
 """
 
 from __future__ import annotations
@@ -109,18 +108,3 @@ class Names:
 def _attr_text(value: str | bytes) -> str:
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
-
-# Re-exported below Names: the engine refers to Names only in annotations.
-from appliance.policy.engine import PolicyError, check  # noqa: E402
-from appliance.policy.model import NameRules, Policy, X509Policy, parse_policy  # noqa: E402
-
-__all__ = [
-    "IPAddress",
-    "NameRules",
-    "Names",
-    "Policy",
-    "PolicyError",
-    "X509Policy",
-    "check",
-    "parse_policy",
-]

@@ -29,13 +29,12 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import String, func, select, type_coerce
 from sqlalchemy.exc import IntegrityError
 
-from appliance import durations, logs
+from appliance import durations, lint, logs
 from appliance.audit.log import Actor
 from appliance.ca import authorities as authz
 from appliance.errors import ApplianceError, SignatureCheckError
 from appliance.hsm import keys
 from appliance.hsm.signer import token_private_key
-from appliance.lint import pkilint_gate
 from appliance.revocation.reasons import FLAGS
 from appliance.runtime import Appliance
 from appliance.store.models import Authority, Certificate, Crl, HsmKey
@@ -247,7 +246,7 @@ def _lint_sample(ca: Authority, cert: x509.Certificate, url: str, number: int, n
     present in the CRL, then the first :data:`SAMPLE`), signed by a throw-away key."""
     trial = _builder(ca, cert, url, number, now, next_update, sample).sign(
         signing.throwaway_key(public), algo)
-    pkilint_gate.require_clean(pkilint_gate.lint_crl(
+    lint.require_clean(lint.lint_crl(
         trial.public_bytes(serialization.Encoding.DER)), f"CRL of {ca.name} (sample)")
 
 

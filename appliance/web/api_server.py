@@ -40,9 +40,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote
 
-from appliance import config, logs
+from appliance import config, lint, logs
 from appliance import deadline as request_deadline
-from appliance.lint import pkilint_gate
 from appliance.runtime import Appliance
 from appliance.web import errors
 from appliance.web.app import SECURITY_HEADERS, create_app
@@ -413,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     # Code only, before the fork (no token session, no database connection: those are each
     # worker's own): every worker starts with the application imported (this module
     # imports it) and pkilint's validator built, instead of building it on its first request.
-    pkilint_gate.warm()
+    lint.warm()
     try:
         tls_context(opts)  # unreadable certificate or key: fail here, not in every worker
         sockets, lock = listen_sockets(opts.bind, opts.workers)

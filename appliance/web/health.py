@@ -211,7 +211,7 @@ class ServiceHealth:
                                                            time.gmtime(t.at))}
             if t.outage_seconds is not None:
                 details["outage_seconds"] = t.outage_seconds
-            profile = self.app.settings.hsm_profile
+            profile = self.app.hsm_profile
             try:
                 with self.app.db.transaction() as session:
                     self.app.audit_log().append(

@@ -17,8 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from appliance import lint
 from appliance.errors import KeyPolicyError, SignatureCheckError
-from appliance.lint import pkilint_gate
 from appliance.x509.algorithms import CaHash, KeySpec, PublicKey
 
 _throwaway: dict[str, Any] = {}
@@ -40,7 +40,7 @@ def throwaway_key(like: PublicKey) -> Any:
 
 
 def sign_certificate(builder: x509.CertificateBuilder, signer: Any, algo: CaHash,
-                     pad: Any, issuer_public: PublicKey, lint_kind: pkilint_gate.CertKind,
+                     pad: Any, issuer_public: PublicKey, lint_kind: lint.CertKind,
                      skip_lints: Iterable[str], what: str,
                      check: Callable[[x509.Certificate], None] | None = None
                      ) -> x509.Certificate:
@@ -50,8 +50,8 @@ def sign_certificate(builder: x509.CertificateBuilder, signer: Any, algo: CaHash
     trial = builder.sign(trial_key, algo, rsa_padding=pad)
     if check is not None:
         check(trial)
-    findings = pkilint_gate.lint_certificate(trial.public_bytes(Encoding.DER), lint_kind)
-    pkilint_gate.require_clean(findings, what, skip_lints)
+    findings = lint.lint_certificate(trial.public_bytes(Encoding.DER), lint_kind)
+    lint.require_clean(findings, what, skip_lints)
     cert = builder.sign(signer, algo, rsa_padding=pad)
     if cert.tbs_certificate_bytes != trial.tbs_certificate_bytes:
         raise SignatureCheckError(f"{what}: the signed TBS differs from the linted one")
@@ -63,8 +63,8 @@ def sign_crl(builder: x509.CertificateRevocationListBuilder, signer: Any,
              algo: CaHash, pad: Any, issuer_public: PublicKey,
              skip_lints: Iterable[str], what: str) -> x509.CertificateRevocationList:
     trial = builder.sign(throwaway_key(issuer_public), algo, rsa_padding=pad)
-    findings = pkilint_gate.lint_crl(trial.public_bytes(Encoding.DER))
-    pkilint_gate.require_clean(findings, what, skip_lints)
+    findings = lint.lint_crl(trial.public_bytes(Encoding.DER))
+    lint.require_clean(findings, what, skip_lints)
     crl = builder.sign(signer, algo, rsa_padding=pad)
     if crl.tbs_certlist_bytes != trial.tbs_certlist_bytes:
         raise SignatureCheckError(f"{what}: the signed TBS differs from the linted one")

@@ -27,8 +27,8 @@ def load() -> Callable[[bytes], None]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+    from appliance import policy
     from appliance.issuance import pipeline
-    from appliance.policy import names as policy
     from appliance.provisioners import tokens, x5c
     from appliance.templates import build as template_build
     from appliance.templates import render as template_render

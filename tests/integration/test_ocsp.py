@@ -30,8 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
-from appliance import config
-from appliance.lint import pkilint_gate
+from appliance import config, lint
 from appliance.ocsp import cache
 from appliance.ocsp.certid import cert_id_hashes
 from appliance.runtime import Appliance
@@ -205,7 +204,7 @@ def test_good_by_openssl_with_the_delegated_signer(ctx: Ctx, tmp_path: Path) -> 
     assert resp.next_update_utc - resp.this_update_utc == timedelta(days=4)
     assert abs((resp.this_update_utc - datetime.now(UTC)).total_seconds() + 300) < 120
     for der in (row["der"], row["der_sha256"]):
-        assert pkilint_gate.blocking(pkilint_gate.lint_ocsp_response(bytes(der))) == []
+        assert lint.blocking(lint.lint_ocsp_response(bytes(der))) == []
 
 
 # -- refusals -------------------------------------------------------------------------------
@@ -418,7 +417,7 @@ def test_revocation_is_served_by_every_worker_at_once(ctx: Ctx, tmp_path: Path) 
     assert "Response verify OK" in out
     resp = parse(post(ctx, request_der(leaf.cert, issuer_cert(ctx))))
     assert resp.revocation_time_utc == revoked_at
-    assert pkilint_gate.blocking(pkilint_gate.lint_ocsp_response(resp.public_bytes(
+    assert lint.blocking(lint.lint_ocsp_response(resp.public_bytes(
         serialization.Encoding.DER))) == []
 
 

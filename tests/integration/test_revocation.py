@@ -11,7 +11,7 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from appliance.lint import pkilint_gate
+from appliance import lint
 from tests.conftest import run_cli
 from tests.service_helpers import Server, make_csr, serving
 
@@ -96,7 +96,7 @@ def test_crl_fields_lint_and_numbers_increase(server: Server, tmp_path: Path) ->
     assert dp[0].full_name[0].value == f"{server.http}/crl/issuing.crl"
     assert second.next_update_utc is not None and second.last_update_utc is not None
     assert (second.next_update_utc - second.last_update_utc).days <= 10
-    findings = pkilint_gate.blocking(pkilint_gate.lint_crl(
+    findings = lint.blocking(lint.lint_crl(
         second.public_bytes(serialization.Encoding.DER)))
     assert findings == []
     root_crl = _crl(server, "root")

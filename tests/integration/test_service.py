@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
-from appliance.lint import pkilint_gate
+from appliance import lint
 from tests.conftest import run_cli
 from tests.service_helpers import (
     Server,
@@ -143,7 +143,7 @@ def test_sign_ec_and_rsa_csrs_chain_lint_and_audit(server: Server, root_pem: str
         assert leaf.serial_number.bit_length() >= 64
         assert f"{leaf.serial_number:x}" == body["serial"]
         der = leaf.public_bytes(serialization.Encoding.DER)
-        assert pkilint_gate.blocking(pkilint_gate.lint_certificate(der, "leaf")) == []
+        assert lint.blocking(lint.lint_certificate(der, "leaf")) == []
         # The certificate's caIssuers URL serves the issuer that signed it.
         issuer_der = requests.get(f"{base}/ca/issuing.crt", timeout=10).content
         leaf.verify_directly_issued_by(x509.load_der_x509_certificate(issuer_der))

@@ -26,9 +26,9 @@ from cryptography.x509.oid import (
     ObjectIdentifier,
 )
 
+from appliance import lint as gate
 from appliance.errors import ApplianceError
-from appliance.lint import pkilint_gate as gate
-from appliance.lint.pkilint_gate import Finding, LintError, blocking, require_clean
+from appliance.lint import Finding, LintError, blocking, require_clean
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 DER = serialization.Encoding.DER

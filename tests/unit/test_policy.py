@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
+from appliance import policy
 from appliance.errors import ApplianceError, ConfigError
-from appliance.policy import names as policy
-from appliance.policy.names import Names, Policy, PolicyError, check, parse_policy
+from appliance.policy import Names, Policy, PolicyError, check, parse_policy
 
 OK = "ok"
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.policy import Names, PolicyError, check, parse_policy
-from appliance.policy.model import wildcard_notice
+from appliance.policy import Names, PolicyError, check, parse_policy, wildcard_notice
 
 DENY_ONLY = "x509:\n  deny:\n    dns: [bad.example.com]\n"
 

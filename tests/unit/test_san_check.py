@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.policy.names import Names
-from appliance.policy.syntax import MalformedName, check_common_name, check_san
+from appliance.policy import MalformedName, Names, check_common_name, check_san
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
+from appliance import lint
 from appliance.errors import ApplianceError
-from appliance.lint.pkilint_gate import blocking, lint_certificate
 from appliance.templates import build, inputs, model
 from appliance.templates import render as tr
 from appliance.templates.errors import TemplateError, TemplateInputError, TemplateRefusal
@@ -119,7 +119,7 @@ def assert_lints_clean(cert: x509.Certificate, *kinds: Any) -> None:
     """
     der = cert.public_bytes(DER)
     for kind in kinds or ("leaf",):
-        bad = [f for f in blocking(lint_certificate(der, kind))
+        bad = [f for f in lint.blocking(lint.lint_certificate(der, kind))
                if not (f.code == "pkix.invalid_uri_syntax" and f.message
                        and ('"spiffe://' in f.message or '"urn:' in f.message))]
         assert bad == [], f"{kind}: {bad}"
