@@ -23,7 +23,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 
 from appliance import lint
 from appliance.errors import ApplianceError
-from appliance.templates import build, inputs, model
+from appliance.templates import build, inputs, limits, model
 from appliance.templates import render as tr
 from appliance.templates.errors import TemplateError, TemplateInputError, TemplateRefusal
 from appliance.templates.shipped import builtin_templates
@@ -663,7 +663,7 @@ def _stopped(source: str, expected: str, **kw: Any) -> TemplateError:
 
 
 def test_source_size_limit() -> None:
-    big = '{"subject": {"CN": "x"}}' + " " * tr.MAX_SOURCE_BYTES
+    big = '{"subject": {"CN": "x"}}' + " " * limits.MAX_SOURCE_BYTES
     with pytest.raises(TemplateError, match="at most 65536"):
         render_src(big)
     with pytest.raises(TemplateError, match="at most 65536"):
