@@ -267,7 +267,7 @@ class CeremonyRunner:
                                    "(its subject does not hold the key)")
         if not isinstance(subject_key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
             raise xb.CeremonyError(f"step {step.id}: the CSR's key is neither RSA nor ECDSA")
-        spec = algorithms.KeySpec.of_public_key(subject_key)  # refuses unused sizes and curves
+        spec = algorithms.check_ca_key(subject_key)  # an approved CA key type, or refused
         if step.subject and csr.subject.public_bytes() != x509ext.name(step.subject).public_bytes():
             raise xb.CeremonyError(
                 f"step {step.id}: the CSR's subject {csr.subject.rfc4514_string()!r} is not "
@@ -322,7 +322,7 @@ class CeremonyRunner:
     def _csr(self, step: s.CsrStep) -> StepResult:
         key = self._resolve_key(step.key)
         signer = token_private_key(self.app.pool, key)
-        algo = algorithms.HASHES[step.signature_hash or algorithms.default_hash(key.public_key)]
+        algo = algorithms.ca_signature_hash(key.public_key, step.signature_hash)
         pad = algorithms.rsa_padding(key.public_key, step.rsa_padding, algo)
         csr = x509.CertificateSigningRequestBuilder().subject_name(
             x509ext.name(step.subject)).sign(signer, algo, rsa_padding=pad)
@@ -408,7 +408,7 @@ class CeremonyRunner:
                 only_contains_user_certs=False, only_contains_ca_certs=True,
                 only_some_reasons=None, indirect_crl=False,
                 only_contains_attribute_certs=False), critical=True)
-        algo = algorithms.HASHES[step.signature_hash or algorithms.default_hash(issuer.public_key)]
+        algo = algorithms.ca_signature_hash(issuer.public_key, step.signature_hash)
         crl = signing.sign_crl(builder, signing_key, algo,
                           algorithms.rsa_padding(issuer.public_key, step.rsa_padding, algo),
                           issuer.public_key, step.skip_lints, f"CRL {step.id}")
@@ -470,7 +470,7 @@ class CeremonyRunner:
               lint_kind: Any, what: str, issuer: CaRef | None) -> x509.Certificate:
         """Sign after the lint gate and, below a CA (``issuer``; None for a self-signed
         root), after path validation of the trial certificate under the issuer's chain."""
-        algo = algorithms.HASHES[step.signature_hash or algorithms.default_hash(issuer_public)]
+        algo = algorithms.ca_signature_hash(issuer_public, step.signature_hash)
         pad = algorithms.rsa_padding(issuer_public, step.rsa_padding, algo)
         if isinstance(signer, KeyInfo):
             signer = token_private_key(self.app.pool, signer)
