@@ -548,7 +548,7 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from appliance.hsm.profile import ALL_KEY_TYPES
+    from appliance.x509.algorithms import ALL_KEY_TYPES
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--key-type", default="ec-p256", choices=ALL_KEY_TYPES)

@@ -10,7 +10,6 @@ The database alone therefore never yields a usable EAB key.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import json
 import os
@@ -22,8 +21,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from appliance import secretfile
 from appliance.acme import jws
 from appliance.acme.problems import AcmeProblem
+from appliance.x509 import algorithms
 
-HMAC_ALGS = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
 WRAP_KEY_NAME = "acme-eab-wrap.key"
 
 
@@ -75,8 +74,9 @@ def check_binding(binding: Any, *, account_jwk: dict[str, Any], url: str,
     env = jws.parse(binding, "externalAccountBinding")
     p = env.protected
     alg = p.get("alg")
-    if alg not in HMAC_ALGS:
-        raise AcmeProblem("malformed", "externalAccountBinding must use HS256, HS384 or HS512")
+    if not isinstance(alg, str) or not algorithms.jws_alg_allowed(alg, "eab"):
+        raise AcmeProblem("malformed", "externalAccountBinding must use "
+                          f"{algorithms.one_of(algorithms.jws_algs('eab'))}")
     if "nonce" in p or "jwk" in p:
         raise AcmeProblem("malformed", "externalAccountBinding must not carry a nonce or jwk")
     if p.get("url") != url:
@@ -88,6 +88,6 @@ def check_binding(binding: Any, *, account_jwk: dict[str, Any], url: str,
     if inner != account_jwk:
         raise AcmeProblem("unauthorized", "externalAccountBinding is over another key than the "
                           "account's")
-    expected = hmac.new(hmac_key, env.signing_input, HMAC_ALGS[alg]).digest()
+    expected = hmac.new(hmac_key, env.signing_input, algorithms.HMAC_HASH[alg]).digest()
     if not hmac.compare_digest(expected, env.signature):
         raise AcmeProblem("unauthorized", "externalAccountBinding MAC does not verify")

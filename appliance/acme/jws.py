@@ -1,8 +1,9 @@
 """Reading the flattened JWS of an ACME request (RFC 8555 §6.2) and checking it.
 
 josepy parses keys, computes thumbprints and checks signatures; the ACME rules
-around them (exactly one of ``jwk``/``kid``, ``nonce``, ``url``, the algorithms and
-key sizes a CA accepts) are here. Every field is bounded before it is decoded.
+around them (exactly one of ``jwk``/``kid``, ``nonce``, ``url``) are here, and the
+algorithms and key sizes a CA accepts are asked of the one table
+(``appliance.x509.algorithms``). Every field is bounded before it is decoded.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ from josepy.jwk import JWK
 from appliance import bounded_json
 from appliance.acme.problems import AcmeProblem
 from appliance.errors import InputError
+from appliance.x509 import algorithms
 
 MAX_FIELD = 64 * 1024
-ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 # The members each key type must have (RFC 7518 §6), checked before josepy reads them.
 KEY_MEMBERS = {"RSA": ("n", "e"), "EC": ("crv", "x", "y")}
-EC_ALG = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 
 
 def b64decode(text: Any, what: str) -> bytes:
@@ -115,14 +115,10 @@ def load_jwk(value: Any) -> JWK:
         key = jwk.key
     except (DeserializationError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise AcmeProblem("malformed", f"jwk does not parse: {str(exc)[:200]}") from None
-    if isinstance(key._wrapped, rsa.RSAPublicKey):
-        if not 2048 <= key.key_size <= 8192:
-            raise AcmeProblem("badPublicKey", f"RSA key of {key.key_size} bits not accepted")
-    elif isinstance(key._wrapped, ec.EllipticCurvePublicKey):
-        if key.curve.name not in EC_ALG:
-            raise AcmeProblem("badPublicKey", f"curve {key.curve.name} not accepted")
-    else:
-        raise AcmeProblem("badPublicKey", "a public key is required")
+    try:
+        algorithms.check_account_key(key._wrapped)
+    except algorithms.AlgorithmRefused as exc:
+        raise AcmeProblem("badPublicKey", str(exc)) from None
     return jwk
 
 
@@ -132,12 +128,13 @@ def thumbprint(jwk: JWK) -> str:
 
 def check_signature(env: Envelope, jwk: JWK) -> None:
     alg = env.protected.get("alg")
-    if alg not in ALGORITHMS:
+    if not isinstance(alg, str) or not algorithms.jws_alg_allowed(alg, "acme"):
         raise AcmeProblem("badSignatureAlgorithm", f"algorithm {alg!r} is not accepted; use one "
-                          f"of {', '.join(ALGORITHMS)}")
+                          f"of {', '.join(algorithms.jws_algs('acme'))}")
     key = jwk.key._wrapped
     if alg.startswith("ES"):
-        if not isinstance(key, ec.EllipticCurvePublicKey) or EC_ALG.get(key.curve.name) != alg:
+        if not isinstance(key, ec.EllipticCurvePublicKey) or \
+                algorithms.JWS_ALG_OF_CURVE.get(key.curve.name) != alg:
             raise AcmeProblem("badSignatureAlgorithm", f"{alg} does not fit the key")
     elif not isinstance(key, rsa.RSAPublicKey):
         raise AcmeProblem("badSignatureAlgorithm", f"{alg} does not fit the key")

@@ -152,7 +152,7 @@ def sign_csr(ctx: StepContext, step: s.SignCsrStep) -> StepResult:
                                "(its subject does not hold the key)")
     if not isinstance(subject_key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
         raise xb.CeremonyError(f"step {step.id}: the CSR's key is neither RSA nor ECDSA")
-    spec = algorithms.KeySpec.of_public_key(subject_key)  # refuses unused sizes and curves
+    spec = algorithms.check_ca_key(subject_key)  # an approved CA key type, or refused
     if step.subject and csr.subject.public_bytes() != x509ext.name(step.subject).public_bytes():
         raise xb.CeremonyError(
             f"step {step.id}: the CSR's subject {csr.subject.rfc4514_string()!r} is not "
@@ -238,7 +238,7 @@ def _sign(ctx: StepContext, step: Any, builder: x509.CertificateBuilder, signer:
           issuer: CaRef | None) -> x509.Certificate:
     """Sign after the lint gate and, below a CA (``issuer``; None for a self-signed
     root), after path validation of the trial certificate under the issuer's chain."""
-    algo = algorithms.HASHES[step.signature_hash or algorithms.default_hash(issuer_public)]
+    algo = algorithms.ca_signature_hash(issuer_public, step.signature_hash)
     pad = algorithms.rsa_padding(issuer_public, step.rsa_padding, algo)
     if isinstance(signer, KeyInfo):
         signer = token_private_key(ctx.app.pool, signer)

@@ -48,7 +48,7 @@ def crl(ctx: StepContext, step: s.CrlStep) -> StepResult:
             only_contains_user_certs=False, only_contains_ca_certs=True,
             only_some_reasons=None, indirect_crl=False,
             only_contains_attribute_certs=False), critical=True)
-    algo = algorithms.HASHES[step.signature_hash or algorithms.default_hash(issuer.public_key)]
+    algo = algorithms.ca_signature_hash(issuer.public_key, step.signature_hash)
     signed = signing.sign_crl(builder, signing_key, algo,
                               algorithms.rsa_padding(issuer.public_key, step.rsa_padding, algo),
                               issuer.public_key, step.skip_lints, f"CRL {step.id}")

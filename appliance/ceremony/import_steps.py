@@ -44,7 +44,7 @@ from appliance.x509 import path as x509_path
 def csr(ctx: StepContext, step: s.CsrStep) -> StepResult:
     key = ctx.resolve_key(step.key)
     signer = token_private_key(ctx.app.pool, key)
-    algo = algorithms.HASHES[step.signature_hash or algorithms.default_hash(key.public_key)]
+    algo = algorithms.ca_signature_hash(key.public_key, step.signature_hash)
     pad = algorithms.rsa_padding(key.public_key, step.rsa_padding, algo)
     request = x509.CertificateSigningRequestBuilder().subject_name(
         x509ext.name(step.subject)).sign(signer, algo, rsa_padding=pad)

@@ -16,10 +16,9 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from appliance.x509.algorithms import HashName as Hash
-from appliance.x509.algorithms import KeyType
+from appliance.x509 import algorithms
 from appliance.x509.vocabulary import (
     EkuName,
     KeyUsageName,
@@ -38,6 +37,27 @@ ROOT_MAX_DAYS = int(25 * YEAR)
 SUBORDINATE_MAX_DAYS = int(8 * YEAR)
 OCSP_SIGNER_MAX_DAYS = 825
 MAX_STEPS = 50
+
+
+def _approved_key_type(name: algorithms.KeyType) -> algorithms.KeyType:
+    """Refused while the script is read, before any session opens: the table decides."""
+    try:
+        algorithms.check_ca_key_type(name)
+    except algorithms.AlgorithmRefused as exc:
+        raise ValueError(str(exc)) from None
+    return name
+
+
+def _approved_hash(name: algorithms.HashName) -> algorithms.HashName:
+    try:
+        algorithms.signature_hash(name)
+    except algorithms.AlgorithmRefused as exc:
+        raise ValueError(str(exc)) from None
+    return name
+
+
+KeyType = Annotated[algorithms.KeyType, AfterValidator(_approved_key_type)]
+Hash = Annotated[algorithms.HashName, AfterValidator(_approved_hash)]
 
 
 class _Strict(BaseModel):

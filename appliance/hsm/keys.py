@@ -22,7 +22,7 @@ from pkcs11 import exceptions as p11e
 
 from appliance.errors import HsmError, KeyExistsError, KeyNotFoundError, KeyPolicyError
 from appliance.hsm.pool import PooledSession, SessionPool
-from appliance.x509.algorithms import KeySpec, PublicKey
+from appliance.x509.algorithms import KeySpec, PublicKey, check_ca_key_type
 
 # DER of the named-curve OIDs, as CKA_EC_PARAMS carries them.
 _CURVES: dict[str, tuple[bytes, ec.EllipticCurve]] = {
@@ -84,7 +84,7 @@ def generate_keypair(pool: SessionPool, label: str, key_type: str) -> KeyInfo:
     Runs without retry: a generation must never happen twice. If a check
     after generation fails, both objects are destroyed and nothing is left.
     """
-    spec = KeySpec.parse(key_type)
+    spec = check_ca_key_type(key_type)
     check_label(label)
     if spec.name not in pool.profile.allowed_key_types:
         raise KeyPolicyError(f"key type {spec.name} is not allowed by HSM profile "

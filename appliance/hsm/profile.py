@@ -11,24 +11,12 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appliance import strict_yaml
 from appliance.errors import ConfigError
-from appliance.x509.algorithms import ALL_KEY_TYPES, KeyType
-
-Mechanism = Literal[
-    "ECDSA",
-    "SHA256_RSA_PKCS", "SHA384_RSA_PKCS", "SHA512_RSA_PKCS",
-    "SHA256_RSA_PKCS_PSS", "SHA384_RSA_PKCS_PSS", "SHA512_RSA_PKCS_PSS",
-]
-ALL_MECHANISMS: tuple[Mechanism, ...] = (
-    "ECDSA",
-    "SHA256_RSA_PKCS", "SHA384_RSA_PKCS", "SHA512_RSA_PKCS",
-    "SHA256_RSA_PKCS_PSS", "SHA384_RSA_PKCS_PSS", "SHA512_RSA_PKCS_PSS",
-)
+from appliance.x509.algorithms import ALL_KEY_TYPES, ALL_MECHANISMS, KeyType, Mechanism
 
 
 class _Strict(BaseModel):
@@ -83,6 +71,8 @@ class HsmProfile(_Strict):
     # re-initialised at most this often, so the service comes back by itself when the token
     # does, without hammering it meanwhile.
     reconnect_interval_seconds: float = Field(default=5.0, ge=0.5, le=3600)
+    # What this token may be used for, within what the algorithm table approves (both are
+    # asked: a profile can narrow the table for one token, never widen it).
     allowed_key_types: tuple[KeyType, ...] = ALL_KEY_TYPES
     allowed_mechanisms: tuple[Mechanism, ...] = ALL_MECHANISMS
     module_env: dict[str, str] = Field(default_factory=dict)

@@ -26,6 +26,7 @@ from pkcs11 import MGF, Mechanism
 from appliance.errors import KeyPolicyError, SignatureCheckError
 from appliance.hsm.keys import KeyInfo, private_key_object
 from appliance.hsm.pool import PooledSession, SessionPool
+from appliance.x509 import algorithms
 
 _HASHES: dict[str, tuple[type[hashes.HashAlgorithm], Any, Any, Any, Any]] = {
     # name: (class, PKCS1 v1.5 mech, PSS mech, PSS hash mech, MGF)
@@ -45,11 +46,10 @@ _DIGEST_INFO = {
 
 
 def _hash_name(algorithm: hashes.HashAlgorithm | Prehashed) -> str:
+    """The name of an approved CA signature hash (the table decides; ``_HASHES`` only maps
+    it to mechanisms)."""
     inner = algorithm._algorithm if isinstance(algorithm, Prehashed) else algorithm
-    if inner.name not in _HASHES:
-        raise KeyPolicyError(
-            f"hash {inner.name} is not allowed for CA signatures; use SHA-256, SHA-384 or SHA-512"
-        )
+    algorithms.signature_hash(inner.name)
     return inner.name
 
 
@@ -78,6 +78,7 @@ class _TokenKeyMixin:
             raise KeyPolicyError(
                 f"mechanism {name} is not allowed by HSM profile {self._pool.profile.name!r}"
             )
+        algorithms.check_mechanism(name)
 
     def _token_sign(self, data: bytes, mechanism: Any, param: Any = None) -> bytes:
         def work(ps: PooledSession) -> bytes:

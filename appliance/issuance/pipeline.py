@@ -33,7 +33,6 @@ from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import Table, bindparam, insert, select, update
 
 from appliance import lint, logs, policy
@@ -141,10 +140,10 @@ class Issuer:
     def _issue(self, req: SignRequest, actor: Actor) -> Issued:
         csr = req.csr
         if isinstance(csr, x509.Certificate):
-            _check_key(csr.public_key())
+            check_subject_key(csr.public_key())
             csr_names = policy.Names.from_certificate(csr)
         else:
-            _check_csr(csr)
+            check_csr(csr)
             csr_names = policy.Names.from_csr(csr)
         if req.credential_names is not None:
             _check_names_match(csr_names, req.credential_names)
@@ -474,26 +473,24 @@ def _parse_policy(text: str, source: str) -> policy.Policy:
     return policy.parse_policy(text, source)  # immutable (frozen model): safe to share
 
 
-def _check_csr(csr: x509.CertificateSigningRequest) -> None:
+def check_csr(csr: x509.CertificateSigningRequest) -> None:
+    """A client's CSR: its signature verifies, and its key and hash are ones the algorithm
+    table approves."""
     if not csr.is_signature_valid:
         raise IssuanceError("the CSR signature does not verify")
-    _check_key(csr.public_key())
-    algo = csr.signature_hash_algorithm
-    if algo is None or algo.name not in ("sha256", "sha384", "sha512"):
-        raise IssuanceError("the CSR must be signed with SHA-256, SHA-384 or SHA-512")
+    check_subject_key(csr.public_key())
+    try:
+        algorithms.check_csr_hash(csr.signature_hash_algorithm)
+    except algorithms.AlgorithmRefused as exc:
+        raise IssuanceError(str(exc)) from None
 
 
-def _check_key(key: Any) -> None:
-    if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < 2048 or key.key_size > 8192 or key.key_size % 8:
-            raise IssuanceError(f"RSA key of {key.key_size} bits is not allowed")
-        if key.public_numbers().e != 65537:
-            raise IssuanceError("RSA public exponent must be 65537")
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        if not isinstance(key.curve, algorithms.ALLOWED_CURVES):
-            raise IssuanceError(f"curve {key.curve.name} is not allowed")
-    else:
-        raise IssuanceError("only RSA and ECDSA keys are accepted")
+def check_subject_key(key: Any) -> None:
+    """The key a certificate is to be issued for (from a CSR, or a certificate renewed)."""
+    try:
+        algorithms.check_csr_key(key)
+    except algorithms.AlgorithmRefused as exc:
+        raise IssuanceError(str(exc)) from None
 
 
 def _flat_names(names: policy.Names) -> list[tuple[str, str]]:
@@ -539,4 +536,4 @@ def _san_list(cert: x509.Certificate) -> list[str]:
 
 
 def _hash(signer: _Signer) -> algorithms.CaHash:
-    return algorithms.HASHES[algorithms.default_hash(signing.ca_public_key(signer.cert))]
+    return algorithms.ca_signature_hash(signing.ca_public_key(signer.cert))

@@ -258,9 +258,7 @@ class OcspSigner:
         public = signing.ca_public_key(signer_cert)
         pool = self.app.signing_pool()
         info = keys.find_key(pool, label, public)
-        algorithm: hashes.HashAlgorithm = (
-            hashes.SHA256() if isinstance(public, rsa.RSAPublicKey)
-            else algorithms.HASHES[algorithms.default_hash(public)])
+        algorithm: hashes.HashAlgorithm = algorithms.ocsp_signature_hash(public)
         return Responder(authority_id, ca_name, issuer, cert_id_hashes(issuer), signer_cert,
                          delegated, witness_key(pool, info), algorithm,
                          time.monotonic() + reuse)

@@ -26,9 +26,10 @@ from appliance.issuance.request import ProvisionerContext, SignRequest
 from appliance.provisioners.authorize import audit_failure, context
 from appliance.provisioners.settings import sign_audience
 from appliance.provisioners.tokens import LEEWAY, TokenError, check_times
-from appliance.provisioners.x5c import ALGORITHMS, header_chain
+from appliance.provisioners.x5c import header_chain
 from appliance.runtime import Appliance
 from appliance.store.models import Certificate, Provisioner, UsedToken
+from appliance.x509 import algorithms
 
 MAX_TOKEN_LIFETIME = 3600
 
@@ -60,7 +61,8 @@ def certificate_from_token(token: str, audience: str
     cert = header_chain(token)[0]
     try:
         claims = jwt.decode(
-            token, cert.public_key(), algorithms=ALGORITHMS,  # type: ignore[arg-type]
+            token, cert.public_key(),  # type: ignore[arg-type]
+            algorithms=list(algorithms.jws_algs("x5c")),
             audience=audience, leeway=LEEWAY,
             options={"require": ["exp", "nbf", "iat", "jti"]})
     except jwt.PyJWTError as exc:

@@ -26,10 +26,13 @@ from jwt.algorithms import ECAlgorithm
 from appliance import bounded_json
 from appliance.errors import ApplianceError
 from appliance.issuance.request import MAX_CERT_LIFETIME
+from appliance.x509 import algorithms
 
 LEEWAY = 60
 MAX_TOKEN_LIFETIME = 86400
 MAX_TOKEN_BYTES = 8192
+# What a JWK provisioner's key (P-256, ``new_key``) signs with; which algorithms a token may
+# carry to be accepted is the table's (``algorithms.jws_algs("ott")``).
 ALGORITHM = "ES256"
 MAX_NUMERIC_DATE = 253_402_300_799  # 9999-12-31T23:59:59Z
 
@@ -131,7 +134,8 @@ def verify(token: str, jwk: dict[str, Any], *, provisioner: str, audience: str) 
     try:
         key = _verifying_key(json.dumps(jwk, sort_keys=True))
         claims = jwt.decode(
-            token, key, algorithms=[ALGORITHM], audience=audience, issuer=provisioner,
+            token, key, algorithms=list(algorithms.jws_algs("ott")), audience=audience,
+            issuer=provisioner,
             leeway=LEEWAY, options={"require": ["exp", "nbf", "iat", "jti", "sub", "iss", "aud"]},
         )
     except jwt.PyJWTError as exc:

@@ -24,8 +24,8 @@ from appliance.provisioners.tokens import (
     check_cert_lifetime,
     check_times,
 )
+from appliance.x509 import algorithms
 
-ALGORITHMS = ["ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
 MAX_CHAIN = 5
 
 
@@ -65,7 +65,8 @@ def verify(token: str, roots_pem: str, *, provisioner: str, audience: str) -> To
                          f"{exc}") from None
     try:
         claims = jwt.decode(
-            token, certs[0].public_key(), algorithms=ALGORITHMS,  # type: ignore[arg-type]
+            token, certs[0].public_key(),  # type: ignore[arg-type]
+            algorithms=list(algorithms.jws_algs("x5c")),
             audience=audience, issuer=provisioner, leeway=LEEWAY,
             options={"require": ["exp", "nbf", "iat", "jti", "sub", "iss", "aud"]})
     except jwt.PyJWTError as exc:

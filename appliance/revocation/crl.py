@@ -199,7 +199,7 @@ def publish(app: Appliance, authority: str, actor: Actor, *,
     pool = app.signing_pool()
     public = signing.ca_public_key(cert)
     signer = token_private_key(pool, keys.find_key(pool, key_row.label, public))
-    algo = algorithms.HASHES[algorithms.default_hash(public)]
+    algo = algorithms.ca_signature_hash(public)
     next_update = min(now + validity, cert.not_valid_after_utc)
     for attempt in range(5):
         with app.db.sessions() as db:

@@ -59,7 +59,7 @@ def load() -> Callable[[bytes], None]:
     def issue_offline(body: api.SignBody) -> None:
         """What the pipeline does with the parsed request after the token, minus the
         database and the token."""
-        pipeline._check_csr(body.csr)
+        pipeline.check_csr(body.csr)
         names = policy.Names.from_csr(body.csr)
         pipeline._flat_names(names)
         start = body.not_before or now

@@ -14,8 +14,6 @@ import yaml
 
 from appliance.errors import ConfigError
 from appliance.hsm.profile import (
-    ALL_KEY_TYPES,
-    ALL_MECHANISMS,
     MAX_PIN_BYTES,
     HsmProfile,
     PinSource,
@@ -23,6 +21,7 @@ from appliance.hsm.profile import (
     parse_profile,
     read_pin,
 )
+from appliance.x509.algorithms import ALL_KEY_TYPES, ALL_MECHANISMS
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "hsm_profiles"
 SHIPPED = sorted(PROFILES_DIR.glob("*.yaml"))

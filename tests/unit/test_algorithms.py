@@ -1,0 +1,342 @@
+"""The algorithm table: what it approves today, and that narrowing it is the only thing a
+stricter mode needs (the real checks of the CSR, ACME, EAB, token and ceremony paths follow
+the narrowed table, with no other change)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
+from appliance.acme import eab, jws
+from appliance.acme.problems import AcmeProblem
+from appliance.ceremony import script
+from appliance.errors import ConfigError, KeyPolicyError
+from appliance.issuance import pipeline
+from appliance.provisioners import renewal, tokens
+from appliance.x509 import algorithms
+from appliance.x509.algorithms import DEFAULT, AlgorithmRefused
+
+URL = "https://ca.test/acme/new-account"
+_JWK_CURVE = {"secp256r1": ("P-256", 32, hashes.SHA256()), "secp384r1": ("P-384", 48,
+              hashes.SHA384()), "secp521r1": ("P-521", 66, hashes.SHA512())}
+
+
+def _exactly(message: str) -> str:
+    return f"^{re.escape(message)}$"
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _ec_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
+    crv, size, _ = _JWK_CURVE[key.curve.name]
+    n = key.public_key().public_numbers()
+    return {"kty": "EC", "crv": crv, "x": b64(n.x.to_bytes(size, "big")),
+            "y": b64(n.y.to_bytes(size, "big"))}
+
+
+def _es_jws(key: ec.EllipticCurvePrivateKey, alg: str) -> dict[str, str]:
+    """A flattened JWS by ``key`` (any of the three curves) over an empty payload."""
+    _, size, algo = _JWK_CURVE[key.curve.name]
+    p64 = b64(json.dumps({"alg": alg, "nonce": "n", "url": URL, "jwk": _ec_jwk(key)}).encode())
+    r, s = decode_dss_signature(key.sign(f"{p64}.".encode(), ec.ECDSA(algo)))
+    return {"protected": p64, "payload": "",
+            "signature": b64(r.to_bytes(size, "big") + s.to_bytes(size, "big"))}
+
+
+def _acme_verify(body: dict[str, str]) -> jws.Verified:
+    return jws.verify(jws.parse(body), url=URL, redeem_nonce=lambda _n: True,
+                      account_key=lambda _k: pytest.fail("no kid expected"), want="jwk")
+
+
+def _binding(alg: str, mac_key: bytes, account_jwk: dict[str, str]) -> dict[str, str]:
+    p64 = b64(json.dumps({"alg": alg, "kid": "kid1", "url": URL}).encode())
+    body = b64(json.dumps(account_jwk).encode())
+    digest = algorithms.HMAC_HASH.get(alg, "sha256")
+    mac = hmac.new(mac_key, f"{p64}.{body}".encode(), digest).digest()
+    return {"protected": p64, "payload": body, "signature": b64(mac)}
+
+
+def _csr(key: Any, algo: hashes.HashAlgorithm | None = None) -> x509.CertificateSigningRequest:
+    return (x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a.test")]))
+            .sign(key, algo))
+
+
+def _rsa_public(bits: int, e: int = 65537) -> rsa.RSAPublicKey:
+    """An RSA public key of exactly ``bits`` bits (not a real key: only its size is read)."""
+    return rsa.RSAPublicNumbers(e, (1 << (bits - 1)) | 1).public_key()
+
+
+def _ceremony(tmp_path: Path, key_type: str, signature_hash: str = "sha384") -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"""version: 1
+name: narrowed
+operators: [op]
+steps:
+  - id: root-key
+    type: key
+    label: root-2026
+    key_type: {key_type}
+  - id: root
+    type: root
+    key: root-key
+    authority: root
+    subject: {{CN: Root}}
+    validity: {{days: 3650}}
+    signature_hash: {signature_hash}
+""")
+    return path
+
+
+def _without(items: tuple[str, ...], *drop: str) -> tuple[Any, ...]:
+    return tuple(i for i in items if i not in drop)
+
+
+# -- (1) what the table approves today ---------------------------------------------------
+
+def test_the_default_table_approves_what_the_appliance_always_did() -> None:
+    assert algorithms.current() is DEFAULT
+    t = DEFAULT
+    assert t.ca_key_types == ("rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384",
+                              "ec-p521")
+    assert t.ca_hashes == ("sha256", "sha384", "sha512") == t.csr_hashes
+    assert t.mechanisms == algorithms.ALL_MECHANISMS
+    assert algorithms.jws_algs("ott") == ("ES256",)
+    assert set(algorithms.jws_algs("x5c")) == set(algorithms.jws_algs("acme")) == {
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+    assert algorithms.jws_algs("eab") == ("HS256", "HS384", "HS512")
+    assert not algorithms.jws_alg_allowed("none", "acme")
+    assert not algorithms.jws_alg_allowed(["ES256"], "acme")  # an unhashable JSON value
+    assert not algorithms.jws_alg_allowed("HS256", "x5c")
+
+
+def test_ca_keys_and_signature_hashes() -> None:
+    for name in algorithms.ALL_KEY_TYPES:
+        assert algorithms.check_ca_key_type(name).name == name
+    with pytest.raises(KeyPolicyError, match="unknown key type 'rsa-1024'"):
+        algorithms.check_ca_key_type("rsa-1024")
+    with pytest.raises(AlgorithmRefused, match="hash sha1 is not allowed for CA signatures; "
+                       "use SHA-256, SHA-384 or SHA-512"):
+        algorithms.signature_hash("sha1")
+    p256, p384 = (ec.generate_private_key(c()).public_key() for c in (ec.SECP256R1,
+                                                                       ec.SECP384R1))
+    p521 = ec.generate_private_key(ec.SECP521R1()).public_key()
+    assert [algorithms.default_hash(k) for k in (p256, p384, p521)] == [
+        "sha256", "sha384", "sha512"]
+    assert algorithms.default_hash(_rsa_public(2048)) == "sha256"
+    assert algorithms.default_hash(_rsa_public(4096)) == "sha384"
+    assert isinstance(algorithms.ca_signature_hash(p384), hashes.SHA384)
+    assert isinstance(algorithms.ca_signature_hash(p384, "sha512"), hashes.SHA512)
+    # RSA OCSP responses are PKCS#1 v1.5 with SHA-256 whatever the key's size.
+    assert isinstance(algorithms.ocsp_signature_hash(_rsa_public(4096)), hashes.SHA256)
+    assert isinstance(algorithms.ocsp_signature_hash(p521), hashes.SHA512)
+    assert algorithms.check_ca_key(p521).name == "ec-p521"
+
+
+@pytest.mark.parametrize("bits,ok", [(2048, True), (2056, True), (8192, True), (1024, False),
+                                     (2047, False), (2049, False), (8200, False)])
+def test_csr_rsa_sizes(bits: int, ok: bool) -> None:
+    if ok:
+        pipeline.check_subject_key(_rsa_public(bits))
+    else:
+        with pytest.raises(pipeline.IssuanceError, match=_exactly(f"RSA key of {bits} bits is not "
+                           "allowed")):
+            pipeline.check_subject_key(_rsa_public(bits))
+
+
+def test_csr_keys_and_hashes() -> None:
+    with pytest.raises(pipeline.IssuanceError, match=_exactly("RSA public exponent must be 65537")):
+        pipeline.check_subject_key(_rsa_public(2048, e=3))
+    with pytest.raises(pipeline.IssuanceError, match=_exactly("curve secp256k1 is not allowed")):
+        pipeline.check_subject_key(ec.generate_private_key(ec.SECP256K1()).public_key())
+    with pytest.raises(pipeline.IssuanceError,
+                       match=_exactly("only RSA and ECDSA keys are accepted")):
+        pipeline.check_csr(_csr(ed25519.Ed25519PrivateKey.generate()))
+    for curve, algo in ((ec.SECP256R1(), hashes.SHA256()), (ec.SECP384R1(), hashes.SHA384()),
+                        (ec.SECP521R1(), hashes.SHA512())):
+        pipeline.check_csr(_csr(ec.generate_private_key(curve), algo))
+    with pytest.raises(pipeline.IssuanceError, match=_exactly("the CSR must be signed with "
+                       "SHA-256, SHA-384 or SHA-512")):
+        pipeline.check_csr(_csr(ec.generate_private_key(ec.SECP256R1()), hashes.SHA224()))
+    # cryptography no longer signs a SHA-1 CSR; the rule still names it.
+    for weak in (hashes.SHA1(), None):
+        with pytest.raises(AlgorithmRefused, match="SHA-256, SHA-384 or SHA-512"):
+            algorithms.check_csr_hash(weak)
+
+
+def test_acme_account_keys_and_algorithms() -> None:
+    for curve in (ec.SECP256R1(), ec.SECP384R1(), ec.SECP521R1()):
+        key = ec.generate_private_key(curve)
+        _acme_verify(_es_jws(key, algorithms.JWS_ALG_OF_CURVE[curve.name]))
+    n = _rsa_public(1024).public_numbers().n
+    with pytest.raises(AcmeProblem, match="RSA key of 1024 bits not accepted") as e:
+        jws.load_jwk({"kty": "RSA", "n": b64(n.to_bytes(128, "big")), "e": "AQAB"})
+    assert e.value.kind == "badPublicKey"
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    with pytest.raises(AcmeProblem, match="ES512 does not fit the key") as e:
+        _acme_verify(_es_jws(p384, "ES512"))
+    with pytest.raises(AcmeProblem, match="algorithm 'HS256' is not accepted; use one of RS256, "
+                       "RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512") as e:
+        _acme_verify(_es_jws(p384, "HS256"))
+    assert e.value.kind == "badSignatureAlgorithm"
+
+
+def test_eab_macs() -> None:
+    account = _ec_jwk(ec.generate_private_key(ec.SECP256R1()))
+    for alg in ("HS256", "HS384", "HS512"):
+        eab.check_binding(_binding(alg, b"m" * 32, account), account_jwk=account, url=URL,
+                          hmac_key=b"m" * 32)
+    with pytest.raises(AcmeProblem,
+                       match=_exactly("externalAccountBinding must use HS256, HS384 or HS512")):
+        eab.check_binding(_binding("HS1", b"m" * 32, account), account_jwk=account, url=URL,
+                          hmac_key=b"m" * 32)
+
+
+def test_a_table_can_only_be_narrowed() -> None:
+    with pytest.raises(ValueError, match="csr_hashes"):
+        DEFAULT.narrowed(csr_hashes=("sha1", "sha256"))
+    with pytest.raises(ValueError, match=r"jws\.acme"):
+        DEFAULT.narrowed(jws=replace(DEFAULT.jws, acme=("HS256",)))
+    with pytest.raises(ValueError, match="csr_keys"):
+        DEFAULT.narrowed(csr_keys=replace(DEFAULT.csr_keys, rsa_bits=(1024, 8192)))
+    with pytest.raises(ValueError, match="account_keys"):
+        DEFAULT.narrowed(account_keys=replace(DEFAULT.account_keys, curves=("secp256k1",)))
+    wider = replace(DEFAULT, ca_key_types=(*DEFAULT.ca_key_types, "rsa-1024"))
+    with pytest.raises(ValueError, match="ca_key_types"):
+        algorithms.install(wider)  # type: ignore[arg-type]
+    assert algorithms.current() is DEFAULT
+    no_rsa = DEFAULT.narrowed(csr_keys=replace(DEFAULT.csr_keys, rsa_bits=None))
+    assert no_rsa.csr_keys.rsa_bits is None
+
+
+# -- (2) narrowing the table is all it takes ---------------------------------------------
+
+def test_a_narrowed_table_refuses_a_p521_csr() -> None:
+    csr = _csr(ec.generate_private_key(ec.SECP521R1()), hashes.SHA512())
+    pipeline.check_csr(csr)
+    narrow = DEFAULT.narrowed(csr_keys=replace(
+        DEFAULT.csr_keys, curves=_without(DEFAULT.csr_keys.curves, "secp521r1")))
+    with algorithms.using(narrow), pytest.raises(
+            pipeline.IssuanceError, match=_exactly("curve secp521r1 is not allowed")):
+        pipeline.check_csr(csr)
+    pipeline.check_csr(csr)  # the default again after the block
+
+
+def test_a_narrowed_table_refuses_sha512_csrs_and_small_rsa() -> None:
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    narrow = DEFAULT.narrowed(csr_hashes=("sha256", "sha384"), csr_keys=replace(
+        DEFAULT.csr_keys, rsa_bits=(3072, 8192)))
+    with algorithms.using(narrow):
+        with pytest.raises(pipeline.IssuanceError, match=_exactly("the CSR must be signed with "
+                           "SHA-256 or SHA-384")):
+            pipeline.check_csr(_csr(p256, hashes.SHA512()))
+        with pytest.raises(pipeline.IssuanceError, match="RSA key of 2048 bits"):
+            pipeline.check_subject_key(_rsa_public(2048))
+        pipeline.check_subject_key(_rsa_public(3072))
+
+
+def test_a_narrowed_table_refuses_an_es512_acme_jws() -> None:
+    body = _es_jws(ec.generate_private_key(ec.SECP521R1()), "ES512")
+    _acme_verify(body)
+    narrow = DEFAULT.narrowed(jws=replace(DEFAULT.jws, acme=_without(DEFAULT.jws.acme,
+                                                                     "ES512")))
+    with algorithms.using(narrow), pytest.raises(AcmeProblem) as e:
+        _acme_verify(body)
+    assert e.value.kind == "badSignatureAlgorithm"
+    assert "ES512" not in str(e.value).split("use one of ")[1]
+
+
+def test_a_narrowed_table_refuses_a_p521_account_key() -> None:
+    jwk = _ec_jwk(ec.generate_private_key(ec.SECP521R1()))
+    jws.load_jwk(jwk)
+    narrow = DEFAULT.narrowed(account_keys=replace(
+        DEFAULT.account_keys, curves=_without(DEFAULT.account_keys.curves, "secp521r1")))
+    with algorithms.using(narrow), pytest.raises(AcmeProblem, match="curve secp521r1 not "
+                                                 "accepted") as e:
+        jws.load_jwk(jwk)
+    assert e.value.kind == "badPublicKey"
+
+
+def test_a_narrowed_table_refuses_an_hs512_eab_binding() -> None:
+    account = _ec_jwk(ec.generate_private_key(ec.SECP256R1()))
+    binding = _binding("HS512", b"m" * 32, account)
+    eab.check_binding(binding, account_jwk=account, url=URL, hmac_key=b"m" * 32)
+    narrow = DEFAULT.narrowed(jws=replace(DEFAULT.jws, eab=("HS256", "HS384")))
+    with algorithms.using(narrow), pytest.raises(
+            AcmeProblem, match=_exactly("externalAccountBinding must use HS256 or HS384")):
+        eab.check_binding(binding, account_jwk=account, url=URL, hmac_key=b"m" * 32)
+
+
+def test_a_narrowed_table_refuses_an_rsa_2048_ceremony_key(tmp_path: Path) -> None:
+    path = _ceremony(tmp_path, "rsa-2048")
+    assert script.load(path).ceremony.steps[0].key_type == "rsa-2048"  # type: ignore[union-attr]
+    narrow = DEFAULT.narrowed(ca_key_types=_without(DEFAULT.ca_key_types, "rsa-2048"))
+    with algorithms.using(narrow), pytest.raises(
+            ConfigError, match="key type rsa-2048 is not approved for CA keys"):
+        script.load(path)
+
+
+def test_a_narrowed_table_refuses_a_ceremony_signature_hash(tmp_path: Path) -> None:
+    path = _ceremony(tmp_path, "ec-p384", signature_hash="sha256")
+    script.load(path)
+    narrow = DEFAULT.narrowed(ca_hashes=("sha384", "sha512"))
+    with algorithms.using(narrow):
+        with pytest.raises(ConfigError, match="hash sha256 is not allowed for CA signatures; "
+                           "use SHA-384 or SHA-512"):
+            script.load(path)
+        # ...and so is every CA signature that would default to it (the OCSP signer's).
+        with pytest.raises(AlgorithmRefused, match="hash sha256"):
+            algorithms.ocsp_signature_hash(_rsa_public(2048))
+
+
+def test_a_narrowed_table_refuses_one_time_and_renewal_tokens() -> None:
+    key = tokens.new_key()
+    jwk = tokens.public_jwk(key.public_key())
+    token = tokens.mint(key, provisioner="p", audience="aud", sans=["a.test"])
+    tokens.verify(token, jwk, provisioner="p", audience="aud")
+    with algorithms.using(DEFAULT.narrowed(jws=replace(DEFAULT.jws, ott=()))), \
+            pytest.raises(tokens.TokenError, match="invalid token"):
+        tokens.verify(token, jwk, provisioner="p", audience="aud")
+
+    now = datetime.now(UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a.test")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256()))
+    x5c = [base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()]
+    t = int(now.timestamp())
+    renew = jwt.encode({"aud": "aud", "iat": t, "nbf": t, "exp": t + 300,
+                        "jti": hashlib.sha256(b"j").hexdigest()}, key, algorithm="ES256",
+                       headers={"x5c": x5c})
+    assert renewal.certificate_from_token(renew, "aud")[0] == cert
+    narrow = DEFAULT.narrowed(jws=replace(DEFAULT.jws, x5c=_without(DEFAULT.jws.x5c, "ES256")))
+    with algorithms.using(narrow), pytest.raises(tokens.TokenError, match="invalid renewal"):
+        renewal.certificate_from_token(renew, "aud")
+
+
+def test_using_restores_the_table_after_an_error() -> None:
+    narrow = DEFAULT.narrowed(mechanisms=("ECDSA",))
+    with pytest.raises(RuntimeError), algorithms.using(narrow):
+        assert algorithms.current() is narrow
+        with pytest.raises(AlgorithmRefused, match="mechanism SHA256_RSA_PKCS is not approved"):
+            algorithms.check_mechanism("SHA256_RSA_PKCS")
+        raise RuntimeError
+    assert algorithms.current() is DEFAULT
+    algorithms.check_mechanism("SHA256_RSA_PKCS")
