@@ -20,6 +20,8 @@ MAX_CONTACTS = 4
 
 
 class Accounts:
+    """The account resources of every ACME directory (provisioner) of one appliance."""
+
     def __init__(self, app: Appliance) -> None:
         self.app = app
 

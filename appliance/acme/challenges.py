@@ -58,6 +58,8 @@ _CHALL_AND_AUTHZ = select(
 
 
 class Authorizations:
+    """Authorizations and their challenges for one worker; validations run in its pool."""
+
     def __init__(self, app: Appliance, settings: validation.ValidationSettings,
                  pool: ValidationPool) -> None:
         self.app = app

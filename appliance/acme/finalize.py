@@ -54,6 +54,8 @@ _AUTHORITY_CERT = select(_AUTHORITIES.c.certificate_der, _AUTHORITIES.c.parent_i
 
 
 class Finalizer:
+    """Finalize through the one pipeline, and the download of what it issued."""
+
     def __init__(self, app: Appliance, issuer: Issuer) -> None:
         self.app = app
         self.issuer = issuer

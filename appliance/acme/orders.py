@@ -33,6 +33,9 @@ from appliance.x509.path import PathError
 
 
 class Orders:
+    """newOrder and order reads; ``lifetime`` is how long an order (and its
+    authorizations) may take to become valid."""
+
     def __init__(self, app: Appliance, issuer: Issuer, lifetime: timedelta) -> None:
         self.app = app
         self.issuer = issuer

@@ -29,6 +29,9 @@ from appliance.store.models import AcmeAccount
 
 
 class AcmeService:
+    """One per worker (create_app): the resources, sharing the validation settings, the
+    validation pool and the nonce store."""
+
     def __init__(self, app: Appliance, issuer: Issuer) -> None:
         self.app = app
         self.nonces = Nonces(app)

@@ -522,11 +522,11 @@ def _check_names_match(csr_names: policy.Names, allowed: list[str]) -> None:
     extra = sorted(asked - granted)
     if extra:
         raise CredentialNamesError("the CSR asks for names the token does not authorize: "
-                            + ", ".join(extra))
+                                   + ", ".join(extra))
     missing = sorted(granted - asked)
     if missing:
         raise CredentialNamesError("the token authorizes names the CSR does not ask for: "
-                            + ", ".join(missing))
+                                   + ", ".join(missing))
 
 
 def _wildcard_san(message: str) -> bool:

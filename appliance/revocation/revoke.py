@@ -85,7 +85,7 @@ def revoke(app: Appliance, serial: str | int, reason: str | int, actor: Actor, *
             raise NotIssued(f"no certificate with serial {serial_hex} issued by {provisioner}")
         if row.status == "revoked":
             raise AlreadyRevoked(f"certificate {serial_hex} is already revoked "
-                                  f"({row.revocation_reason})")
+                                 f"({row.revocation_reason})")
         ca = db.get(Authority, row.authority_id)
         assert ca is not None
         row.status = "revoked"
