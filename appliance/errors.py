@@ -3,24 +3,50 @@
 Each error carries a stable ``code`` so the CLI, the API and the audit log
 can report the same failure the same way, and callers can branch on it
 without parsing messages.
+
+Each error also says, once, whose failure it is and how a protocol answers it, so the REST
+error handler and the ACME problem mapper read the same class attributes instead of each
+keeping its own list of exception types:
+
+- ``server_fault``: the appliance's side failed (token, database, audit log, configuration);
+  the request may succeed later unchanged. Such an answer is a 5xx with ``Retry-After``, its
+  text is logged rather than sent (it can name token labels or SQL) unless ``public_detail``
+  says the message was written for the client, and an ACME order it interrupted stays
+  retryable.
+- ``status``: the HTTP status of the REST answer.
+- ``acme_type``: the RFC 8555 problem type (without the URN prefix) of the ACME answer.
 """
 
 from __future__ import annotations
 
 
 class ApplianceError(Exception):
-    """Base of every error the appliance reports to a user."""
+    """Base of every error the appliance reports to a user: by default the client's."""
 
     code = "appliance_error"
+    server_fault = False
+    status = 400
+    acme_type = "malformed"
+    public_detail = True
 
 
-class ConfigError(ApplianceError):
+class ServerFault(ApplianceError):
+    """Base of the failures on the appliance's side: fail closed, answer 503, retry later."""
+
+    code = "server_fault"
+    server_fault = True
+    status = 503
+    acme_type = "serverInternal"
+    public_detail = False
+
+
+class ConfigError(ServerFault):
     """The configuration or an HSM profile is missing or invalid."""
 
     code = "config_error"
 
 
-class HsmError(ApplianceError):
+class HsmError(ServerFault):
     """A token operation failed; nothing was signed or created."""
 
     code = "hsm_error"
@@ -65,19 +91,20 @@ class SignatureCheckError(HsmError):
     code = "signature_check_failed"
 
 
-class SelfTestError(ApplianceError):
+class SelfTestError(ServerFault):
     """A known-answer or token self-test failed."""
 
     code = "selftest_failed"
 
 
-class AuditError(ApplianceError):
-    """The audit log could not be written or does not verify."""
+class AuditError(ServerFault):
+    """The audit log could not be written or does not verify: no audit row, no change, so
+    the request failed on our side (never the client's 400)."""
 
     code = "audit_error"
 
 
-class DatabaseError(ApplianceError):
+class DatabaseError(ServerFault):
     """The database refused or failed a transaction; nothing of it was kept."""
 
     code = "database_error"

@@ -11,9 +11,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
+from sqlalchemy import select
 
+from appliance.acme.context import Reply
 from appliance.acme.jws import b64decode, b64encode
 from appliance.acme.problems import AcmeProblem
+from appliance.ca import authorities
+from appliance.rfc3339 import format_z, to_utc
+from appliance.runtime import Appliance
+from appliance.store.models import Authority, Certificate
+from appliance.templates import build as template_build
 
 
 @dataclass(frozen=True)
@@ -55,3 +62,21 @@ def window(not_before: datetime, not_after: datetime, revoked_at: datetime | Non
         return min(revoked_at, now) - timedelta(seconds=1), now
     lifetime = not_after - not_before
     return not_after - lifetime / 3, not_after - lifetime / 6
+
+
+def renewal_info(app: Appliance, cert_id: str) -> Reply:
+    """The renewalInfo resource: the window of a certificate this CA issued (by certID)."""
+    cid = parse_cert_id(cert_id)
+    with app.db.sessions() as db:
+        row = db.scalars(select(Certificate).where(
+            Certificate.serial_hex == cid.serial_hex)).one_or_none()
+        ca = db.get(Authority, row.authority_id) if row is not None else None
+        if row is None or ca is None or row.not_before is None or row.not_after is None \
+                or template_build.authority_key_identifier(
+                    authorities.certificate(ca)).key_identifier != cid.key_identifier:
+            raise AcmeProblem("malformed", "no certificate with that certID", status=404)
+        start, end = window(to_utc(row.not_before), to_utc(row.not_after),
+                            to_utc(row.revoked_at) if row.revoked_at else None)
+    retry = app.settings.config.acme.ari_retry_after_seconds
+    return Reply(200, {"suggestedWindow": {"start": format_z(start), "end": format_z(end)}},
+                 {"Retry-After": str(retry)})

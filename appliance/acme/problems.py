@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from appliance import policy
+from appliance.errors import ApplianceError
+
 ERROR_NS = "urn:ietf:params:acme:error:"
 
 STATUS = {
@@ -40,3 +43,31 @@ class AcmeProblem(Exception):
 
 def subproblem(kind: str, detail: str, identifier: dict[str, str]) -> dict[str, Any]:
     return {"type": ERROR_NS + kind, "detail": detail, "identifier": identifier}
+
+
+FAULT_DETAIL = "the CA cannot sign right now; nothing was issued"
+
+
+def problem_of(exc: BaseException) -> AcmeProblem:
+    """The problem document an error is answered with, from the error's own classification
+    (``appliance.errors``: ``acme_type``, ``server_fault``, ``status``, ``public_detail``).
+
+    A client's error gets its type's status (RFC 8555 §6.7); a fault of ours keeps its own
+    5xx (503 for the token, database, audit log: app.py adds Retry-After) and, unless its
+    text was written for the client, a detail that names no internals. Anything else is a
+    bug: a 500 that says nothing more.
+    """
+    if isinstance(exc, AcmeProblem):
+        return exc
+    if isinstance(exc, policy.PolicyError):
+        # Structured: the refused name becomes the subproblem's identifier. (Its type also
+        # belongs on the class, which lives in appliance/policy: see web/errors.status_of.)
+        ident = {"type": "ip" if exc.name_type == "ip" else "dns", "value": exc.name}
+        return AcmeProblem("rejectedIdentifier", str(exc),
+                           subproblems=[subproblem("rejectedIdentifier", str(exc), ident)])
+    if isinstance(exc, ApplianceError):
+        if exc.server_fault:
+            return AcmeProblem(exc.acme_type, str(exc) if exc.public_detail else FAULT_DETAIL,
+                               status=exc.status)
+        return AcmeProblem(exc.acme_type, str(exc))
+    return AcmeProblem("serverInternal", "internal error; nothing was issued", status=500)

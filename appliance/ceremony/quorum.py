@@ -24,6 +24,8 @@ MAX_SECRET = 1024
 
 class QuorumError(ApplianceError):
     code = "quorum_refused"
+    status = 403
+    acme_type = "unauthorized"
 
 
 @dataclass(frozen=True)

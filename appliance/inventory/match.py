@@ -22,6 +22,8 @@ IDENTIFIER_TYPES = ("dns", "ip", "email", "uri", "cn")
 
 class InventoryError(ApplianceError):
     code = "inventory_refused"
+    status = 403
+    acme_type = "unauthorized"
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from appliance import lint, logs, policy
 from appliance.audit.log import Actor
 from appliance.ca import authorities as authz
 from appliance.config import ApplianceConfig
-from appliance.errors import ApplianceError, DatabaseError, SignatureCheckError
+from appliance.errors import ApplianceError, DatabaseError, ServerFault, SignatureCheckError
 from appliance.hsm import keys, rng
 from appliance.hsm.signer import TokenPrivateKey, token_private_key
 from appliance.inventory import match as inventory
@@ -87,12 +87,20 @@ class IssuanceError(ApplianceError):
     """The request cannot be honoured as asked (a client error)."""
 
     code = "bad_request"
+    acme_type = "badCSR"
 
 
-class AuthorityUnavailable(ApplianceError):
+class CredentialNamesError(IssuanceError):
+    """The CSR's names are not the names the credential authorizes. Nothing was reserved or
+    signed, so the same credential may come back with a CSR that asks for its names (an
+    ACME order stays ready for one)."""
+
+
+class AuthorityUnavailable(ServerFault):
     """The issuing CA is out of service (revoked, retired): fail closed, not a client error."""
 
     code = "authority_unavailable"
+    public_detail = True  # names the authority and its status, written for the client
 
 
 @dataclass(frozen=True)
@@ -507,12 +515,12 @@ def _check_names_match(csr_names: policy.Names, allowed: list[str]) -> None:
     granted = {a.lower() for a in allowed}
     extra = sorted(asked - granted)
     if extra:
-        raise IssuanceError("the CSR asks for names the token does not authorize: "
-                            + ", ".join(extra))
+        raise CredentialNamesError("the CSR asks for names the token does not authorize: "
+                                   + ", ".join(extra))
     missing = sorted(granted - asked)
     if missing:
-        raise IssuanceError("the token authorizes names the CSR does not ask for: "
-                            + ", ".join(missing))
+        raise CredentialNamesError("the token authorizes names the CSR does not ask for: "
+                                   + ", ".join(missing))
 
 
 def _wildcard_san(message: str) -> bool:

@@ -74,6 +74,8 @@ class LintError(ApplianceError):
     """An object about to be signed has blocking lint findings; it was not signed."""
 
     code = "lint_failed"
+    status = 422
+    acme_type = "unauthorized"
 
     def __init__(self, what: str, findings: list[Finding]) -> None:
         self.what = what

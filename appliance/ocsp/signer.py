@@ -48,7 +48,7 @@ from sqlalchemy import select
 
 from appliance import durations, lint, logs, rfc3339
 from appliance.ca import authorities as authz
-from appliance.errors import ApplianceError, SignatureCheckError
+from appliance.errors import ServerFault, SignatureCheckError
 from appliance.hsm import keys
 from appliance.hsm.pool import SessionPool
 from appliance.hsm.signer import TokenECPrivateKey, TokenRSAPrivateKey
@@ -64,7 +64,7 @@ BACKDATE = timedelta(minutes=5)
 RESPONDER_TTL = 300.0
 
 
-class OcspSigningError(ApplianceError):
+class OcspSigningError(ServerFault):
     code = "ocsp_error"
 
 

@@ -42,6 +42,7 @@ class NotFound(ApplianceError):
     """The certificate or authority asked about does not exist."""
 
     code = "not_found"
+    status = 404
 
 
 class CertificateQueryError(ApplianceError):

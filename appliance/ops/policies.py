@@ -19,6 +19,7 @@ MAX_POLICY_BYTES = 1_000_000
 
 class PolicyNotFound(ApplianceError):
     code = "not_found"
+    status = 404
 
 
 def _row(db: Session, level: str, provisioner: str | None) -> tuple[NamePolicy | None, int | None]:

@@ -36,6 +36,7 @@ from appliance.store.models import Authority, Provisioner
 
 class ProvisionerError(ApplianceError):
     code = "provisioner_error"
+    status = 404
 
 
 def key_path(app: Appliance, name: str) -> Path:

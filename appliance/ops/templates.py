@@ -24,6 +24,7 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
 class TemplateStoreError(ApplianceError):
     code = "not_found"
+    status = 404
 
 
 def add(app: Appliance, name: str, source: str, actor: Actor, *, replace: bool = False,

@@ -36,6 +36,8 @@ MAX_TOKEN_LIFETIME = 3600
 
 class RenewalRefused(ApplianceError):
     code = "forbidden"
+    status = 403
+    acme_type = "unauthorized"
 
 
 @dataclass(frozen=True)

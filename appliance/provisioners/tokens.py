@@ -39,6 +39,8 @@ MAX_NUMERIC_DATE = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 class TokenError(ApplianceError):
     code = "unauthorized"
+    status = 401
+    acme_type = "unauthorized"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ FLAGS = {
 
 class ReasonError(ApplianceError):
     code = "bad_request"
+    acme_type = "badRevocationReason"
 
 
 def parse(value: str | int) -> str:

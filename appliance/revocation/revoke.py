@@ -33,8 +33,15 @@ class RevocationError(ApplianceError):
     code = "bad_request"
 
 
+class AlreadyRevoked(RevocationError):
+    """The certificate is revoked already; revocation is final, so nothing changed."""
+
+    acme_type = "alreadyRevoked"
+
+
 class NotIssued(ApplianceError):
     code = "not_found"
+    status = 404
 
 
 @dataclass(frozen=True)
@@ -77,8 +84,8 @@ def revoke(app: Appliance, serial: str | int, reason: str | int, actor: Actor, *
         if provisioner is not None and row.provisioner_name != provisioner:
             raise NotIssued(f"no certificate with serial {serial_hex} issued by {provisioner}")
         if row.status == "revoked":
-            raise RevocationError(f"certificate {serial_hex} is already revoked "
-                                  f"({row.revocation_reason})")
+            raise AlreadyRevoked(f"certificate {serial_hex} is already revoked "
+                                 f"({row.revocation_reason})")
         ca = db.get(Authority, row.authority_id)
         assert ca is not None
         row.status = "revoked"

@@ -18,6 +18,8 @@ class TemplateError(ApplianceError):
     """A template could not be rendered, or its output is not a valid certificate description."""
 
     code = "template_error"
+    status = 422
+    acme_type = "badCSR"
 
     def __init__(self, template: str, detail: str, line: int | None = None) -> None:
         self.template = template
@@ -34,6 +36,8 @@ class TemplateRefusal(ApplianceError):
     """The template refused the request with ``fail(message)``; nothing is issued."""
 
     code = "template_refused"
+    status = 403
+    acme_type = "unauthorized"
 
     def __init__(self, template: str, message: str) -> None:
         self.template = template
@@ -48,3 +52,4 @@ class TemplateInputError(ApplianceError):
     """What the caller wants to pass to a template cannot be passed (not the template's fault)."""
 
     code = "template_input_invalid"
+    acme_type = "badCSR"

@@ -1,5 +1,6 @@
 """``/acme/<provisioner>/…``: RFC 8555 over HTTP. Parsing, JWS checks and response shapes;
-the rules are in ``appliance.acme.service``."""
+the rules are in ``appliance.acme`` (composed by ``appliance.acme.service``), and every error
+is answered as the problem its classification names (``appliance.acme.problems``)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from werkzeug.exceptions import HTTPException
 
 from appliance import logs
 from appliance.acme import jws
-from appliance.acme.problems import AcmeProblem
-from appliance.acme.service import AcmeService, Ctx, Reply, _as_problem
+from appliance.acme.context import Ctx, Reply
+from appliance.acme.problems import AcmeProblem, problem_of
+from appliance.acme.service import AcmeService
 from appliance.errors import ApplianceError
 from appliance.store.models import AcmeAccount
 
@@ -79,12 +81,13 @@ def _headers(response: Response) -> Response:
 def _problem(exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         problem = AcmeProblem("malformed", exc.description or exc.name, status=exc.code or 400)
-    elif isinstance(exc, AcmeProblem):
-        problem = exc
     else:
-        if not isinstance(exc, ApplianceError):
+        if not isinstance(exc, (ApplianceError, AcmeProblem)):
             log.exception("unexpected error in an ACME request")
-        problem = _as_problem(exc)
+        elif isinstance(exc, ApplianceError) and exc.server_fault:
+            log.error("ACME request failed closed", extra={"fault": exc.code,
+                                                           "detail": str(exc)})
+        problem = problem_of(exc)
     resp = Response(json.dumps(problem.document()), problem.status,
                     mimetype="application/problem+json")
     for k, v in problem.headers.items():
@@ -142,61 +145,61 @@ def new_nonce() -> Response:
 @bp.post("/new-account")
 def new_account() -> Response:
     verified, _ = _verified("jwk")
-    return _reply(service().new_account(ctx(), verified))
+    return _reply(service().accounts.new(ctx(), verified))
 
 
 @bp.post("/account/<account_id>")
 def account(account_id: str) -> Response:
     verified, acct = _account()
-    return _reply(service().update_account(ctx(), acct, account_id, verified))
+    return _reply(service().accounts.update(ctx(), acct, account_id, verified))
 
 
 @bp.post("/account/<account_id>/orders")
 def account_orders(account_id: str) -> Response:
     _, acct = _account(post_as_get=True)
-    return _reply(service().account_orders(ctx(), acct, account_id))
+    return _reply(service().accounts.orders(ctx(), acct, account_id))
 
 
 @bp.post("/key-change")
 def key_change() -> Response:
     verified, acct = _account()
-    return _reply(service().key_change(ctx(), acct, verified))
+    return _reply(service().accounts.key_change(ctx(), acct, verified))
 
 
 @bp.post("/new-order")
 def new_order() -> Response:
     verified, acct = _account()
-    return _reply(service().new_order(ctx(), acct, verified))
+    return _reply(service().orders.new_order(ctx(), acct, verified))
 
 
 @bp.post("/order/<order_id>")
 def order(order_id: str) -> Response:
     _, acct = _account(post_as_get=True)
-    return _reply(service().get_order(ctx(), acct, order_id))
+    return _reply(service().orders.get_order(ctx(), acct, order_id))
 
 
 @bp.post("/order/<order_id>/finalize")
 def finalize(order_id: str) -> Response:
     verified, acct = _account()
-    return _reply(service().finalize(ctx(), acct, order_id, verified))
+    return _reply(service().finalizer.finalize(ctx(), acct, order_id, verified))
 
 
 @bp.post("/authz/<authz_id>")
 def authorization(authz_id: str) -> Response:
     verified, acct = _account()
-    return _reply(service().authorization(ctx(), acct, authz_id, verified))
+    return _reply(service().authorizations.authorization(ctx(), acct, authz_id, verified))
 
 
 @bp.post("/chall/<chall_id>")
 def challenge(chall_id: str) -> Response:
     verified, acct = _account()
-    return _reply(service().challenge(ctx(), acct, chall_id, verified))
+    return _reply(service().authorizations.challenge(ctx(), acct, chall_id, verified))
 
 
 @bp.post("/cert/<serial>")
 def certificate(serial: str) -> Response:
     _, acct = _account(post_as_get=True)
-    return _reply(service().certificate(ctx(), acct, serial))
+    return _reply(service().finalizer.certificate(ctx(), acct, serial))
 
 
 @bp.post("/revoke-cert")
@@ -207,4 +210,4 @@ def revoke_cert() -> Response:
 
 @bp.get("/renewal-info/<path:cert_id>")
 def renewal_info(cert_id: str) -> Response:
-    return _reply(service().renewal_info(ctx(), cert_id))
+    return _reply(service().renewal_info(cert_id))

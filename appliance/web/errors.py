@@ -1,4 +1,8 @@
-"""Errors as JSON with stable codes (step-ca's shape: status, error code, message)."""
+"""Errors as JSON with stable codes (step-ca's shape: status, error code, message).
+
+Whose failure it is and which status answers it are the error's own class attributes
+(``appliance.errors``): this module reads them and keeps no list of its own.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +12,11 @@ from flask import Flask, jsonify
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
-from appliance import logs
-from appliance.errors import (
-    ApplianceError,
-    ConfigError,
-    DatabaseError,
-    HsmError,
-    InputError,
-    SelfTestError,
-)
+from appliance import logs, policy
+from appliance.errors import ApplianceError, InputError
 
 log = logs.get("web")
-
-STATUS_BY_CODE = {
-    "bad_request": 400, "policy_refused": 403, "template_refused": 403,
-    "inventory_refused": 403, "lint_failed": 422, "template_error": 422,
-    "unauthorized": 401, "forbidden": 403, "not_found": 404, "rate_limited": 429,
-    "provisioner_error": 404, "authority_unavailable": 503, "path_constraint": 403,
-}
-# Our side failed (fail closed, 503), not the request.
-FAULTS = (HsmError, DatabaseError, SelfTestError, ConfigError)
+FAULT_MESSAGE = "the CA cannot sign right now; nothing was issued"
 
 
 class ApiError(ApplianceError):
@@ -39,11 +28,11 @@ class ApiError(ApplianceError):
 
 def status_of(exc: ApplianceError) -> int:
     """The HTTP status an appliance error is answered with (see ``install``)."""
-    if isinstance(exc, ApiError):
-        return exc.status
-    if isinstance(exc, FAULTS):
-        return 503
-    return STATUS_BY_CODE.get(exc.code, 400)
+    if isinstance(exc, policy.PolicyError):
+        # The one class that cannot carry its status yet: appliance/policy is being
+        # restructured on another branch; ``status = 403`` moves onto PolicyError there.
+        return 403
+    return exc.status
 
 
 def body(status: int, code: str, message: str) -> dict[str, Any]:
@@ -51,18 +40,14 @@ def body(status: int, code: str, message: str) -> dict[str, Any]:
 
 
 def install(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def _api(exc: ApiError) -> Any:
-        return jsonify(body(exc.status, exc.code, str(exc))), exc.status
-
     @app.errorhandler(ApplianceError)
     def _appliance(exc: ApplianceError) -> Any:
-        if isinstance(exc, FAULTS):
-            log.error("request failed closed", extra={"fault": exc.code})
-            return jsonify(body(503, exc.code, "the CA cannot sign right now; nothing was "
-                                               "issued")), 503
         status = status_of(exc)
-        doc = body(status, exc.code, str(exc))
+        if exc.server_fault:
+            # Our side failed (fail closed): the text may name token labels or SQL, so it is
+            # logged; the client is told to come back (app.py adds Retry-After to a 503).
+            log.error("request failed closed", extra={"fault": exc.code, "detail": str(exc)})
+        doc = body(status, exc.code, str(exc) if exc.public_detail else FAULT_MESSAGE)
         if isinstance(exc, InputError):
             doc["field"] = exc.field
         return jsonify(doc), status

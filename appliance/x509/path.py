@@ -62,11 +62,16 @@ class PathError(ApplianceError):
     """Signing this would make a certificate its own chain forbids; nothing was signed."""
 
     code = "path_constraint"
+    status = 403
+    acme_type = "unauthorized"
 
     def __init__(self, constraint: str, authority: str, message: str) -> None:
         super().__init__(f"{message} (constraint: {constraint}; CA: {authority})")
         self.constraint = constraint
         self.authority = authority
+        if constraint == "name_constraints":
+            # The CA's name constraints forbid the name: an identifier it can never certify.
+            self.acme_type = "rejectedIdentifier"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """ACME: the flattened JWS (envelope, protected header, JWK, signature), then the payload as
 each resource reads it (newAccount contacts and EAB binding, newOrder identifiers and times,
-keyChange's inner JWS and oldKey, finalize's CSR against the order's identifiers), and the
+keyChange's inner JWS and oldKey, finalize's identifiers and CSR), and the
 renewalInfo certID. The JWS signature is checked but its outcome does not stop the payload
 parsing (a fuzzer cannot sign), so every payload path is reached.
 
@@ -18,21 +18,23 @@ from typing import Any
 def load() -> Callable[[bytes], None]:
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from appliance.acme import ari, eab, jws
-    from appliance.acme import service as acme_service
+    from appliance import policy
+    from appliance.acme import accounts, ari, eab, jws, orders
+    from appliance.acme import finalize as acme_finalize
     from appliance.acme.identifiers import parse_list
     from appliance.acme.problems import AcmeProblem
+    from appliance.issuance import pipeline
     from appliance.issuance.csr import load_csr
     from tests.acme_client import jwk_of
     from tests.fuzz.verdict import guarded
 
     def payload_paths(payload: dict[str, Any]) -> None:
         for call in (
-            lambda: acme_service._contacts(payload.get("contact", [])),
+            lambda: accounts.contacts(payload.get("contact", [])),
             lambda: eab.binding_key_id(payload["externalAccountBinding"])
             if "externalAccountBinding" in payload else None,
-            lambda: acme_service._time(payload.get("notBefore"), "notBefore"),
-            lambda: acme_service._time(payload.get("notAfter"), "notAfter"),
+            lambda: orders.parse_time(payload.get("notBefore"), "notBefore"),
+            lambda: orders.parse_time(payload.get("notAfter"), "notAfter"),
             lambda: key_change(payload),
             lambda: finalize(payload),
             lambda: ari.parse_cert_id(payload.get("replaces", "a.b")),
@@ -51,7 +53,9 @@ def load() -> Callable[[bytes], None]:
     def finalize(payload: dict[str, Any]) -> None:
         idents = parse_list(payload.get("identifiers"))
         csr = load_csr(jws.b64decode(payload.get("csr"), "csr"))
-        acme_service._check_csr_names(csr, idents)
+        acme_finalize.check_identifier_kinds(csr)
+        # the order's identifiers as the credential's names, as finalize hands them over
+        pipeline._check_names_match(policy.Names.from_csr(csr), [i.value for i in idents])
 
     import json
 
