@@ -13,8 +13,10 @@ import binascii
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, cast
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from josepy import jwa
 from josepy.errors import DeserializationError
@@ -112,14 +114,27 @@ def load_jwk(value: Any) -> JWK:
             raise AcmeProblem("malformed", f"jwk member {member!r} must be a string")
     try:
         jwk = cast(JWK, JWK.from_json(value))
-        key = jwk.key
+        public_key(jwk)
     except (DeserializationError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise AcmeProblem("malformed", f"jwk does not parse: {str(exc)[:200]}") from None
     try:
-        algorithms.check_account_key(key._wrapped)
+        algorithms.check_account_key(public_key(jwk))
     except algorithms.AlgorithmRefused as exc:
         raise AcmeProblem("badPublicKey", str(exc)) from None
     return jwk
+
+
+def public_key(jwk: JWK) -> Any:
+    """The ``cryptography`` public key a JWK holds, through josepy's public surface (its
+    key wrapper forwards ``public_bytes``), so no private attribute of josepy is relied on."""
+    der = jwk.key.public_bytes(serialization.Encoding.DER,
+                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    return _load_spki(der)
+
+
+@lru_cache(maxsize=4096)
+def _load_spki(der: bytes) -> Any:
+    return serialization.load_der_public_key(der)
 
 
 def thumbprint(jwk: JWK) -> str:
@@ -131,7 +146,7 @@ def check_signature(env: Envelope, jwk: JWK) -> None:
     if not isinstance(alg, str) or not algorithms.jws_alg_allowed(alg, "acme"):
         raise AcmeProblem("badSignatureAlgorithm", f"algorithm {alg!r} is not accepted; use one "
                           f"of {', '.join(algorithms.jws_algs('acme'))}")
-    key = jwk.key._wrapped
+    key = public_key(jwk)
     if alg.startswith("ES"):
         if not isinstance(key, ec.EllipticCurvePublicKey) or \
                 algorithms.JWS_ALG_OF_CURVE.get(key.curve.name) != alg:

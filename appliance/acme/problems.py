@@ -60,11 +60,11 @@ def problem_of(exc: BaseException) -> AcmeProblem:
     if isinstance(exc, AcmeProblem):
         return exc
     if isinstance(exc, policy.PolicyError):
-        # Structured: the refused name becomes the subproblem's identifier. (Its type also
-        # belongs on the class, which lives in appliance/policy: see web/errors.status_of.)
+        # Its type is the class's; what only this error has is the refused name, which
+        # becomes the subproblem's identifier (RFC 8555 §6.7.1).
         ident = {"type": "ip" if exc.name_type == "ip" else "dns", "value": exc.name}
-        return AcmeProblem("rejectedIdentifier", str(exc),
-                           subproblems=[subproblem("rejectedIdentifier", str(exc), ident)])
+        return AcmeProblem(exc.acme_type, str(exc),
+                           subproblems=[subproblem(exc.acme_type, str(exc), ident)])
     if isinstance(exc, ApplianceError):
         if exc.server_fault:
             return AcmeProblem(exc.acme_type, str(exc) if exc.public_detail else FAULT_DETAIL,

@@ -56,7 +56,9 @@ from appliance.store.models import (
 )
 from appliance.templates import build as template_build
 from appliance.templates import render as template_render
-from appliance.templates.errors import TemplateError, TemplateInputError
+from appliance.templates.errors import TemplateError, TemplateInputError, TemplateRefusal
+from appliance.templates.inputs import TemplateInput
+from appliance.templates.shipped import builtin_templates
 from appliance.x509 import algorithms, signing
 from appliance.x509 import path as x509_path
 
@@ -140,7 +142,7 @@ class Issuer:
         try:
             return self._issue(req, actor)
         except (IssuanceError, AuthorityUnavailable, policy.PolicyError,
-                template_render.TemplateRefusal, TemplateError, TemplateInputError,
+                TemplateRefusal, TemplateError, TemplateInputError,
                 inventory.InventoryError, lint.LintError, x509_path.PathError) as exc:
             self._audit_refusal(req, actor, exc)
             raise
@@ -170,7 +172,7 @@ class Issuer:
         start, end = self._validity(req, signer.cert)
         desc = template_render.render(
             template_name, template_source,
-            template_render.TemplateInput.from_request(
+            TemplateInput.from_request(
                 csr=csr, token=req.token_claims, inventory=inventory_view,
                 data=req.template_data if req.provisioner.allow_template_data else {},
                 provisioner={"name": req.provisioner.name, "type": req.provisioner.type},
@@ -343,7 +345,7 @@ class Issuer:
         source = db.execute(_TEMPLATE_SOURCE, {"b_name": name}).scalar()
         if source is not None:
             return name, str(source)
-        builtin = template_render.builtin_templates()
+        builtin = builtin_templates()
         if name not in builtin:
             raise IssuanceError(f"provisioner {prov.name} names template {name!r}, which does "
                                 "not exist")

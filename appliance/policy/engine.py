@@ -55,6 +55,8 @@ class PolicyError(ApplianceError):
     """
 
     code = "policy_refused"
+    status = 403
+    acme_type = "rejectedIdentifier"
 
     def __init__(self, name: str, name_type: str, level: str, rule: str, reason: str) -> None:
         label = _LABELS.get(name_type, f"{name_type} SAN")

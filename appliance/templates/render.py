@@ -34,21 +34,6 @@ from appliance.templates.limits import (
 )
 from appliance.templates.model import CertificateDescription
 from appliance.templates.sandbox import FILENAME, compile_template, environment
-from appliance.templates.shipped import builtin_templates
-
-# What callers reach through this module (``render.TemplateRefusal`` and the like), not
-# only what it defines: the pipeline and the ACME front use it as the one entry.
-__all__ = [
-    "CertificateDescription",
-    "TemplateError",
-    "TemplateInput",
-    "TemplateRefusal",
-    "builtin_templates",
-    "check_template",
-    "parse_description",
-    "render",
-    "render_text",
-]
 
 
 def _check_source(source: str, name: str) -> None:

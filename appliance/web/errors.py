@@ -12,7 +12,7 @@ from flask import Flask, jsonify
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
-from appliance import logs, policy
+from appliance import logs
 from appliance.errors import ApplianceError, InputError
 
 log = logs.get("web")
@@ -28,10 +28,6 @@ class ApiError(ApplianceError):
 
 def status_of(exc: ApplianceError) -> int:
     """The HTTP status an appliance error is answered with (see ``install``)."""
-    if isinstance(exc, policy.PolicyError):
-        # The one class that cannot carry its status yet: appliance/policy is being
-        # restructured on another branch; ``status = 403`` moves onto PolicyError there.
-        return 403
     return exc.status
 
 

@@ -32,6 +32,8 @@ def load() -> Callable[[bytes], None]:
     from appliance.provisioners import tokens, x5c
     from appliance.templates import build as template_build
     from appliance.templates import render as template_render
+    from appliance.templates.inputs import TemplateInput
+    from appliance.templates.shipped import builtin_templates
     from appliance.web import api
     from tests.fuzz import rawjwt
     from tests.fuzz.verdict import guarded
@@ -51,7 +53,7 @@ def load() -> Callable[[bytes], None]:
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "f.test")]))
                 .add_extension(x509.SubjectAlternativeName([x509.DNSName("f.test")]), False)
                 .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
-    templates = template_render.builtin_templates()
+    templates = builtin_templates()
     prov_key = ec.generate_private_key(ec.SECP256R1())
     prov_jwk = tokens.public_jwk(prov_key.public_key())
     good_pem = good_csr.public_bytes(serialization.Encoding.PEM).decode()
@@ -65,7 +67,7 @@ def load() -> Callable[[bytes], None]:
         start = body.not_before or now
         end = body.not_after or now + timedelta(days=1)
         for name in ("tls-server", "tls-client"):
-            desc = template_render.render(name, templates[name], template_render.TemplateInput
+            desc = template_render.render(name, templates[name], TemplateInput
                                           .from_request(
                 csr=body.csr, token={"sub": "f.test", "sans": ["f.test"]}, inventory=None,
                 data=body.template_data or {}, provisioner={"name": "p", "type": "jwk"},
