@@ -16,7 +16,7 @@ a schema error) without rewording it, so the words stay beside the rule.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
@@ -302,20 +302,30 @@ def _rsa_size_ok(rule: SubjectKeys, bits: int) -> bool:
         and bits % rule.rsa_bits_multiple == 0
 
 
+def _check_subject_key(rule: SubjectKeys, key: object, refused: str,
+                       exponent: Callable[[int], str], other: str) -> None:
+    """A key against one rule; the words differ by who is told (a CSR's requester, an ACME
+    client), so each caller gives its own."""
+    if isinstance(key, rsa.RSAPublicKey):
+        if not _rsa_size_ok(rule, key.key_size):
+            raise AlgorithmRefused(f"RSA key of {key.key_size} bits {refused}")
+        e = key.public_numbers().e
+        if rule.rsa_exponents is not None and e not in rule.rsa_exponents:
+            raise AlgorithmRefused(exponent(e))
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in rule.curves:
+            raise AlgorithmRefused(f"curve {key.curve.name} {refused}")
+    else:
+        raise AlgorithmRefused(other)
+
+
 def check_csr_key(key: object) -> None:
     """The public key a certificate would be issued for."""
     rule = current().csr_keys
-    if isinstance(key, rsa.RSAPublicKey):
-        if not _rsa_size_ok(rule, key.key_size):
-            raise AlgorithmRefused(f"RSA key of {key.key_size} bits is not allowed")
-        if rule.rsa_exponents is not None and \
-                key.public_numbers().e not in rule.rsa_exponents:
-            raise AlgorithmRefused(f"RSA public exponent must be {one_of(rule.rsa_exponents)}")
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        if key.curve.name not in rule.curves:
-            raise AlgorithmRefused(f"curve {key.curve.name} is not allowed")
-    else:
-        raise AlgorithmRefused("only RSA and ECDSA keys are accepted")
+    _check_subject_key(
+        rule, key, "is not allowed",
+        lambda e: f"RSA public exponent must be {one_of(rule.rsa_exponents or ())}",
+        "only RSA and ECDSA keys are accepted")
 
 
 def check_csr_hash(algorithm: hashes.HashAlgorithm | None) -> None:
@@ -327,18 +337,9 @@ def check_csr_hash(algorithm: hashes.HashAlgorithm | None) -> None:
 
 def check_account_key(key: object) -> None:
     """An ACME account key (or the key of a certificate revoked by its own key)."""
-    rule = current().account_keys
-    if isinstance(key, rsa.RSAPublicKey):
-        if not _rsa_size_ok(rule, key.key_size):
-            raise AlgorithmRefused(f"RSA key of {key.key_size} bits not accepted")
-        if rule.rsa_exponents is not None and \
-                key.public_numbers().e not in rule.rsa_exponents:
-            raise AlgorithmRefused(f"RSA public exponent {key.public_numbers().e} not accepted")
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        if key.curve.name not in rule.curves:
-            raise AlgorithmRefused(f"curve {key.curve.name} not accepted")
-    else:
-        raise AlgorithmRefused("a public key is required")
+    _check_subject_key(current().account_keys, key, "not accepted",
+                       lambda e: f"RSA public exponent {e} not accepted",
+                       "a public key is required")
 
 
 def jws_algs(purpose: JwsPurpose) -> tuple[str, ...]:
