@@ -6,6 +6,7 @@ from typing import Any
 
 from appliance import policy
 from appliance.errors import ApplianceError
+from appliance.store.db import as_fault
 
 ERROR_NS = "urn:ietf:params:acme:error:"
 
@@ -59,6 +60,7 @@ def problem_of(exc: BaseException) -> AcmeProblem:
     """
     if isinstance(exc, AcmeProblem):
         return exc
+    exc = as_fault(exc) or exc
     if isinstance(exc, policy.PolicyError):
         # Its type is the class's; what only this error has is the refused name, which
         # becomes the subproblem's identifier (RFC 8555 §6.7.1).

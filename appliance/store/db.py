@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance import deadline, logs
@@ -29,6 +30,15 @@ from appliance.errors import ConfigError, DatabaseError
 log = logs.get("store")
 
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def as_fault(exc: BaseException) -> DatabaseError | None:
+    """A read that met a locked or unreachable database, or no pooled connection within the
+    deadline, as the fault of ours it is (writes already raise ``DatabaseError``), so every
+    protocol answers it as one: 503 and retry, never the client's error or a bare 500."""
+    if isinstance(exc, (OperationalError, PoolTimeout)):
+        return DatabaseError(f"the database is not available: {type(exc).__name__}")
+    return None
 
 
 def private_sqlite_file(url: str) -> Path | None:

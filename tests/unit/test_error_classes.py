@@ -107,3 +107,16 @@ def test_finalize_leaves_the_order_ready_for_a_csr_with_other_names_or_a_bug() -
     problem = problem_of(RuntimeError("secret internals"))
     assert (problem.kind, problem.status) == ("serverInternal", 500)
     assert "secret" not in problem.detail
+
+
+def test_a_database_read_that_fails_is_a_fault_in_acme_too() -> None:
+    """A locked or unreachable database met by a read (SQLAlchemy's own errors, not yet a
+    DatabaseError) is answered as ours by ACME as by REST: 503, no internals."""
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    for exc in (OperationalError("SELECT 1", {}, Exception("database is locked")),
+                PoolTimeout("QueuePool limit reached")):
+        problem = problem_of(exc)
+        assert (problem.kind, problem.status) == ("serverInternal", 503)
+        assert "locked" not in problem.detail and "QueuePool" not in problem.detail
