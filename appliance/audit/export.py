@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from appliance import rfc3339
 from appliance.store.models import AuditEvent
 
 
@@ -18,9 +19,7 @@ def parse_since(text: str) -> str:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"not an ISO 8601 time: {text!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return rfc3339.to_utc(when).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def export_jsonl(session: Session, since: str | None = None,

@@ -50,7 +50,7 @@ from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any, Protocol
 
-from appliance import durations, logs
+from appliance import durations, logs, rfc3339
 from appliance.runtime import Appliance
 
 log = logs.get("ocsp.cache")
@@ -348,9 +348,7 @@ _QUERY = (
 def timestamp(value: Any) -> float:
     """Seconds since the epoch of a database timestamp (SQLite gives text, naive UTC)."""
     dt = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
+    return rfc3339.to_utc(dt).timestamp()
 
 
 class Reader:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from appliance import rfc3339
 from appliance.errors import ApplianceError
 from appliance.issuance.request import ProvisionerContext, SignRequest
 from appliance.provisioners.authorize import audit_failure, context
@@ -113,9 +114,7 @@ def _authenticate(app: Appliance, *, peer_der: bytes | None, bearer: str | None
         ctx = context(app, prov)
         stored = json.loads(row.request_context or "{}")
         row_id, serial = row.id, row.serial_hex
-        issued_at = row.issued_at or row.reserved_at
-        if issued_at.tzinfo is None:
-            issued_at = issued_at.replace(tzinfo=UTC)
+        issued_at = rfc3339.to_utc(row.issued_at or row.reserved_at)
     if ctx.claims.disable_renewal:
         raise RenewalRefused(f"provisioner {ctx.name} does not allow renewal")
     not_after = cert.not_valid_after_utc
