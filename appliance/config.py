@@ -286,6 +286,13 @@ class LoggingConfig(_Strict):
     level: str = Field(default="INFO", pattern=r"^(?i:debug|info|warning|error)$")
 
 
+class FipsConfig(_Strict):
+    # FIPS-style mode: approved algorithms only, self-tests that gate, officer quorum. Chosen
+    # at init (``appliance init --fips``) and recorded in the database; a node whose file
+    # says otherwise refuses to start.
+    enabled: bool = False
+
+
 class ApplianceConfig(_Strict):
     # This node's name in the audit log (each node of a shared database has its own).
     node_id: str = Field(default="node-1", pattern=r"^[A-Za-z0-9._-]{1,64}$")
@@ -301,6 +308,7 @@ class ApplianceConfig(_Strict):
     revocation: RevocationConfig = RevocationConfig()
     ocsp: OcspConfig = OcspConfig()
     acme: AcmeConfig = AcmeConfig()
+    fips: FipsConfig = FipsConfig()
 
 
 class Settings:

@@ -39,6 +39,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("layer 8 (core rules)", ("ocsp", "templates", "policy", "inventory")),
     ("layer 7 (CA registry)", ("ca",)),
     ("layer 6 (runtime)", ("runtime",)),
+    ("layer 5.5 (FIPS-style mode, self-tests)", ("fips",)),
     ("layer 5 (audit log)", ("audit",)),
     ("layer 4 (token, database)", ("hsm", "store")),
     ("layer 3 (X.509 vocabulary, the signing gate, the algorithm table)", ("x509",)),
