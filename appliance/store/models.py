@@ -372,3 +372,48 @@ class AcmeChallenge(Base):
     # When the running validation attempt started (status "processing"); see migration 0007.
     processing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                               nullable=True)
+
+
+class Installation(Base):
+    """Facts fixed when the installation was made, the same for every node: one row per key.
+
+    ``mode`` ("default" or "fips") is written once by ``appliance init``; a node whose
+    configuration says otherwise refuses to start (appliance.fips.mode)."""
+
+    __tablename__ = "installation"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Officer(Base):
+    """A person with a role on this installation and the scrypt verifier of their secret
+    (never the secret). Crypto officers meet quorums for key generation, ceremonies,
+    zeroization and sealing; operators and auditors are named for the audit log."""
+
+    __tablename__ = "officers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # crypto-officer, operator, auditor
+    verifier: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active, removed
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SelfTestRun(Base):
+    """One run of the FIPS-style power-on (or on-demand) self-tests on one node.
+
+    The newest row of a node is that node's state: a failed run puts it in the error state
+    until a later run passes (appliance.fips)."""
+
+    __tablename__ = "selftest_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(64), index=True)
+    trigger: Mapped[str] = mapped_column(String(32))  # power-on, on-demand
+    passed: Mapped[bool] = mapped_column(Boolean)
+    results_json: Mapped[str] = mapped_column(Text)  # [{"name", "ok", "detail"}, ...]
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    ran_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
