@@ -23,6 +23,7 @@ from appliance.audit.log import Actor, AuditLog
 from appliance.audit.signer import CheckpointSigner
 from appliance.config import Settings
 from appliance.errors import ApplianceError, KeyNotFoundError
+from appliance.fips import selftest as fips_selftest
 from appliance.hsm import keys, selftest
 from appliance.hsm.pool import SessionPool
 from appliance.hsm.profile import HsmProfile, load_profile
@@ -57,6 +58,11 @@ class Appliance:
         self._service_log: AuditLog | None = None
         self._service_signer_retry = 0.0
         self._on_close: list[Callable[[], None]] = []
+        # FIPS mode: this process's error state (a failed self-test), and whether the
+        # integrity test may pass before the first seal (set by init/quickstart/seal only).
+        self.fips_state = fips_selftest.ErrorState()
+        self._fips_lock = threading.Lock()
+        self.fips_allow_unsealed = False
 
     @property
     def node_id(self) -> str:
@@ -81,9 +87,23 @@ class Appliance:
     def signing_pool(self) -> SessionPool:
         """The pool, after the power-on self-tests have passed in this process."""
         pool = self.pool
+        if self.settings.config.fips.enabled:
+            return self._fips_signing_pool(pool)
         if not self._selftested:
             selftest.require(pool)
             self._selftested = True
+        return pool
+
+    def _fips_signing_pool(self, pool: SessionPool) -> SessionPool:
+        """FIPS mode: the full power-on tests once per process (recorded and audited), and
+        the error state refuses every later use after any failure (FipsError)."""
+        self.fips_state.check()
+        with self._fips_lock:
+            if not self._selftested:
+                fips_selftest.power_on(self, pool, self.fips_state,
+                                       allow_unsealed=self.fips_allow_unsealed)
+                self._selftested = True
+        self.fips_state.check()
         return pool
 
     @property

@@ -56,3 +56,26 @@ RSA_PSS_SHA256_SIG = bytes.fromhex(
     "aeb03a7ab946cdb3b1da9c67b8d59faea90f6c055c4068d79df662737c945c68da275924779df6ba143d7441"
     "f5696c8f94f5e50be54a2706d6f1a20f6bc9fab5273f3e0c4dc227add1041533394f91cf"
 )
+
+# HMAC: RFC 4231 test case 2 (key "Jefe"), the published digests for SHA-256/384/512.
+HMAC_KEY = b"Jefe"
+HMAC_DATA = b"what do ya want for nothing?"
+HMAC_RFC4231_TC2 = {
+    "sha256": "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+    "sha384": (
+        "af45d2e376484031617f78d2b58a6b1b9c7ef464f5a01b47e42ec3736322445e"
+        "8e2240ca5e69e2c78b3239ecfab21649"
+    ),
+    "sha512": (
+        "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea250554"
+        "9758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737"
+    ),
+}
+
+# AES-256-GCM: test case 14 of the GCM specification (McGrew and Viega, the example NIST
+# publishes with SP 800-38D): all-zero 256-bit key, 96-bit IV and one block of plaintext.
+AES256_GCM_KEY = bytes(32)
+AES256_GCM_IV = bytes(12)
+AES256_GCM_PLAINTEXT = bytes(16)
+AES256_GCM_CIPHERTEXT = bytes.fromhex("cea7403d4d606b6e074ec5d3baf39d18")
+AES256_GCM_TAG = bytes.fromhex("d0d1c8a799996bf0265b98b5d48ab919")

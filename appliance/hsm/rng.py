@@ -2,14 +2,44 @@
 
 Serials must be unpredictable (BR 7.1: at least 64 random bits) and the
 token's RNG is the one source the appliance already trusts with its keys.
+
+The continuous test (a conditional self-test of the FIPS-style mode, kept in every mode
+since it costs one comparison): each draw of at least 8 bytes is compared with the previous
+one in this process; a repeat means the source is stuck, so it fails closed and stays
+failed (every later draw is refused) until the process restarts.
 """
 
 from __future__ import annotations
 
-from appliance.errors import HsmError
+import threading
+
+from appliance.errors import HsmError, SelfTestError
 from appliance.hsm.pool import PooledSession, SessionPool
 
 MAX_RANDOM_BYTES = 4096
+CONTINUOUS_MIN_BYTES = 8  # 64 bits: a chance repeat of a healthy source is negligible
+
+_lock = threading.Lock()
+_previous: bytes | None = None
+_failure: str | None = None
+
+
+def continuous_failure() -> str | None:
+    """Why the continuous test failed in this process, or None."""
+    return _failure
+
+
+def continuous_test(data: bytes) -> None:
+    """Compare a draw with the previous one; a repeat latches the failure and raises."""
+    global _previous, _failure
+    if len(data) < CONTINUOUS_MIN_BYTES:
+        return
+    with _lock:
+        if _failure is None and data == _previous:
+            _failure = f"token RNG returned the same {len(data)} bytes twice in a row"
+        if _failure is not None:
+            raise SelfTestError(f"continuous RNG test failed: {_failure}")
+        _previous = data
 
 
 def random_bytes(pool: SessionPool, n: int) -> bytes:
@@ -23,6 +53,7 @@ def random_bytes(pool: SessionPool, n: int) -> bytes:
     data = pool.run(work)
     if len(data) != n:
         raise HsmError(f"token RNG returned {len(data)} bytes, asked for {n}")
+    continuous_test(data)
     return data
 
 

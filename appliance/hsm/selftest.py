@@ -9,13 +9,15 @@ start of every command that signs, and by ``appliance hsm selftest``.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag
 
 from appliance.errors import SelfTestError
@@ -79,6 +81,45 @@ def software_checks() -> list[Check]:
         ),
     )
     return checks
+
+
+def hmac_kats() -> list[Check]:
+    """HMAC-SHA-256/384/512 against RFC 4231 test case 2 (EAB MACs and token HMACs use them)."""
+    out = []
+    for name, expected in kat.HMAC_RFC4231_TC2.items():
+        got = hmac.new(kat.HMAC_KEY, kat.HMAC_DATA, name).hexdigest()
+        ok = hmac.compare_digest(got, expected)
+        out.append(Check(f"kat-hmac-{name}", ok, "" if ok else "MAC differs"))
+    return out
+
+
+def aes_gcm_kats() -> list[Check]:
+    """AES-256-GCM both ways (the API's TLS suites): the published ciphertext and tag come
+    out, they decrypt back, and a changed tag is refused."""
+    aead = AESGCM(kat.AES256_GCM_KEY)
+    expected = kat.AES256_GCM_CIPHERTEXT + kat.AES256_GCM_TAG
+    got = aead.encrypt(kat.AES256_GCM_IV, kat.AES256_GCM_PLAINTEXT, None)
+    checks = [Check("kat-aes256-gcm-encrypt", got == expected,
+                    "" if got == expected else "ciphertext or tag differs")]
+    try:
+        plain = aead.decrypt(kat.AES256_GCM_IV, expected, None)
+        ok = plain == kat.AES256_GCM_PLAINTEXT
+        checks.append(Check("kat-aes256-gcm-decrypt", ok, "" if ok else "plaintext differs"))
+    except InvalidTag:
+        checks.append(Check("kat-aes256-gcm-decrypt", False, "known-good tag rejected"))
+    tampered = expected[:-1] + bytes([expected[-1] ^ 1])
+    try:
+        aead.decrypt(kat.AES256_GCM_IV, tampered, None)
+        checks.append(Check("kat-aes256-gcm-negative", False, "changed tag accepted"))
+    except InvalidTag:
+        checks.append(Check("kat-aes256-gcm-negative", True))
+    return checks
+
+
+def fips_software_checks() -> list[Check]:
+    """Every algorithm a FIPS-mode process runs outside the token: the default KATs plus
+    HMAC and AES-GCM."""
+    return software_checks() + hmac_kats() + aes_gcm_kats()
 
 
 def token_checks(pool: SessionPool) -> list[Check]:
