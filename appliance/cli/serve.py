@@ -86,7 +86,10 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
     for name in prov_ops.plaintext_keys(app):
         click.echo(f"warning: the token-signing key of provisioner {name!r} is a plaintext file "
                    f"in secrets/: seal it (`appliance provisioner seal {name}`)", err=True)
-    selftest.require(app.pool)
+    if app.settings.config.fips.enabled:
+        app.signing_pool()  # the FIPS power-on self-tests: a failure refuses the start
+    else:
+        selftest.require(app.pool)
     files = tls.issue_api_certificate(app) if only != "public" else None
     config_path = str(app.settings.path)
     app.close()  # nothing token- or database-bound crosses into the workers

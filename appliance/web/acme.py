@@ -45,6 +45,8 @@ def _defaults(_endpoint: str, values: dict[str, Any]) -> None:
 
 @bp.before_request
 def _context() -> None:
+    # The FIPS error state: every ACME request is a 503 problem (FipsError is a fault).
+    current_app.extensions["appliance"].fips_state.check()
     name = g.acme_provisioner
     parts = request.path.rsplit("/", 2)
     # Challenge POSTs too: each makes the CA connect to a host the client names.

@@ -30,6 +30,15 @@ from appliance.web.health import ServiceHealth, metrics_dir
 
 bp = Blueprint("api", __name__, url_prefix="/1.0")
 ops_bp = Blueprint("ops", __name__)
+FIPS_UNGATED = ("api.health", "api.ready")
+
+
+@bp.before_request
+def _fips_gate() -> None:
+    """The FIPS error state: every endpoint but health and readiness answers 503
+    ``fips_error`` (a no-op outside FIPS mode: the state is never entered there)."""
+    if request.endpoint not in FIPS_UNGATED:
+        appliance().fips_state.check()
 
 
 def service_health() -> ServiceHealth | None:
@@ -127,6 +136,12 @@ def _time(data: dict[str, Any], key: str) -> datetime | None:
 
 @bp.get("/health")
 def health() -> Any:
+    """Liveness; in the FIPS error state a 503 that names the failed self-tests (only a
+    restart whose self-tests pass leaves it)."""
+    failed = appliance().fips_state.failed
+    if failed:
+        return jsonify({"status": "fips_error", "failed": list(failed),
+                        "node": appliance().node_id, "pid": os.getpid()}), 503
     return jsonify({"status": "ok"})
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from flask import Flask, request
 
 from appliance.acme.service import AcmeService
+from appliance.errors import ApplianceError
 from appliance.issuance.pipeline import Issuer
 from appliance.issuance.sweeper import ReservationSweeper
 from appliance.runtime import Appliance
@@ -65,6 +66,7 @@ def create_app(appliance: Appliance) -> Flask:
     app.extensions["appliance"] = appliance
     appliance.enable_service_checkpoints()
     hostcheck.install(app, svc)
+    _fips_power_on(appliance)
     # Per worker: create_app runs after the fork.
     app.extensions["health"] = ServiceHealth.start_for(appliance)
     issuer = Issuer(appliance)
@@ -99,6 +101,18 @@ def create_app(appliance: Appliance) -> Flask:
     app.register_blueprint(api.ops_bp)
     app.register_blueprint(acme.bp)
     return app
+
+
+def _fips_power_on(appliance: Appliance) -> None:
+    """FIPS mode: this worker's power-on self-tests before it answers (recorded, so the
+    newest run of the node is this one); a failure leaves the worker up in the error state,
+    answering 503 ``fips_error`` and saying so on /1.0/health."""
+    if not appliance.settings.config.fips.enabled:
+        return
+    try:
+        appliance.signing_pool()
+    except ApplianceError as exc:  # the FIPS error state was entered (and audited)
+        appliance.fips_state.enter([exc.code], str(exc))
 
 
 def _drain(stream: Any, announced: int) -> None:

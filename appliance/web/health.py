@@ -15,6 +15,7 @@ refuses token operations at once then, and a checkpoint is best effort.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -101,6 +102,8 @@ class ServiceHealth:
             backoff_max=cfg.recovery_backoff_max_seconds, on_transition=self._transition,
             on_state=self._token_state)
         self._thread = threading.Thread(target=self._db_loop, name="db-probe", daemon=True)
+        self.fips = appliance.settings.config.fips.enabled
+        self._fips_audit: dict[str, Any] | None = None  # the error state's event, to write
 
     def start(self) -> None:
         self.watcher.start()
@@ -143,6 +146,10 @@ class ServiceHealth:
         else:
             db_check = f"unavailable: {db_detail}"
         checks = {"token": hsm_check, "database": db_check}
+        if self.fips:
+            failed = self.app.fips_state.failed
+            checks["fips"] = f"fips_error: self-tests failed: {', '.join(failed)}" \
+                if failed else "ok"
         retry = math.ceil(max(self.probe_interval, DB_PROBE_INTERVAL))
         return Readiness(all(v == "ok" for v in checks.values()), checks, retry)
 
@@ -185,12 +192,30 @@ class ServiceHealth:
                     conn.execute(text(f"SET LOCAL statement_timeout = "
                                       f"{int(DB_PROBE_TIMEOUT * 1000)}"))
                 conn.execute(text("SELECT seq FROM audit_heads LIMIT 1")).first()
+                if self.fips:
+                    self._probe_selftests(conn)
         except Exception as exc:  # any failure is "unavailable", never a dead thread
             detail = getattr(exc, "orig", None) or exc
             # readiness names the kind of fault only (anyone may ask); the log has it all
             self._db_state(False, type(detail).__name__, str(detail)[:300])
         else:
             self._db_state(True, "", "")
+
+    def _probe_selftests(self, conn: Any) -> None:
+        """FIPS mode: the newest self-test run of this node (``appliance fips selftest``, a
+        power-on of another process); a failed one puts this worker in the error state."""
+        row = conn.execute(text(
+            "SELECT id, trigger, passed, results_json FROM selftest_runs WHERE node_id = :n "
+            "ORDER BY id DESC LIMIT 1"), {"n": self.app.node_id}).first()
+        if row is None or row.passed:
+            return
+        try:
+            failed = [r["name"] for r in json.loads(row.results_json) if not r.get("ok")]
+        except (ValueError, TypeError, KeyError):
+            failed = ["unreadable record"]
+        if self.app.fips_state.enter(failed, f"{row.trigger} self-test run {row.id} failed"):
+            self._fips_audit = {"run": row.id, "trigger": row.trigger, "failed": failed,
+                                "pid": os.getpid()}
 
     def _db_state(self, ok: bool, kind: str, detail: str) -> None:
         with self._lock:
@@ -203,6 +228,16 @@ class ServiceHealth:
 
     def _write_audit(self) -> None:
         """Queued transitions, oldest first; one that fails stays for the next round."""
+        if self._fips_audit is not None:
+            try:
+                with self.app.db.transaction() as session:
+                    self.app.audit_log().append(
+                        session, "fips.error_state.entered", SYSTEM, outcome="failure",
+                        object_ids={"node": self.app.node_id}, details=self._fips_audit)
+                self._fips_audit = None
+            except Exception as exc:  # the database may be down: again next round
+                log.warning("auditing the FIPS error state failed; will retry",
+                            extra={"fault": type(exc).__name__})
         while self._audit and not self._stop.is_set():
             t = self._audit[0]
             event_type, outcome = AUDIT_EVENTS[t.kind]
