@@ -64,9 +64,9 @@ def create_app(appliance: Appliance) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=svc.max_request_bytes, JSON_SORT_KEYS=False,
                       PROPAGATE_EXCEPTIONS=False, TRAP_HTTP_EXCEPTIONS=False)
     app.extensions["appliance"] = appliance
+    _fips_power_on(appliance)  # before checkpoints: its record must not need the audit key
     appliance.enable_service_checkpoints()
     hostcheck.install(app, svc)
-    _fips_power_on(appliance)
     # Per worker: create_app runs after the fork.
     app.extensions["health"] = ServiceHealth.start_for(appliance)
     issuer = Issuer(appliance)
