@@ -18,7 +18,7 @@ from appliance.acme.problems import problem_of
 from appliance.errors import SelfTestError
 from appliance.fips import rng_health
 from appliance.fips.manifest import Manifest
-from appliance.fips.seal import SealError, Sealed, verify_sealed
+from appliance.fips.seal import Sealed, SealError, verify_sealed
 from appliance.fips.selftest import ErrorState, FipsError
 from appliance.hsm import kat_vectors as kat
 from appliance.hsm import rng
