@@ -60,7 +60,7 @@ class Appliance:
         self._on_close: list[Callable[[], None]] = []
         # FIPS mode: this process's error state (a failed self-test), and whether the
         # integrity test may pass before the first seal (set by init/quickstart/seal only).
-        self.fips_state = fips_selftest.ErrorState()
+        self.fips_state = fips_selftest.ErrorState(watch_rng=settings.config.fips.enabled)
         self._fips_lock = threading.RLock()
         self._fips_running = False
         self.fips_allow_unsealed = False

@@ -31,7 +31,7 @@ from typing import Any
 
 from appliance import logs
 from appliance.audit.log import Actor
-from appliance.errors import ApplianceError, ServerFault
+from appliance.errors import ApplianceError, HsmLoginError, HsmUnavailableError, ServerFault
 from appliance.fips import manifest as manifest_mod
 from appliance.fips import rng_health
 from appliance.fips.host import Host
@@ -49,6 +49,10 @@ SYSTEM = Actor("appliance", "system")
 PACKAGE_DIR_ENV = "APPLIANCE_FIPS_PACKAGE_DIR"
 MAX_AUDITED_DIFFERENCES = 50
 POWER_ON, ON_DEMAND = "power-on", "on-demand"
+# The token cannot be reached or refused the PIN: the tests could not run, which is not a
+# wrong answer. Such an error propagates as itself (nothing recorded, no error state): the
+# process cannot sign now, and its next attempt runs the tests again.
+UNAVAILABLE = (HsmUnavailableError, HsmLoginError)
 
 
 class FipsError(ServerFault):
@@ -80,7 +84,9 @@ class Result:
 class ErrorState:
     """One process's error state: entered once, left only by a new process."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, watch_rng: bool = True) -> None:
+        """``watch_rng``: a failed continuous RNG test of this process counts (FIPS mode)."""
+        self.watch_rng = watch_rng
         self._lock = threading.Lock()
         self._failed: tuple[str, ...] = ()
         self._reason = ""
@@ -101,12 +107,13 @@ class ErrorState:
         with self._lock:
             if self._failed:
                 return self._failed
-        return ("rng-continuous",) if rng.continuous_failure() else ()
+        return ("rng-continuous",) if self.watch_rng and rng.continuous_failure() else ()
 
     @property
     def reason(self) -> str:
         with self._lock:
-            return self._reason or (rng.continuous_failure() or "")
+            reason = self._reason
+        return reason or ((self.watch_rng and rng.continuous_failure()) or "")
 
     def check(self) -> None:
         """Raise FipsError in the error state."""
@@ -139,6 +146,8 @@ def integrity(host: Host, *, allow_unsealed: bool = False) -> Result:
                           installed.sha256)
         public_key = keys.find_key(host.pool, sealed.key_label).public_key
         expected = verify_sealed(sealed, public_key)
+    except UNAVAILABLE:
+        raise
     except (SealError, ApplianceError) as exc:
         return Result([Check("software-integrity", False, str(exc))], installed.sha256)
     differences = installed.differences(expected)
@@ -151,7 +160,9 @@ def integrity(host: Host, *, allow_unsealed: bool = False) -> Result:
 def rng_checks(pool: SessionPool) -> list[Check]:
     try:
         return rng_health.health(rng.random_bytes(pool, rng_health.SAMPLE_BYTES))
-    except ApplianceError as exc:
+    except UNAVAILABLE:
+        raise
+    except ApplianceError as exc:  # the continuous test refused a repeated draw
         return [Check("rng-health", False, str(exc))]
 
 
@@ -160,7 +171,9 @@ def run(host: Host, pool: SessionPool, *, allow_unsealed: bool = False) -> Resul
     checks = hsm_selftest.fips_software_checks()
     try:
         checks += hsm_selftest.token_checks(pool)
-    except Exception as exc:  # a token fault is a failed test here, recorded as such
+    except UNAVAILABLE:
+        raise
+    except Exception as exc:  # a wrong answer of the token is a failed test
         checks.append(Check("token-sign-verify", False, f"{type(exc).__name__}: {exc}"))
     checks += rng_checks(pool)
     found = integrity(host, allow_unsealed=allow_unsealed)
@@ -190,16 +203,17 @@ def record(host: Host, result: Result, trigger: str) -> None:
 
 def power_on(host: Host, pool: SessionPool, state: ErrorState, *,
              allow_unsealed: bool = False) -> Result:
-    """The power-on tests of this process: recorded, and any failure (a record that cannot
-    be written too) enters the error state and raises FipsError."""
+    """The power-on tests of this process, recorded; a failed test enters the error state
+    and raises FipsError. A passing run that cannot be recorded (database down) does not
+    count: its error propagates and the next attempt runs the tests again."""
     state.check()
     result = run(host, pool, allow_unsealed=allow_unsealed)
     try:
         record(host, result, POWER_ON)
-    except Exception as exc:  # not recorded is not passed: fail closed
-        log.error("recording the power-on self-tests failed", extra={"fault": repr(exc)})
-        result.checks.append(Check("record", False, f"cannot record the run: "
-                                                    f"{type(exc).__name__}"))
+    except Exception as exc:
+        if result.passed:
+            raise
+        log.error("recording failed power-on self-tests failed", extra={"fault": repr(exc)})
     if not result.passed:
         state.enter(result.failed, result.summary())
         raise FipsError(f"FIPS power-on self-tests failed: {result.summary()}")

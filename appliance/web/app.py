@@ -9,8 +9,10 @@ from typing import Any
 
 from flask import Flask, request
 
+from appliance import logs
 from appliance.acme.service import AcmeService
 from appliance.errors import ApplianceError
+from appliance.fips.selftest import FipsError
 from appliance.issuance.pipeline import Issuer
 from appliance.issuance.sweeper import ReservationSweeper
 from appliance.runtime import Appliance
@@ -18,6 +20,7 @@ from appliance.web import acme, api, errors, hostcheck
 from appliance.web.errors import ApiError
 from appliance.web.health import ServiceHealth
 
+log = logs.get("web")
 SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=31536000",
     "X-Content-Type-Options": "nosniff",
@@ -111,8 +114,11 @@ def _fips_power_on(appliance: Appliance) -> None:
         return
     try:
         appliance.signing_pool()
-    except ApplianceError as exc:  # the FIPS error state was entered (and audited)
-        appliance.fips_state.enter([exc.code], str(exc))
+    except FipsError:
+        pass  # the error state was entered (and the run audited): this worker answers 503
+    except ApplianceError as exc:  # token or database away: the first signing tries again
+        log.warning("FIPS power-on self-tests could not run yet",
+                    extra={"fault": type(exc).__name__})
 
 
 def _drain(stream: Any, announced: int) -> None:

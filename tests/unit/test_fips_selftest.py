@@ -111,7 +111,7 @@ def test_the_continuous_test_fails_closed_on_a_repeat_and_stays_failed(
     rng.continuous_test(draw)
     rng.continuous_test(os.urandom(16))
     rng.continuous_test(os.urandom(16))
-    state = ErrorState()
+    state, default_mode = ErrorState(), ErrorState(watch_rng=False)
     assert state.failed == ()
     same = os.urandom(16)
     rng.continuous_test(same)
@@ -120,6 +120,7 @@ def test_the_continuous_test_fails_closed_on_a_repeat_and_stays_failed(
     with pytest.raises(SelfTestError):  # latched: a fresh draw is refused too
         rng.continuous_test(os.urandom(16))
     assert state.failed == ("rng-continuous",)
+    assert default_mode.failed == ()  # outside FIPS mode the draws fail, not every request
     with pytest.raises(FipsError):
         state.check()
 
