@@ -98,6 +98,11 @@ def test_a_sealed_fips_node_passes_its_power_on_tests_and_signs(server: Server) 
     ready = server.get("/1.0/ready").json()
     assert ready["checks"]["fips"] == "ok"
     assert server.get("/1.0/health").json() == {"status": "ok"}
+    out = run_cli("--dir", str(server.data_dir), "fips", "selftest", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["passed"] and doc["differences"] == []
+    assert _runs(server)[-1]["trigger"] == "on-demand"
 
 
 def test_a_changed_byte_fails_fips_selftest_and_the_running_node_answers_503(
@@ -155,6 +160,12 @@ def test_a_start_against_a_changed_copy_is_refused_and_audited(
     failed = server.events("fips.selftest.failed")
     assert len(failed) == before + 1
     assert failed[-1]["details"]["trigger"] == "power-on"
+    # a key-using command is refused the same way, and makes no key
+    out = run_cli("--dir", str(server.data_dir), "hsm", "genkey", "--label", "fips-refused",
+                  "--type", "ec-p256", env={PACKAGE_DIR_ENV: str(changed_copy)})
+    assert out.returncode == 1 and "error [fips_error]" in out.stderr, out.stderr
+    listed = run_cli("--dir", str(server.data_dir), "hsm", "keys", "--json", check=True)
+    assert "fips-refused" not in listed.stdout
 
 
 def test_without_a_seal_the_integrity_test_says_to_seal(server: Server) -> None:
