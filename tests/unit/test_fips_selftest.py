@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,11 +20,13 @@ from appliance.acme.problems import problem_of
 from appliance.errors import SelfTestError
 from appliance.fips import rng_health
 from appliance.fips.manifest import Manifest
-from appliance.fips.seal import Sealed, SealError, verify_sealed
+from appliance.fips.seal import Sealed, SealError, load_sealed, verify_sealed
 from appliance.fips.selftest import ErrorState, FipsError
 from appliance.hsm import kat_vectors as kat
 from appliance.hsm import rng
 from appliance.hsm import selftest as hsm_selftest
+from appliance.store.db import Database
+from appliance.store.models import Installation
 from appliance.web.errors import status_of
 
 
@@ -166,3 +170,28 @@ def test_a_sealed_manifest_verifies_and_any_change_to_it_does_not() -> None:
     with pytest.raises(SealError, match="does not verify"):
         verify_sealed(resealed, key.public_key())
     assert base64.b64encode(_sealed(key, manifest).signature)
+
+
+def test_load_sealed_reads_the_installation_row_and_refuses_a_broken_one(db: Database) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    manifest = Manifest({"a.py": "11" * 32})
+    good = _sealed(key, manifest)
+    with db.sessions() as session:
+        assert load_sealed(session) is None
+    now = datetime.now(UTC)
+    doc = {"manifest": good.manifest_text, "sha256": good.sha256, "algorithm": good.algorithm,
+           "signature": base64.b64encode(good.signature).decode(), "key_label": "audit",
+           "officers": ["alice", "bob"], "sealed_at": good.sealed_at}
+    with db.transaction() as session:
+        session.add(Installation(key="manifest", value=json.dumps(doc), recorded_at=now))
+    with db.sessions() as session:
+        loaded = load_sealed(session)
+    assert loaded == good
+    assert verify_sealed(loaded, key.public_key()) == manifest
+    for broken in ({**doc, "signature": "not base64!"}, {**doc, "manifest": ""}, "[1, 2]"):
+        with db.transaction() as session:
+            row = session.get(Installation, "manifest")
+            assert row is not None
+            row.value = broken if isinstance(broken, str) else json.dumps(broken)
+        with db.sessions() as session, pytest.raises(SealError, match="cannot be read"):
+            load_sealed(session)
