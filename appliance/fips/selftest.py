@@ -24,10 +24,14 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from appliance import logs
 from appliance.audit.log import Actor
@@ -226,3 +230,60 @@ def on_demand(host: Host) -> Result:
     result = run(host, host.pool)
     record(host, result, ON_DEMAND)
     return result
+
+
+def newest_failure(db: Session, node_id: str) -> tuple[int, str, list[str]] | None:
+    """(run id, trigger, failed tests) when the newest self-test run of ``node_id`` failed."""
+    row = db.scalars(select(SelfTestRun).where(SelfTestRun.node_id == node_id)
+                     .order_by(SelfTestRun.id.desc()).limit(1)).first()
+    if row is None or row.passed:
+        return None
+    try:
+        failed = [str(r["name"]) for r in json.loads(row.results_json) if not r.get("ok")]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        failed = ["unreadable record"]
+    return row.id, row.trigger, failed or ["unknown"]
+
+
+class NodeWatch:
+    """The error state for a process without a health thread (the plain-HTTP listener of
+    OCSP and CRLs): the node's newest self-test run, read on the request path at most once
+    every ``interval`` seconds by one thread at a time; a failed run latches the error
+    state (audited once per process). A database that cannot be read is not a self-test
+    failure: the last answer stands."""
+
+    def __init__(self, host: Host, state: ErrorState, interval: float = 2.0) -> None:
+        self.host = host
+        self.state = state
+        self.interval = interval
+        self._checked = -interval
+        self._lock = threading.Lock()
+
+    def failed(self) -> tuple[str, ...]:
+        failed = self.state.failed
+        now = time.monotonic()
+        if failed or now - self._checked < self.interval or not self._lock.acquire(False):
+            return failed
+        try:
+            self._checked = now
+            self._read()
+        except Exception as exc:
+            log.warning("reading the node's self-test runs failed",
+                        extra={"fault": type(exc).__name__})
+        finally:
+            self._lock.release()
+        return self.state.failed
+
+    def _read(self) -> None:
+        with self.host.db.sessions() as db:
+            found = newest_failure(db, self.host.node_id)
+        if found is None:
+            return
+        run_id, trigger, failed = found
+        if self.state.enter(failed, f"{trigger} self-test run {run_id} failed"):
+            with self.host.db.transaction() as session:
+                self.host.audit_log().append(
+                    session, "fips.error_state.entered", SYSTEM, outcome="failure",
+                    object_ids={"node": self.host.node_id},
+                    details={"run": run_id, "trigger": trigger, "failed": failed,
+                             "pid": os.getpid(), "listener": "public"})

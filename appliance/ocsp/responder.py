@@ -43,6 +43,7 @@ from cryptography import x509
 from sqlalchemy import select
 
 from appliance import logs
+from appliance.fips.selftest import NodeWatch
 from appliance.ocsp import cache
 from appliance.ocsp.certid import cert_id_hashes
 from appliance.ocsp.request import MAX_REQUEST_BYTES, CertId, MalformedRequest, first_cert_id
@@ -159,6 +160,9 @@ class Responder:
         # requests up to PARSED_KEY_MAX octets, cleared when full (a flood of distinct
         # requests only makes it useless, never large).
         self._parsed: dict[str | bytes, _Parsed] = {}
+        # FIPS mode: the node's error state (a failed self-test): 503, tryLater, until restart
+        self.fips_watch = (NodeWatch(app, app.fips_state)
+                           if app.settings.config.fips.enabled else None)
         self.load_issuers()
 
     # -- issuers --------------------------------------------------------------------------
@@ -238,6 +242,8 @@ class Responder:
                if_none_match: str | None) -> Reply | tuple[cache.Entry, bool, int, bool]:
         """A failure :class:`Reply`, or what to serve: (entry, SHA-256 CertID?, max-age,
         304?). Every rule lives here, whichever server asked."""
+        if self.fips_watch is not None and self.fips_watch.failed():
+            return self._fail(method, "503 Service Unavailable", TRY_LATER, "fips_error")
         if method == "POST":
             if raw_path.rstrip("/") != PREFIX or not body:
                 return self._fail(method, "400 Bad Request", MALFORMED, "malformed")

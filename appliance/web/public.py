@@ -36,6 +36,10 @@ def make_app(appliance: Appliance, ocsp: Responder | None = None
         if path == "/metrics" and method == "GET":
             return _send(start_response, "200 OK", ocsp.metrics_text().encode(),
                          "text/plain; version=0.0.4")
+        if ocsp.fips_watch is not None and ocsp.fips_watch.failed():
+            # the FIPS error state: no CRL, no CA certificate, and /health says so
+            return _send(start_response, "503 Service Unavailable", b"fips_error\n",
+                         "text/plain", [("Retry-After", "60")])
         if method not in ("GET", "HEAD"):
             return _send(start_response, "405 Method Not Allowed", b"", "text/plain",
                          [("Allow", "GET, HEAD")])

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from appliance.fips import manifest
 from appliance.fips.selftest import PACKAGE_DIR_ENV
@@ -141,6 +142,16 @@ def test_a_changed_byte_fails_fips_selftest_and_the_running_node_answers_503(
     ready = server.get("/1.0/ready")
     assert ready.status_code == 503
     assert ready.json()["checks"]["fips"].startswith("fips_error")
+    # the plain-HTTP listener: OCSP answers tryLater with 503, CRLs and /health 503
+    deadline = time.monotonic() + 10
+    public = requests.get(server.http + "/health", timeout=10)
+    while public.status_code != 503 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        public = requests.get(server.http + "/health", timeout=10)
+    assert (public.status_code, public.text) == (503, "fips_error\n")
+    ocsp = requests.get(server.http + "/ocsp/MAA=", timeout=10)
+    assert (ocsp.status_code, ocsp.content) == (503, bytes.fromhex("30030a0103"))
+    assert requests.get(server.http + "/crl/root.crl", timeout=10).status_code == 503
     deadline = time.monotonic() + 10
     while not server.events("fips.error_state.entered") and time.monotonic() < deadline:
         time.sleep(0.2)
