@@ -48,8 +48,8 @@ from appliance.store.models import SelfTestRun
 
 log = logs.get("fips")
 SYSTEM = Actor("appliance", "system")
-# Test-only: compute the manifest of another copy of the package (a copy with a changed
-# byte, to show the integrity test fail) instead of the installed one. Never set in service.
+# Test-only: also check another copy of the package (one with a changed byte, to show the
+# integrity test fail), besides the installed one: it can only add failures.
 PACKAGE_DIR_ENV = "APPLIANCE_FIPS_PACKAGE_DIR"
 MAX_AUDITED_DIFFERENCES = 50
 POWER_ON, ON_DEMAND = "power-on", "on-demand"
@@ -127,17 +127,24 @@ class ErrorState:
                             "nothing is signed until a restart whose self-tests pass")
 
 
-def package_root() -> Path:
+def package_roots() -> list[Path]:
+    """The installed package, and the test-only copy named by the environment. The copy is
+    checked IN ADDITION to the installed package, so the variable can only make the test
+    stricter: a changed installation never passes because it points at a clean copy."""
+    roots = [manifest_mod.package_dir()]
     override = os.environ.get(PACKAGE_DIR_ENV)
-    return Path(override) if override else manifest_mod.package_dir()
+    if override and Path(override).resolve() != roots[0]:
+        roots.append(Path(override))
+    return roots
 
 
 def integrity(host: Host, *, allow_unsealed: bool = False) -> Result:
     """The software integrity test alone (its manifest hash and differences included)."""
     try:
-        installed = manifest_mod.compute(package_root())
+        computed = [manifest_mod.compute(root) for root in package_roots()]
     except (OSError, ValueError) as exc:
         return Result([Check("software-integrity", False, f"cannot read the package: {exc}")])
+    installed = computed[0]
     try:
         with host.db.sessions() as db:
             sealed = load_sealed(db)
@@ -154,7 +161,10 @@ def integrity(host: Host, *, allow_unsealed: bool = False) -> Result:
         raise
     except (SealError, ApplianceError) as exc:
         return Result([Check("software-integrity", False, str(exc))], installed.sha256)
-    differences = installed.differences(expected)
+    differences = list(dict.fromkeys(d for m in computed for d in m.differences(expected)))
+    for m in computed:
+        if m.sha256 != expected.sha256 and installed.sha256 == expected.sha256:
+            installed = m  # the record names the manifest that differs
     ok = not differences
     detail = "" if ok else (f"{len(differences)} difference(s) from the sealed manifest, "
                             f"first: {differences[0]}")
