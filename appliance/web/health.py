@@ -29,6 +29,7 @@ from sqlalchemy import text
 
 from appliance import logs
 from appliance.audit.log import Actor
+from appliance.hsm import rng
 from appliance.hsm.watch import TokenWatcher, Transition
 from appliance.metrics import ProcessMetrics
 from appliance.store.db import make_engine
@@ -203,7 +204,12 @@ class ServiceHealth:
 
     def _probe_selftests(self, conn: Any) -> None:
         """FIPS mode: the newest self-test run of this node (``appliance fips selftest``, a
-        power-on of another process); a failed one puts this worker in the error state."""
+        power-on of another process); a failed one puts this worker in the error state. A
+        failed continuous RNG test of this worker is latched and audited here too."""
+        stuck = rng.continuous_failure()
+        if stuck and self.app.fips_state.enter(["rng-continuous"], stuck):
+            self._fips_audit = {"trigger": "continuous", "failed": ["rng-continuous"],
+                                "reason": stuck, "pid": os.getpid()}
         row = conn.execute(text(
             "SELECT id, trigger, passed, results_json FROM selftest_runs WHERE node_id = :n "
             "ORDER BY id DESC LIMIT 1"), {"n": self.app.node_id}).first()
