@@ -52,8 +52,8 @@ def _refuse_fips_in_place(directory: Path) -> None:
             "existing installation. Nothing was changed.")
     raise fips_mode.FipsModeIrreversible(
         f"{directory} already holds an installation ({CONFIG_NAME}); the FIPS mode is "
-        "chosen when an installation is made and cannot be switched on in place (its keys "
-        "were made outside the mode: new keys are needed). Nothing was changed. Make a new "
+        "chosen when an installation is made and cannot be switched on in place (new keys "
+        "are needed: its keys were made outside the mode). Nothing was changed. Make a new "
         "installation: appliance init --dir NEW_DIR --fips")
 
 
