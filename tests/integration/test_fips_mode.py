@@ -12,9 +12,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -224,3 +226,20 @@ def test_quickstart_fips_serves_and_signs_in_fips_mode(quick: Path, tmp_path: Pa
                           json={"csr": csr, "ott": server.token("fips.example.com")},
                           verify=str(server.roots), timeout=60)
         assert r.status_code == 201, r.text
+        # A reload whose file says another mode is refused; the running workers stay.
+        cfg = quick / "appliance.yaml"
+        good = cfg.read_text()
+        workers = server.api_workers()
+        doc = yaml.safe_load(good)
+        doc["fips"] = {"enabled": False}
+        cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+        try:
+            server.proc.send_signal(signal.SIGHUP)
+            end = time.monotonic() + 10
+            while "reload refused" not in server.log.read_text() and time.monotonic() < end:
+                time.sleep(0.1)
+            log = server.log.read_text()
+            assert "reload refused" in log and "fips.enabled is now false" in log, log
+            assert server.api_workers() == workers and server.proc.poll() is None
+        finally:
+            cfg.write_text(good)
