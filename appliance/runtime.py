@@ -3,7 +3,8 @@
 Everything is opened lazily, in the process that uses it, so a server can
 load this before forking workers without sharing token sessions or database
 connections across processes. The token's self-tests run once per process
-before the first signing operation.
+before the first signing operation, after the installation's mode is checked against
+this node's configuration (:meth:`Appliance.require_mode`).
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from appliance.audit.log import Actor, AuditLog
 from appliance.audit.signer import CheckpointSigner
 from appliance.config import Settings
 from appliance.errors import ApplianceError, KeyNotFoundError
+from appliance.fips import mode as fips_mode
 from appliance.fips import selftest as fips_selftest
 from appliance.hsm import keys, selftest
 from appliance.hsm.pool import SessionPool
 from appliance.hsm.profile import HsmProfile, load_profile
 from appliance.hsm.signer import token_private_key
 from appliance.store.db import Database
+from appliance.x509 import algorithms
 
 log = logs.get("runtime")
 
@@ -64,6 +67,13 @@ class Appliance:
         self._fips_lock = threading.RLock()
         self._fips_running = False
         self.fips_allow_unsealed = False
+        self._mode: fips_mode.Mode | None = None
+        self._table_before: algorithms.Table | None = None
+        if settings.config.fips.enabled:
+            # From the file alone, at once: no request of a process configured for FIPS
+            # mode ever meets the wider table, even before the database is read (only ever
+            # a narrowing; a file that disagrees with the database is refused at the gate).
+            self._use_fips_table()
 
     @property
     def node_id(self) -> str:
@@ -85,8 +95,29 @@ class Appliance:
                                          borrow_timeout=self.wait_seconds or 30.0)
             return self._pool
 
+    def require_mode(self) -> fips_mode.Mode:
+        """The installation's mode, checked once against this node's configuration
+        (:class:`~appliance.fips.mode.FipsModeMismatch` if they differ, checked again next
+        time); in FIPS mode the FIPS algorithm table is then the one in force. ``serve``
+        calls it before it starts any worker, every key use through :meth:`signing_pool`."""
+        if self._mode is None:
+            found = fips_mode.require_consistent(self.settings, self.db)
+            if found == "fips":
+                self._use_fips_table()
+            self._mode = found
+        return self._mode
+
+    def _use_fips_table(self) -> None:
+        """Install the FIPS table (``close`` puts back the one it replaced, so an appliance
+        opened inside a test leaves the process as it found it)."""
+        if self._table_before is None:
+            self._table_before = algorithms.current()
+        algorithms.install(algorithms.FIPS)
+
     def signing_pool(self) -> SessionPool:
-        """The pool, after the power-on self-tests have passed in this process."""
+        """The pool, after this node's mode is checked and the power-on self-tests have
+        passed in this process."""
+        self.require_mode()
         pool = self.pool
         if self.settings.config.fips.enabled:
             return self._fips_signing_pool(pool)
@@ -212,3 +243,6 @@ class Appliance:
             self._pool.close()
         if self._db is not None:
             self._db.dispose()
+        if self._table_before is not None:
+            algorithms.install(self._table_before)
+            self._table_before = None

@@ -1,15 +1,128 @@
-"""``appliance fips``: the FIPS-style mode of this installation."""
+"""``appliance fips``: the FIPS-style mode of this installation.
+
+One group, ``fips``; each command is self-contained (``status`` here; the self-tests, the
+seal and the auditor's report add theirs). ``status`` only reads: it runs on a node whose
+configuration disagrees with the recorded mode (which is when it is needed most) and never
+uses a key.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from typing import Any
+
 import click
+from sqlalchemy import inspect, select
 
-from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx
+from appliance.cli.context import CliContext, emit_json, fields, location_options, pass_ctx
+from appliance.errors import ApplianceError
+from appliance.fips import mode as fips_mode
+from appliance.hsm.module import token_text
+from appliance.runtime import Appliance
+from appliance.store.models import SelfTestRun
+from appliance.x509 import algorithms
 
 
-@click.group("fips")
+@click.group()
 def fips() -> None:
-    """The FIPS-style mode: self-tests, the sealed manifest, status and the auditor's report."""
+    """The FIPS-style mode: status, self-tests, the sealed manifest, the auditor's report."""
+
+
+# -- fips status ---------------------------------------------------------------------------
+
+def _status_token(app: Appliance) -> dict[str, Any]:
+    """The token the profile selects; opened for reading only (no key is used)."""
+    try:
+        token = app.pool.token
+    except ApplianceError as exc:
+        return {"label": None, "serial": None, "error": f"[{exc.code}] {exc}"}
+    return {"label": token.label, "serial": token_text(token.serial)}
+
+
+def _status_selftest(app: Appliance) -> dict[str, Any] | None:
+    """The newest self-test run of this node (written by the self-tests), if any."""
+    if not inspect(app.db.engine).has_table(SelfTestRun.__tablename__):
+        return None
+    with app.db.sessions() as db:
+        run = db.execute(select(SelfTestRun).where(SelfTestRun.node_id == app.node_id)
+                         .order_by(SelfTestRun.ran_at.desc(), SelfTestRun.id.desc())
+                         .limit(1)).scalar_one_or_none()
+    if run is None:
+        return None
+    try:
+        results: Any = json.loads(run.results_json)
+    except ValueError:
+        results = run.results_json
+    return {"trigger": run.trigger, "passed": run.passed, "ran_at": run.ran_at.isoformat(),
+            "manifest_sha256": run.manifest_sha256, "results": results}
+
+
+def _status_state(state: fips_mode.ModeState, selftest: dict[str, Any] | None) -> str:
+    if not state.consistent:
+        return "mode_mismatch"
+    if selftest is None:
+        return "not_selftested"
+    return "operational" if selftest["passed"] else "error"
+
+
+def _status_flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """The table's fields as ``name: value`` lines (nested groups as ``group.name``)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(value):
+        item = getattr(value, f.name)
+        if dataclasses.is_dataclass(item) and not isinstance(item, type):
+            out.update(_status_flat(item, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = "(none)" if item is None else item
+    return out
+
+
+@fips.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@location_options
+@pass_ctx
+def status(ctx: CliContext, as_json: bool) -> None:
+    """Mode (recorded and configured), state, newest self-test, token, approved algorithms."""
+    app = ctx.app()
+    state = fips_mode.state(app.settings, app.db)
+    if state.consistent:
+        app.require_mode()  # the table this node's processes run with
+    selftest = _status_selftest(app)
+    table = algorithms.current()
+    doc: dict[str, Any] = {
+        "mode": {"recorded": state.recorded, "configured": state.configured,
+                 "consistent": state.consistent},
+        "state": _status_state(state, selftest),
+        "node_id": app.node_id,
+        "token": _status_token(app),
+        "selftest": selftest,
+        "algorithms": dataclasses.asdict(table),
+    }
+    if as_json:
+        emit_json(doc)
+        return
+    mode_line: str = state.recorded
+    if not state.consistent:
+        mode_line = (f"MISMATCH: recorded {state.recorded}, configured {state.configured}; "
+                     "this node refuses to start and to use a key")
+    token = doc["token"]
+    fields({
+        "mode": mode_line,
+        "state": doc["state"],
+        "node": app.node_id,
+        "token": token.get("error") or f"label {token['label']!r}, serial {token['serial']}",
+        "last self-test": "none yet" if selftest is None else
+        f"{'passed' if selftest['passed'] else 'FAILED'} ({selftest['trigger']}, "
+        f"{selftest['ran_at']})",
+    })
+    if not state.consistent:
+        why = fips_mode.mismatch_message(state.recorded, state.configured, app.settings)
+        click.echo(f"  {why}")
+    click.echo("approved algorithms (in force):")
+    for name, value in _status_flat(table).items():
+        text = ", ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        click.echo(f"  {name:32}{text}")
 
 
 @fips.command("selftest")

@@ -57,10 +57,13 @@ ORG = "Signing Appliance"
 @click.option("--offline-dir", type=click.Path(path_type=Path), default=None,
               help="Data directory of the offline root (default: DIR.offline-root beside "
                    "DIR). Move it off this host, or at least out of the service's reach.")
+@click.option("--fips", is_flag=True,
+              help="A node in the FIPS-style mode (recorded at init, irreversible); with "
+                   "--offline-root the offline node is in FIPS mode too.")
 @location_options
 @pass_ctx
 def quickstart_cmd(ctx: CliContext, script: Path | None, public_base_url: str | None,
-                   offline_root: bool, offline_dir: Path | None) -> None:
+                   offline_root: bool, offline_dir: Path | None, fips: bool) -> None:
     """init + audit key + quickstart ceremony (P-256 root, issuing CA, OCSP signer)."""
     if ctx.data_dir is None:
         raise click.UsageError("quickstart needs --dir DIR")
@@ -81,14 +84,14 @@ def quickstart_cmd(ctx: CliContext, script: Path | None, public_base_url: str | 
     settings: dict[str, Any] = {"service": {"public_base_url": base}}
     if offline_root:
         settings["hsm"] = {"root_offline": True}
-    path = init(data, actor, settings=settings)
-    click.echo(f"initialised {path.parent}")
+    path = init(data, actor, settings=settings, fips=fips)
+    click.echo(f"initialised {path.parent}{' (FIPS mode)' if fips else ''}")
     app = Appliance(config.load(path))
     try:
         info = key_ops.generate(app, app.settings.config.audit.key_label, "ec-p256", actor)
         click.echo(f"audit key {info.label!r} generated ({info.spki_sha256[:16]}...)")
         if offline_root:
-            _offline_hierarchy(app, data, offline, base, actor)
+            _offline_hierarchy(app, data, offline, base, actor, fips=fips)
         elif script is not None:
             run_ceremony(app, script, None)
         else:
@@ -114,11 +117,11 @@ def _provisioners(app: Appliance, actor: Any) -> None:
 
 
 def _offline_hierarchy(app: Appliance, data: Path, offline: Path, base: str,
-                       actor: Any) -> None:
+                       actor: Any, *, fips: bool = False) -> None:
     """Root on the offline node, issuing CA here, signed from a CSR; the root's CRL
     imported. Every step is a ceremony with its own signed transcript on its own node."""
     init(offline, actor, node_id="offline-root", token_label="offline-root",  # noqa: S106
-         settings={"role": "offline-root", "service": {"public_base_url": base}})
+         settings={"role": "offline-root", "service": {"public_base_url": base}}, fips=fips)
     click.echo(f"initialised the offline root's node {offline} (role offline-root)")
     _offline_cli(offline, "hsm", "genkey", "--label", "audit-key", "--type", "ec-p256")
     root_dir = _record(offline, "offline-root")

@@ -79,6 +79,11 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
     """Serve the API (HTTPS) and OCSP/CRLs/CA certificates (HTTP) until stopped."""
     app = ctx.app()
     svc = app.settings.config.service
+    # Before anything is started or changed: a node whose file says another mode than the
+    # one the installation was made in does not serve (appliance.fips.mode).
+    fips_on = app.require_mode() == "fips"
+    if fips_on:
+        click.echo("FIPS mode: approved algorithms only", err=True)
     schema.upgrade(app, Actor("appliance:serve", "system"))
     offline_root.require_offline(app)
     for warning in tls.stale_ca_urls(app):
@@ -114,10 +119,17 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
         # New workers that cannot load the configuration would stop the whole group (the
         # old ones are already retiring): a configuration that does not load is refused here.
         try:
-            config.load(Path(config_path))
+            fresh = config.load(Path(config_path))
         except ConfigError as exc:
             click.echo(f"reload refused, still serving with the running configuration: {exc}",
                        err=True)
+            return
+        if fresh.config.fips.enabled != fips_on:
+            # The mode was checked at start; new workers must not come up in another one.
+            click.echo("reload refused, still serving with the running configuration: "
+                       f"fips.enabled is now {str(fresh.config.fips.enabled).lower()}, but "
+                       f"this installation is in {'FIPS' if fips_on else 'the default'} mode "
+                       "(the mode cannot change)", err=True)
             return
         for p in groups:  # each group starts new workers and retires the old ones
             if p.poll() is None:

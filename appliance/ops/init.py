@@ -4,6 +4,12 @@ Creates ``appliance.yaml``, an HSM profile, the SQLite database at the
 current schema, and (for the SoftHSM profile) a fresh token whose PINs are
 random and live only in ``secrets/`` (mode 0600, folder 0700). An existing,
 non-empty directory is never touched.
+
+The installation's mode (``--fips`` or the default) is written twice, in the same run: as
+``fips.enabled`` in ``appliance.yaml`` and as the ``mode`` row of the database, audited with
+the ``appliance.initialized`` event. The row is what every node is checked against
+(:mod:`appliance.fips.mode`); an existing installation is never switched to FIPS mode in
+place, since its keys were made outside the mode.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from appliance import config_doc, secretfile, strict_yaml
 from appliance.audit.log import Actor
 from appliance.config import CONFIG_NAME, ApplianceConfig, load
 from appliance.errors import ConfigError
+from appliance.fips import mode as fips_mode
 from appliance.hsm import softhsm
 from appliance.runtime import Appliance
 from appliance.store import migrate
@@ -33,14 +40,34 @@ def _write_secret(path: Path, value: str) -> None:
     secretfile.write_new(path, (value + "\n").encode())
 
 
+def _refuse_fips_in_place(directory: Path) -> None:
+    """``init --fips`` on an existing installation: say which one it is, change nothing."""
+    try:
+        already = load(directory / CONFIG_NAME).config.fips.enabled
+    except ConfigError:
+        already = False  # unreadable: whatever it is, it is not switched here
+    if already:
+        raise fips_mode.FipsModeIrreversible(
+            f"{directory} already holds an installation in FIPS mode; init never touches an "
+            "existing installation. Nothing was changed.")
+    raise fips_mode.FipsModeIrreversible(
+        f"{directory} already holds an installation ({CONFIG_NAME}); the FIPS mode is "
+        "chosen when an installation is made and cannot be switched on in place (new keys "
+        "are needed: its keys were made outside the mode). Nothing was changed. Make a new "
+        "installation: appliance init --dir NEW_DIR --fips")
+
+
 def init(directory: Path, actor: Actor, node_id: str = "node-1",
          database_url: str | None = None, *, token_label: str = TOKEN_LABEL,
-         settings: dict[str, Any] | None = None) -> Path:
+         settings: dict[str, Any] | None = None, fips: bool = False) -> Path:
     """Create the data directory; returns the path of its configuration file.
 
     ``settings`` are configuration blocks written over the defaults (e.g. ``{"service":
-    {"public_base_url": ...}}``), validated like the file itself before anything is made."""
+    {"public_base_url": ...}}``), validated like the file itself before anything is made.
+    ``fips``: the new installation is in FIPS mode, for good."""
     directory = directory.absolute()
+    if fips and (directory / CONFIG_NAME).exists():
+        _refuse_fips_in_place(directory)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise ConfigError(f"{directory} already exists and is not empty; refusing to clobber it")
     config: dict[str, Any] = {
@@ -53,6 +80,8 @@ def init(directory: Path, actor: Actor, node_id: str = "node-1",
             config[block] = {**config[block], **values}
         else:
             config[block] = values
+    if fips:
+        config["fips"] = {**(config.get("fips") or {}), "enabled": True}
     try:
         validated = ApplianceConfig.model_validate(config)
     except ValidationError as exc:
@@ -88,12 +117,15 @@ def init(directory: Path, actor: Actor, node_id: str = "node-1",
         app = Appliance(load(path))
         try:
             migrate.upgrade(app.db)
+            mode = fips_mode.configured(app.settings)
             with app.db.transaction() as s:
+                before = fips_mode.record_at_init(s, mode)
                 app.audit_log().append(
                     s, "appliance.initialized", actor,
                     object_ids={"node_id": node_id, "token_label": token_label},
                     details={"data_dir": str(directory), "hsm_profile": "softhsm",
-                             "schema": migrate.head()},
+                             "schema": migrate.head(), "mode": mode,
+                             "mode_recorded": "kept" if before is not None else "new"},
                 )
         finally:
             app.close()

@@ -182,6 +182,9 @@ DEFAULT = Table(
     jws=JwsAlgs(ott=("ES256",), x5c=_EC_JWS + _RSA_JWS, acme=_RSA_JWS + _EC_JWS,
                 eab=tuple(HMAC_HASH)),
 )
+# The table of the FIPS-style mode (installed by runtime.Appliance in FIPS mode): narrowed by
+# the FIPS table work.
+FIPS = DEFAULT
 
 
 def _widened(old: Any, new: Any) -> list[str]:
