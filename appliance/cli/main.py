@@ -38,6 +38,7 @@ _COMMANDS = {
     "eab": ("appliance.cli.eab", "eab"),
     "cert": ("appliance.cli.certificate", "cert"),
     "acme": ("appliance.cli.acme", "acme"),
+    "fips": ("appliance.cli.fips", "fips"),
 }
 
 

@@ -31,6 +31,7 @@ from appliance import config
 from appliance.ca import keys as key_ops
 from appliance.cli.ceremony import run_ceremony
 from appliance.cli.context import CliContext, location_options, pass_ctx
+from appliance.ops import fips as fips_ops
 from appliance.ops import provisioners as prov_ops
 from appliance.ops.init import init
 from appliance.provisioners.settings import ProvisionerSettings
@@ -57,10 +58,13 @@ ORG = "Signing Appliance"
 @click.option("--offline-dir", type=click.Path(path_type=Path), default=None,
               help="Data directory of the offline root (default: DIR.offline-root beside "
                    "DIR). Move it off this host, or at least out of the service's reach.")
+@click.option("--fips", "fips_mode", is_flag=True,
+              help="FIPS-style mode: trial crypto officers (secrets in DIR/secrets/) and "
+                   "a sealed manifest of the installed code.")
 @location_options
 @pass_ctx
 def quickstart_cmd(ctx: CliContext, script: Path | None, public_base_url: str | None,
-                   offline_root: bool, offline_dir: Path | None) -> None:
+                   offline_root: bool, offline_dir: Path | None, fips_mode: bool) -> None:
     """init + audit key + quickstart ceremony (P-256 root, issuing CA, OCSP signer)."""
     if ctx.data_dir is None:
         raise click.UsageError("quickstart needs --dir DIR")
@@ -81,6 +85,8 @@ def quickstart_cmd(ctx: CliContext, script: Path | None, public_base_url: str | 
     settings: dict[str, Any] = {"service": {"public_base_url": base}}
     if offline_root:
         settings["hsm"] = {"root_offline": True}
+    if fips_mode:
+        settings["fips"] = {"enabled": True}
     path = init(data, actor, settings=settings)
     click.echo(f"initialised {path.parent}")
     app = Appliance(config.load(path))
@@ -96,6 +102,8 @@ def quickstart_cmd(ctx: CliContext, script: Path | None, public_base_url: str | 
             run_ceremony(app, _write_script(data, "quickstart.yaml", text), None)
         if script is None:
             _provisioners(app, actor)
+        if fips_mode:
+            _fips_officers_and_seal(app, data, actor)
     finally:
         app.close()
 
@@ -111,6 +119,14 @@ def _provisioners(app: Appliance, actor: Any) -> None:
     with app.db.sessions() as db:
         directory = prov_ops.describe(app, db, prov_ops.get(db, "acme"))["directory"]
     click.echo(f"provisioner 'acme' (acme, EAB not required): {directory}")
+
+
+def _fips_officers_and_seal(app: Appliance, data: Path, actor: Any) -> None:
+    files = fips_ops.trial_officers_and_seal(app, data, actor)
+    click.echo(f"FIPS mode: {len(files)} trial crypto officers registered (quorum "
+               f"{app.settings.config.fips.quorum}); their secrets are in "
+               f"{', '.join(str(f) for f in files)} (hand each to its officer)")
+    click.echo("installed code sealed (appliance fips report shows the manifest hash)")
 
 
 def _offline_hierarchy(app: Appliance, data: Path, offline: Path, base: str,
