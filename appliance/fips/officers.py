@@ -34,6 +34,7 @@ from appliance.fips.quorum import (
     check_quorum,
     make_verifier,
 )
+from appliance.rfc3339 import format_z
 from appliance.store.models import Officer
 
 CRYPTO_OFFICER = "crypto-officer"
@@ -63,7 +64,7 @@ class OfficerView:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "role": self.role, "status": self.status,
-                "added_at": self.added_at.isoformat()}
+                "added_at": format_z(self.added_at)}
 
 
 def check_name(name: str) -> str:

@@ -77,6 +77,7 @@ def build(app: Appliance) -> dict[str, Any]:
     key_rows = []
     for k in keys.list_keys(pool):
         row = k.as_dict()
+        row["algorithm"] = k.spec.name
         row["approved"] = k.spec.name in table.ca_key_types
         key_rows.append(row)
     return {
@@ -88,7 +89,7 @@ def build(app: Appliance) -> dict[str, Any]:
                  "recorded": recorded["mode"].value if "mode" in recorded else None,
                  "quorum": cfg.fips.quorum},
         "self_tests": [{"node_id": r.node_id, "trigger": r.trigger, "passed": r.passed,
-                        "ran_at": r.ran_at.isoformat(), "manifest_sha256": r.manifest_sha256,
+                        "ran_at": format_z(r.ran_at), "manifest_sha256": r.manifest_sha256,
                         "results": _json_or_text(r.results_json)} for r in runs],
         "manifest": {"computed_sha256": now.sha256, "files": len(now.files),
                      "sealed_sha256": sealed.get("sha256"),
