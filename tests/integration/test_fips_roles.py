@@ -149,6 +149,24 @@ def test_fips_genkey_without_quorum_is_refused_and_audited_with_quorum_works(
     assert met["details"]["officers"] == ["officer-1", "officer-3"]
 
 
+def test_fips_ceremony_that_makes_keys_needs_the_quorum(node: Path, tmp_path: Path) -> None:
+    d = str(node)
+    script = tmp_path / "key.yaml"
+    script.write_text(yaml.safe_dump({
+        "version": 1, "name": "fips-key", "description": "one key, FIPS quorum",
+        "operators": ["test"],
+        "steps": [{"id": "k", "type": "key", "label": "fips-cer", "key_type": "ec-p384"}]}))
+    proc = run_cli("--dir", d, "ceremony", "run", str(script), "--out", str(tmp_path / "r1"))
+    assert proc.returncode == 1, proc.stdout
+    assert "error [quorum_refused]: FIPS mode: ceremony run" in proc.stderr, proc.stderr
+    assert not (tmp_path / "r1").exists() and "fips-cer" not in token_labels(node)
+    run_cli("--dir", d, "ceremony", "run", str(script), "--out", str(tmp_path / "r2"),
+            *officer_args(node, "officer-2", "officer-3"), check=True)
+    assert "fips-cer" in token_labels(node)
+    met = events(node, "fips.quorum.met")[-1]
+    assert met["object_ids"] == {"action": "ceremony run", "ceremony": "fips-key"}
+
+
 def test_seal_then_report_verifies_and_a_changed_byte_fails(node: Path,
                                                            tmp_path: Path) -> None:
     d = str(node)
@@ -164,12 +182,13 @@ def test_seal_then_report_verifies_and_a_changed_byte_fails(node: Path,
     assert report["manifest"]["matches"] is True
     assert report["manifest"]["sealed_by"] == ["officer-2", "officer-3"]
     by_label = {k["label"]: k for k in report["keys"]}
-    assert {"audit-key", "root-ca", "issuing-ca", "issuing-ocsp", "fips-k1"} <= set(by_label)
+    assert {"audit-key", "root-ca", "issuing-ca", "issuing-ocsp", "fips-k1",
+            "fips-cer"} <= set(by_label)
     for k in by_label.values():
         assert k["sensitive"] and k["never_extractable"] and k["always_sensitive"]
         assert not k["extractable"] and k["approved"] is True
     assert {a["name"]: a["algorithm"] for a in report["authorities"]}["issuing"] == "ec-p256"
-    assert report["refusals"]["quorum_refused"] >= 5
+    assert report["refusals"]["quorum_refused"] >= 6
     assert {o["name"] for o in report["officers"]} >= {"officer-1", "aud-1"}
     assert "RFC 6960" in report["notes"]["ocsp_certid_sha1"]
     assert report["tls"]["minimum_version"] == "TLSv1.2"
