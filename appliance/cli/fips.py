@@ -13,15 +13,11 @@ import click
 
 from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx, table
 from appliance.cli.keys import load_public_key
+from appliance.cli.officers import officer_option
 from appliance.fips import officers as off
 from appliance.ops import fips as fips_ops
 from appliance.ops import fips_report
 from appliance.runtime import cli_actor
-
-officer_option = click.option(
-    "--officer", "officer_specs", multiple=True, metavar="NAME=SECRET_FILE",
-    help="A crypto officer approving this (repeat for each; the file holds the secret, "
-         "mode 0600). Default: $APPLIANCE_OFFICERS.")
 
 
 @click.group()

@@ -13,7 +13,7 @@ from appliance.cli.context import (
     pass_ctx,
     table,
 )
-from appliance.cli.fips import officer_option
+from appliance.cli.officers import officer_option
 from appliance.hsm import keys, selftest
 from appliance.hsm.module import token_text
 from appliance.ops import fips as fips_ops
