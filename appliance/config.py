@@ -291,6 +291,9 @@ class FipsConfig(_Strict):
     # at init (``appliance init --fips``) and recorded in the database; a node whose file
     # says otherwise refuses to start.
     enabled: bool = False
+    # Crypto-officer actions in FIPS mode (key generation, ceremonies, zeroization, seal)
+    # need this many distinct registered crypto officers (``appliance fips officer add``).
+    quorum: int = Field(default=2, ge=1, le=16)
 
 
 class ApplianceConfig(_Strict):

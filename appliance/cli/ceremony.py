@@ -14,7 +14,14 @@ from appliance.ceremony import script as script_mod
 from appliance.ceremony.runner import CeremonyRunner
 from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx
 from appliance.cli.keys import load_public_key
+from appliance.cli.officers import officer_option
+from appliance.ops import fips as fips_ops
 from appliance.runtime import Appliance, cli_actor
+
+# Step types that make or use a CA key: in FIPS mode their ceremony needs the crypto
+# officers' quorum (fips.quorum) before it starts, on top of the script's own quorums.
+KEY_STEPS = frozenset({"key", "root", "intermediate", "cross-certificate", "ocsp-signer",
+                       "sign-csr", "csr", "crl"})
 
 
 @click.group()
@@ -58,17 +65,27 @@ def run_ceremony(app: Appliance, path: Path, out: Path | None) -> Path:
 @click.option("--dry-run", is_flag=True, help="Print the plan; touch neither token nor files.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Ceremony record folder (default DATA/ceremonies/<UTC time>-<name>).")
+@officer_option
 @location_options
 @pass_ctx
-def run_cmd(ctx: CliContext, script: Path, dry_run: bool, out: Path | None) -> None:
-    """Run a ceremony script (plan first, then each step)."""
+def run_cmd(ctx: CliContext, script: Path, dry_run: bool, out: Path | None,
+            officer_specs: tuple[str, ...]) -> None:
+    """Run a ceremony script (plan first, then each step). In FIPS mode a ceremony that
+    makes or uses CA keys needs the registered crypto officers' quorum (--officer)."""
     if dry_run:
         loaded = script_mod.load(script)
         for line in plan.describe(loaded):
             click.echo(line)
         click.echo("dry run: nothing was created, signed or written")
         return
-    run_ceremony(ctx.app(), script, out)
+    app = ctx.app()
+    if fips_ops.fips_enabled(app):
+        loaded = script_mod.load(script)
+        if any(step.type in KEY_STEPS for step in loaded.ceremony.steps):
+            fips_ops.require_quorum(app, "ceremony run",
+                                    fips_ops.presented_officers(officer_specs), cli_actor(),
+                                    {"ceremony": loaded.ceremony.name})
+    run_ceremony(app, script, out)
 
 
 @ceremony.command("verify")

@@ -26,7 +26,7 @@ import requests
 from appliance.fips import manifest
 from appliance.fips.selftest import PACKAGE_DIR_ENV
 from tests.conftest import run_cli
-from tests.service_helpers import Server, configure, make_csr, serving
+from tests.service_helpers import Server, make_csr, serving
 
 SEAL = """
 import sys
@@ -47,8 +47,7 @@ finally:
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("fips") / "data"
-    run_cli("quickstart", "--dir", str(d), check=True)
-    configure(d, "fips", enabled=True)
+    run_cli("quickstart", "--dir", str(d), "--fips", check=True)
     env = dict(os.environ)
     env.pop("SOFTHSM2_CONF", None)
     out = subprocess.run([sys.executable, "-c", SEAL, str(d)], capture_output=True, text=True,
@@ -172,8 +171,10 @@ def test_a_start_against_a_changed_copy_is_refused_and_audited(
     assert len(failed) == before + 1
     assert failed[-1]["details"]["trigger"] == "power-on"
     # a key-using command is refused the same way, and makes no key
+    secrets = server.data_dir / "secrets"
+    officers = [f"--officer=officer-{i}={secrets / f'officer-{i}.secret'}" for i in (1, 2)]
     out = run_cli("--dir", str(server.data_dir), "hsm", "genkey", "--label", "fips-refused",
-                  "--type", "ec-p256", env={PACKAGE_DIR_ENV: str(changed_copy)})
+                  "--type", "ec-p256", *officers, env={PACKAGE_DIR_ENV: str(changed_copy)})
     assert out.returncode == 1 and "error [fips_error]" in out.stderr, out.stderr
     listed = run_cli("--dir", str(server.data_dir), "hsm", "keys", "--json", check=True)
     assert "fips-refused" not in listed.stdout
