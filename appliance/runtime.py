@@ -28,6 +28,7 @@ from appliance.hsm.pool import SessionPool
 from appliance.hsm.profile import HsmProfile, load_profile
 from appliance.hsm.signer import token_private_key
 from appliance.store.db import Database
+from appliance.x509 import algorithms
 
 log = logs.get("runtime")
 
@@ -46,6 +47,8 @@ class Appliance:
         """``wait_seconds``: in the service, the longest any request waits for the database's
         lock or connection and for a token session (``service.deadline_seconds``); the
         CLI keeps the database's own busy timeout."""
+        if settings.config.fips.enabled:  # issue 14: approved algorithms only, from the start
+            algorithms.install(algorithms.FIPS)
         self.settings = settings
         self.wait_seconds = wait_seconds
         self._profile: HsmProfile | None = None
