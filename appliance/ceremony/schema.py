@@ -315,6 +315,28 @@ class Ceremony(_Strict):
     steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS)
 
     @model_validator(mode="after")
+    def _strength_over_lifetime(self) -> Ceremony:
+        """SP 800-131A Rev 2: in FIPS mode a 112-bit key (RSA-2048) made by this script is
+        refused for a certificate valid past 2030 (the table's limit), here, before any
+        PKCS#11 session; the default table has no limit. A certificate's end is estimated
+        from its validity as written (``days`` counted from ``not_before`` or now)."""
+        key_types = {step.id: step.key_type for step in self.steps if isinstance(step, KeyStep)}
+        now = datetime.now(UTC)
+        for step in self.steps:
+            ref = getattr(step, "key", None)
+            validity = getattr(step, "validity", None)
+            if ref not in key_types or not isinstance(validity, Validity):
+                continue
+            end = validity.not_after or (validity.not_before or now) + timedelta(
+                days=validity.days or 0)
+            try:
+                algorithms.check_strength(algorithms.KeySpec.parse(key_types[ref]), end,
+                                          f"the {step.type} certificate of step {step.id}")
+            except algorithms.AlgorithmRefused as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
     def _references(self) -> Ceremony:
         seen: dict[str, str] = {}
         authorities: set[str] = set()

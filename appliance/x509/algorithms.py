@@ -232,6 +232,25 @@ DEFAULT = Table(
 )
 DEFAULT = replace(DEFAULT, csr_keys=replace(DEFAULT.csr_keys, ed25519=True))
 
+def _widened(old: Any, new: Any) -> list[str]:
+    out: list[str] = []
+    for f in fields(old):
+        was, now = getattr(old, f.name), getattr(new, f.name)
+        if isinstance(was, JwsAlgs):
+            out += [f"jws.{name}" for name in _widened(was, now)]
+        elif isinstance(was, SubjectKeys | Tls):
+            if not now.within(was):
+                out.append(f.name)
+        elif f.name == "strength_112_until":
+            if was is not None and (now is None or now > was):
+                out.append(f.name)
+        elif f.name == "mode":
+            continue
+        elif not set(now) <= set(was):
+            out.append(f.name)
+    return out
+
+
 # SP 800-131A Rev 2 / FIPS 186-5 / SP 800-52 Rev 2: no Ed25519 (the token's validated module
 # does not declare EdDSA unless its profile says so, see :func:`fips_table`), TLS with
 # AES-GCM suites and NIST curves only, and RSA-2048 not past 2030.
@@ -257,25 +276,6 @@ def fips_table(eddsa_validated: bool = False) -> Table:
     return DEFAULT.narrowed(**{f.name: getattr(FIPS, f.name) for f in fields(FIPS)
                                if f.name != "csr_keys"},
                             csr_keys=replace(FIPS.csr_keys, ed25519=True))
-
-
-def _widened(old: Any, new: Any) -> list[str]:
-    out: list[str] = []
-    for f in fields(old):
-        was, now = getattr(old, f.name), getattr(new, f.name)
-        if isinstance(was, JwsAlgs):
-            out += [f"jws.{name}" for name in _widened(was, now)]
-        elif isinstance(was, SubjectKeys | Tls):
-            if not now.within(was):
-                out.append(f.name)
-        elif f.name == "strength_112_until":
-            if was is not None and (now is None or now > was):
-                out.append(f.name)
-        elif f.name == "mode":
-            continue
-        elif not set(now) <= set(was):
-            out.append(f.name)
-    return out
 
 
 _active: Table = DEFAULT

@@ -18,7 +18,7 @@ import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
@@ -166,9 +166,11 @@ def test_csr_keys_and_hashes() -> None:
         pipeline.check_subject_key(_rsa_public(2048, e=3))
     with pytest.raises(pipeline.IssuanceError, match=_exactly("curve secp256k1 is not allowed")):
         pipeline.check_subject_key(ec.generate_private_key(ec.SECP256K1()).public_key())
+    # Issue 14 widened the default mode: Ed25519 subject keys (RFC 8410), nothing else.
+    pipeline.check_csr(_csr(ed25519.Ed25519PrivateKey.generate()))
     with pytest.raises(pipeline.IssuanceError,
-                       match=_exactly("only RSA and ECDSA keys are accepted")):
-        pipeline.check_csr(_csr(ed25519.Ed25519PrivateKey.generate()))
+                       match=_exactly("only RSA, ECDSA and Ed25519 keys are accepted")):
+        pipeline.check_csr(_csr(ed448.Ed448PrivateKey.generate()))
     for curve, algo in ((ec.SECP256R1(), hashes.SHA256()), (ec.SECP384R1(), hashes.SHA384()),
                         (ec.SECP521R1(), hashes.SHA512())):
         pipeline.check_csr(_csr(ec.generate_private_key(curve), algo))
