@@ -496,14 +496,16 @@ def _parse_policy(text: str, source: str) -> policy.Policy:
 
 def check_csr(csr: x509.CertificateSigningRequest) -> None:
     """A client's CSR: its signature verifies, and its key and hash are ones the algorithm
-    table approves."""
-    if not csr.is_signature_valid:
-        raise IssuanceError("the CSR signature does not verify")
+    table approves. The algorithms are asked first: a SHA-1 signature does not verify in
+    ``cryptography`` at all, and its requester is owed the reason (SHA-1), not "does not
+    verify"."""
     check_subject_key(csr.public_key())
     try:
         algorithms.check_csr_signature(csr)
     except algorithms.AlgorithmRefused as exc:
         raise _refused(exc) from None
+    if not csr.is_signature_valid:
+        raise IssuanceError("the CSR signature does not verify")
 
 
 def check_subject_key(key: Any) -> None:

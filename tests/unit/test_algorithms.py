@@ -428,7 +428,7 @@ def test_fips_ceremony_refuses_an_rsa_2048_root_valid_to_2045(tmp_path: Path) ->
     path = _root_until(tmp_path, "rsa-2048", "2045-01-01T00:00:00Z")
     script.load(path)  # the default mode accepts it
     with algorithms.using(FIPS), pytest.raises(
-            ConfigError, match="not approved in FIPS mode: RSA-2048 .*root certificate of "
+            ConfigError, match=r"not approved in FIPS mode: RSA-2048 .*root certificate of "
                                "step root valid until 2045-01-01"):
         script.load(path)
     with algorithms.using(FIPS):
@@ -491,7 +491,7 @@ def test_fips_eab_and_tokens_name_fips() -> None:
     key = tokens.new_key()
     jwk = tokens.public_jwk(key.public_key())
     hs = jwt.encode({"iss": "p", "aud": "aud"}, "s" * 32, algorithm="HS256")
-    with pytest.raises(tokens.TokenError, match="^invalid token: "):
+    with pytest.raises(tokens.TokenError, match=r"^invalid token: "):
         tokens.verify(hs, jwk, provisioner="p", audience="aud")
     with algorithms.using(FIPS), pytest.raises(
             tokens.TokenError, match=_exactly("not approved in FIPS mode: token algorithm "
