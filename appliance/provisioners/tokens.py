@@ -139,8 +139,8 @@ def invalid(token: str, exc: jwt.PyJWTError, purpose: algorithms.JwsPurpose) -> 
         except jwt.PyJWTError:
             alg = None
         approved = algorithms.one_of(algorithms.jws_algs(purpose))
-        return TokenError(algorithms.refusal_text(
-            f"invalid token: {exc}", f"token algorithm {alg!r}", approved))
+        return algorithms.mark(TokenError(algorithms.refusal_text(
+            f"invalid token: {exc}", f"token algorithm {alg!r}", approved)))
     return TokenError(f"invalid token: {exc}")
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -31,6 +31,7 @@ from appliance.errors import KeyPolicyError
 # -- vocabulary: what the code can handle -------------------------------------------------
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+E = TypeVar("E", bound=BaseException)
 # A certificate's subject key may also be Ed25519 (RFC 8410) where the table approves it.
 SubjectPublicKey = PublicKey | ed25519.Ed25519PublicKey
 
@@ -111,7 +112,11 @@ class KeySpec:
     def of_public_key(cls, key: PublicKey) -> KeySpec:
         if isinstance(key, rsa.RSAPublicKey):
             return cls.parse(f"rsa-{key.key_size}")
-        return cls.parse(f"ec-p{key.curve.key_size}")
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            return cls.parse(f"ec-p{key.curve.key_size}")
+        # An Ed25519 subordinate's CSR, say: a subject key, never a CA key here.
+        raise KeyPolicyError(f"a {type(key).__name__.removesuffix('PublicKey')} key cannot "
+                             f"be a CA key; choose one of {', '.join(_SPECS)}")
 
 
 _SPECS: dict[str, KeySpec] = {
@@ -328,6 +333,20 @@ def refusal(message: str, algorithm: str, approved: str | None = None) -> Algori
 def refusal_text(message: str, algorithm: str, approved: str | None = None) -> str:
     """:func:`refusal`'s words, for a caller that raises its own error type (a JWS check)."""
     return str(refusal(message, algorithm, approved))
+
+
+def mark(error: E, cause: BaseException | None = None) -> E:
+    """``error`` (an ACME problem, a token error) flagged as a refusal under a mode when
+    the table's mode is set and ``cause`` is absent or a :class:`NotApproved`: the web
+    layer audits such refusals (``algorithm.refused``) with their reason."""
+    if current().mode is not None and (cause is None or isinstance(cause, NotApproved)):
+        error.not_approved = True  # type: ignore[attr-defined]
+    return error
+
+
+def is_not_approved(error: BaseException) -> bool:
+    """Whether ``error`` is a refusal under a mode (:class:`NotApproved`, or :func:`mark`ed)."""
+    return isinstance(error, NotApproved) or getattr(error, "not_approved", False) is True
 
 
 # -- the questions ------------------------------------------------------------------------

@@ -6,21 +6,28 @@ CSR is made by ``openssl req``; TLS is probed with ``openssl s_client``.
 - FIPS: RSA-1024, SHA-1-signed and Ed25519 CSRs, and an RSA-2048 CSR for a certificate valid
   past 2030, are refused through ``/1.0/sign`` with 400 ``not_approved`` naming FIPS, audited
   (``certificate.refused``), nothing issued; P-256 and RSA-2048 (valid before 2031) pass.
-  The API offers no ChaCha20-Poly1305 (TLS 1.2 or 1.3) and no X25519.
+  An HS256 provisioner token and an RSA-1024 ACME account key are refused naming FIPS
+  (401; ACME ``badPublicKey``) and audited as ``algorithm.refused``. The API offers no
+  ChaCha20-Poly1305 (TLS 1.2 or 1.3) and no X25519.
 - Default: an Ed25519 CSR gets a certificate that ``openssl verify`` accepts (its OCSP
   response too), and the API's TLS negotiates ChaCha20-Poly1305.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ed25519
+import requests
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
+from tests.acme_client import Client, b64
 from tests.conftest import run_cli
 from tests.service_helpers import Server, configure, load_pem, make_csr, serving, verify_chain
 
@@ -156,6 +163,53 @@ def test_default_mode_issues_for_an_ed25519_csr(default: Server, tmp_path: Path)
                            str(files["root"]), "-verify_other", str(files["ca"])],
                           capture_output=True, text=True, timeout=60, check=False)
     assert ocsp.returncode == 0 and ": good" in ocsp.stdout, ocsp.stdout + ocsp.stderr
+
+
+# -- refusals before the pipeline: a provisioner token, an ACME account key -----------------
+
+def test_fips_refuses_an_hs256_token_naming_fips_and_audits(fips: Server, tmp_path: Path) -> None:
+    claims = jwt.decode(fips.token(NAME), options={"verify_signature": False})
+    hs256 = jwt.encode(claims, "k" * 32, algorithm="HS256")
+    before = len(fips.events("algorithm.refused"))
+    r = fips.sign(_csr(tmp_path, "ec"), hs256)
+    assert r.status_code == 401, r.text
+    assert r.json()["message"] == "not approved in FIPS mode: token algorithm 'HS256'; use ES256"
+    events = fips.events("algorithm.refused")
+    assert len(events) == before + 1 and events[-1]["outcome"] == "denied"
+    assert events[-1]["details"]["entry"] == "rest"
+    assert "HS256" in events[-1]["details"]["reason"]
+
+
+def _rs256_new_account(c: Client, key: rsa.RSAPrivateKey) -> requests.Response:
+    n = key.public_key().public_numbers()
+    jwk = {"kty": "RSA", "n": b64(n.n.to_bytes((n.n.bit_length() + 7) // 8, "big")),
+           "e": b64(n.e.to_bytes(3, "big"))}
+    url = c.dir["newAccount"]
+    p64 = b64(json.dumps({"alg": "RS256", "url": url, "nonce": c.new_nonce(),
+                          "jwk": jwk}).encode())
+    body = b64(b'{"termsOfServiceAgreed": true}')
+    sig = key.sign(f"{p64}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return c.session.post(url, data=json.dumps({"protected": p64, "payload": body,
+                                                "signature": b64(sig)}),
+                          headers={"Content-Type": "application/jose+json"},
+                          verify=str(c.ca_file), timeout=60)
+
+
+def test_fips_acme_rsa_1024_account_key_is_bad_public_key(fips: Server) -> None:
+    c = Client(f"{fips.api}/acme/acme/directory", fips.roots)
+    before = len(fips.events("algorithm.refused"))
+    r = _rs256_new_account(c, rsa.generate_private_key(65537, 1024))
+    assert r.status_code == 400, r.text
+    problem = r.json()
+    assert problem["type"] == "urn:ietf:params:acme:error:badPublicKey"
+    assert problem["detail"].startswith("not approved in FIPS mode: RSA-1024 account key")
+    events = fips.events("algorithm.refused")
+    assert len(events) == before + 1 and events[-1]["details"]["entry"] == "acme"
+    with fips.db() as conn:
+        accounts = conn.execute("SELECT COUNT(*) FROM acme_accounts").fetchone()[0]
+    assert _rs256_new_account(c, rsa.generate_private_key(65537, 2048)).status_code == 201
+    with fips.db() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM acme_accounts").fetchone()[0] == accounts + 1
 
 
 # -- the API's TLS ---------------------------------------------------------------------------
