@@ -321,19 +321,26 @@ class Ceremony(_Strict):
         PKCS#11 session; the default table has no limit. A certificate's end is estimated
         from its validity as written (``days`` counted from ``not_before`` or now)."""
         key_types = {step.id: step.key_type for step in self.steps if isinstance(step, KeyStep)}
+        # A CA step's id -> the key step its key came from (its signatures' strength).
+        ca_keys = {step.id: getattr(step, "key", None) for step in self.steps}
         now = datetime.now(UTC)
         for step in self.steps:
-            ref = getattr(step, "key", None)
             validity = getattr(step, "validity", None)
-            if ref not in key_types or not isinstance(validity, Validity):
+            if not isinstance(validity, Validity):
                 continue
             end = validity.not_after or (validity.not_before or now) + timedelta(
                 days=validity.days or 0)
-            try:
-                algorithms.check_strength(algorithms.KeySpec.parse(key_types[ref]), end,
-                                          f"the {step.type} certificate of step {step.id}")
-            except algorithms.AlgorithmRefused as exc:
-                raise ValueError(str(exc)) from None
+            what = f"the {step.type} certificate of step {step.id}"
+            issuer_key = ca_keys.get(getattr(step, "issuer", None) or "")
+            for ref, whose in ((getattr(step, "key", None), what),
+                               (issuer_key, f"the issuer's signature on {what}")):
+                if ref not in key_types:
+                    continue
+                try:
+                    algorithms.check_strength(algorithms.KeySpec.parse(key_types[ref]), end,
+                                              whose)
+                except algorithms.AlgorithmRefused as exc:
+                    raise ValueError(str(exc)) from None
         return self
 
     @model_validator(mode="after")

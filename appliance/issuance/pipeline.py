@@ -179,6 +179,9 @@ class Issuer:
         start, end = self._validity(req, signer.cert)
         try:
             algorithms.check_strength(csr.public_key(), end, "the requested certificate")
+            # ...and the issuing CA's signature on it is no stronger than the CA's key.
+            algorithms.check_strength(signing.ca_public_key(signer.cert), end,
+                                      "the issuing CA's signature on the requested certificate")
         except algorithms.AlgorithmRefused as exc:
             raise _refused(exc) from None
         desc = template_render.render(

@@ -520,3 +520,24 @@ def test_fips_tls_context_offers_only_aes_gcm() -> None:
         tls_policy.apply(ctx, FIPS.tls)
     assert set(tls_policy.offered_suites(ctx)) - {"TLS_CHACHA20_POLY1305_SHA256"} <= set(
         FIPS.tls.ciphers12 or ()) | set(FIPS.tls.suites13 or ())
+
+
+def test_fips_ceremony_refuses_an_rsa_2048_issuer_signing_past_2030(tmp_path: Path) -> None:
+    path = _root_until(tmp_path, "rsa-2048", "2030-06-01T00:00:00Z")
+    path.write_text(path.read_text() + """  - id: sub-key
+    type: key
+    label: sub-2026
+    key_type: ec-p384
+  - id: sub
+    type: intermediate
+    key: sub-key
+    issuer: root
+    authority: sub
+    subject: {CN: Sub}
+    validity: {not_after: '2035-01-01T00:00:00Z'}
+""")
+    script.load(path)
+    with algorithms.using(FIPS), pytest.raises(
+            ConfigError, match=r"not approved in FIPS mode: RSA-2048 .* the issuer's signature "
+                               "on the intermediate certificate of step sub"):
+        script.load(path)
