@@ -400,10 +400,11 @@ def check_strength(key: object, not_after: datetime, what: str) -> None:
     if limit is None or strength is None or strength > 112:
         return
     if not_after.astimezone(UTC) > limit:
-        raise refusal("", f"{_key_name(key)} ({strength}-bit security strength) for {what} "
-                          f"valid until {not_after.astimezone(UTC):%Y-%m-%d}; {strength}-bit "
-                          f"strength is approved only until {limit:%Y-%m-%d}",
-                      "RSA-3072 or larger, or ECDSA P-256, P-384 or P-521")
+        algorithm = (f"{_key_name(key)} ({strength}-bit security strength) for {what} valid "
+                     f"until {not_after.astimezone(UTC):%Y-%m-%d}; {strength}-bit strength is "
+                     f"approved only until {limit:%Y-%m-%d}")
+        better = "RSA-3072 or larger, or ECDSA P-256, P-384 or P-521"
+        raise refusal(f"{algorithm}: use {better}", algorithm, better)
 
 
 def check_ca_key(key: PublicKey) -> KeySpec:

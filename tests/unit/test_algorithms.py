@@ -541,3 +541,26 @@ def test_fips_ceremony_refuses_an_rsa_2048_issuer_signing_past_2030(tmp_path: Pa
             ConfigError, match=r"not approved in FIPS mode: RSA-2048 .* the issuer's signature "
                                "on the intermediate certificate of step sub"):
         script.load(path)
+
+
+@pytest.mark.parametrize("template", ["tls-server", "tls-client", "iot-device", "smime-email"])
+def test_shipped_templates_build_a_lint_clean_ed25519_leaf(template: str) -> None:
+    """The default mode's Ed25519 subject keys (RFC 8410): key usages that only sign, an SKI,
+    and nothing pkilint objects to."""
+    from tests.unit.test_templates import CA, assert_lints_clean, shipped, template_input
+
+    ca = CA()
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev1.example.com")])
+    request = (x509.CertificateSigningRequestBuilder().subject_name(name).add_extension(
+        x509.SubjectAlternativeName([x509.DNSName("dev1.example.com"),
+                                     x509.RFC822Name("a@example.com")]), critical=False)
+        .sign(key, None))
+    pipeline.check_csr(request)
+    cert = ca.issue(shipped(template, template_input(ca, request)), key.public_key())
+    assert isinstance(cert.public_key(), ed25519.Ed25519PublicKey)
+    ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku.digital_signature and not ku.key_encipherment and not ku.key_agreement
+    ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert ski == x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    assert_lints_clean(cert)
