@@ -11,7 +11,14 @@ wider than :data:`DEFAULT`, so no mode can approve what the code was not written
 
 A refusal is an :class:`AlgorithmRefused` whose message is the one the caller's users have
 always seen; upper rooms turn it into their own error (an ``IssuanceError``, an ACME problem,
-a schema error) without rewording it, so the words stay beside the rule.
+a schema error) without rewording it, so the words stay beside the rule. Under a table with
+a ``mode`` (:data:`FIPS`) a refusal is a :class:`NotApproved` instead (the client's error,
+400 ``not_approved``) whose message says the mode and names the algorithm (:func:`refusal`).
+
+Two tables ship: :data:`DEFAULT` (what modern fleets use: also Ed25519 subject keys and
+OpenSSL's TLS defaults, ChaCha20-Poly1305 included) and :data:`FIPS` (SP 800-131A Rev 2,
+FIPS 186-5, SP 800-52 Rev 2: no Ed25519, AES-GCM TLS suites on NIST curves, and 112-bit
+strength such as RSA-2048 refused for anything valid past 2030, :func:`check_strength`).
 """
 
 from __future__ import annotations
@@ -226,8 +233,9 @@ DEFAULT = Table(
     ca_key_types=ALL_KEY_TYPES,
     ca_hashes=("sha256", "sha384", "sha512"),
     mechanisms=ALL_MECHANISMS,
+    # Ed25519 (issue 14): the default mode accepts what IoT fleets carry; FIPS does not.
     csr_keys=SubjectKeys(rsa_bits=(2048, 8192), rsa_bits_multiple=8, rsa_exponents=(65537,),
-                         curves=_CURVES),
+                         curves=_CURVES, ed25519=True),
     csr_hashes=("sha256", "sha384", "sha512"),
     account_keys=SubjectKeys(rsa_bits=(2048, 8192), rsa_bits_multiple=1, rsa_exponents=None,
                              curves=_CURVES),
@@ -235,7 +243,7 @@ DEFAULT = Table(
                 eab=tuple(HMAC_HASH)),
     tls=Tls(min_version="TLSv1.2", ciphers12=None, suites13=None, groups=None),
 )
-DEFAULT = replace(DEFAULT, csr_keys=replace(DEFAULT.csr_keys, ed25519=True))
+
 
 def _widened(old: Any, new: Any) -> list[str]:
     out: list[str] = []
