@@ -352,6 +352,13 @@ def mark(error: E, cause: BaseException | None = None) -> E:
     return error
 
 
+def names_a_refusal(text: str) -> bool:
+    """Whether ``text`` (an error message that wrapped one, e.g. a ceremony schema error)
+    carries a refusal of the active mode (:func:`refusal` is its only author)."""
+    mode = current().mode
+    return mode is not None and f"not approved in {mode} mode: " in text
+
+
 def is_not_approved(error: BaseException) -> bool:
     """Whether ``error`` is a refusal under a mode (:class:`NotApproved`, or :func:`mark`ed)."""
     return isinstance(error, NotApproved) or getattr(error, "not_approved", False) is True

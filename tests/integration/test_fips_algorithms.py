@@ -212,6 +212,47 @@ def test_fips_acme_rsa_1024_account_key_is_bad_public_key(fips: Server) -> None:
         assert conn.execute("SELECT COUNT(*) FROM acme_accounts").fetchone()[0] == accounts + 1
 
 
+# -- a ceremony ---------------------------------------------------------------------------
+
+ROOT_2045 = """version: 1
+name: long-root
+operators: [op]
+steps:
+  - id: root-key
+    type: key
+    label: {label}
+    key_type: {key_type}
+  - id: root
+    type: root
+    key: root-key
+    authority: {label}
+    subject: {{CN: Long Root}}
+    validity: {{not_after: '2045-01-01T00:00:00Z'}}
+"""
+
+
+def test_fips_ceremony_refuses_an_rsa_2048_root_to_2045(fips: Server, tmp_path: Path) -> None:
+    script = tmp_path / "root.yaml"
+    script.write_text(ROOT_2045.format(label="long-root", key_type="rsa-2048"))
+    before = len(fips.events("ceremony.refused"))
+    for args in (("--dry-run",), ()):
+        proc = run_cli("--dir", str(fips.data_dir), "ceremony", "run", str(script), *args)
+        assert proc.returncode != 0, proc.stdout
+        assert "not approved in FIPS mode: RSA-2048 (112-bit security strength)" in \
+            proc.stderr, proc.stderr
+    events = fips.events("ceremony.refused")
+    assert len(events) == before + 1  # the run, not the dry run (which writes nothing)
+    assert "RSA-2048" in events[-1]["details"]["reason"]
+    assert not fips.events("ceremony.started") or all(
+        e["object_ids"].get("ceremony") != "long-root" for e in fips.events("ceremony.started"))
+    keys = run_cli("--dir", str(fips.data_dir), "hsm", "keys", check=True).stdout
+    assert "long-root" not in keys
+    # The same script with an RSA-3072 key passes validation (the plan prints).
+    script.write_text(ROOT_2045.format(label="long-root", key_type="rsa-3072"))
+    proc = run_cli("--dir", str(fips.data_dir), "ceremony", "run", str(script), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+
+
 # -- the API's TLS ---------------------------------------------------------------------------
 
 def _handshake(server: Server, *opts: str) -> subprocess.CompletedProcess[str]:
