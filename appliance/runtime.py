@@ -112,7 +112,8 @@ class Appliance:
         opened inside a test leaves the process as it found it)."""
         if self._table_before is None:
             self._table_before = algorithms.current()
-        algorithms.install(algorithms.FIPS)
+        # Ed25519 only where the token profile declares EdDSA in its validated module.
+        algorithms.install(algorithms.fips_table(self.hsm_profile.eddsa_validated))
 
     def signing_pool(self) -> SessionPool:
         """The pool, after this node's mode is checked and the power-on self-tests have

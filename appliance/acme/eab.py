@@ -75,8 +75,10 @@ def check_binding(binding: Any, *, account_jwk: dict[str, Any], url: str,
     p = env.protected
     alg = p.get("alg")
     if not isinstance(alg, str) or not algorithms.jws_alg_allowed(alg, "eab"):
-        raise AcmeProblem("malformed", "externalAccountBinding must use "
-                          f"{algorithms.one_of(algorithms.jws_algs('eab'))}")
+        approved = algorithms.one_of(algorithms.jws_algs('eab'))
+        raise algorithms.mark(AcmeProblem("malformed", algorithms.refusal_text(
+            f"externalAccountBinding must use {approved}",
+            f"externalAccountBinding MAC {alg!r}", approved)))
     if "nonce" in p or "jwk" in p:
         raise AcmeProblem("malformed", "externalAccountBinding must not carry a nonce or jwk")
     if p.get("url") != url:

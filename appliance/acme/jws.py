@@ -108,7 +108,9 @@ def load_jwk(value: Any) -> JWK:
         raise AcmeProblem("malformed", "jwk must be a JSON object")
     kty = value.get("kty")
     if kty not in KEY_MEMBERS:
-        raise AcmeProblem("badPublicKey", "only RSA and EC account keys are accepted")
+        raise algorithms.mark(AcmeProblem("badPublicKey", algorithms.refusal_text(
+            "only RSA and EC account keys are accepted", f"account key type {kty!r}",
+            "RSA or EC")))
     for member in KEY_MEMBERS[kty]:
         if not isinstance(value.get(member), str):
             raise AcmeProblem("malformed", f"jwk member {member!r} must be a string")
@@ -120,7 +122,7 @@ def load_jwk(value: Any) -> JWK:
     try:
         algorithms.check_account_key(public_key(jwk))
     except algorithms.AlgorithmRefused as exc:
-        raise AcmeProblem("badPublicKey", str(exc)) from None
+        raise algorithms.mark(AcmeProblem("badPublicKey", str(exc)), exc) from None
     return jwk
 
 
@@ -144,8 +146,10 @@ def thumbprint(jwk: JWK) -> str:
 def check_signature(env: Envelope, jwk: JWK) -> None:
     alg = env.protected.get("alg")
     if not isinstance(alg, str) or not algorithms.jws_alg_allowed(alg, "acme"):
-        raise AcmeProblem("badSignatureAlgorithm", f"algorithm {alg!r} is not accepted; use one "
-                          f"of {', '.join(algorithms.jws_algs('acme'))}")
+        approved = ', '.join(algorithms.jws_algs('acme'))
+        raise algorithms.mark(AcmeProblem("badSignatureAlgorithm", algorithms.refusal_text(
+            f"algorithm {alg!r} is not accepted; use one of {approved}",
+            f"JWS algorithm {alg!r}", f"one of {approved}")))
     key = public_key(jwk)
     if alg.startswith("ES"):
         if not isinstance(key, ec.EllipticCurvePublicKey) or \

@@ -315,6 +315,35 @@ class Ceremony(_Strict):
     steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS)
 
     @model_validator(mode="after")
+    def _strength_over_lifetime(self) -> Ceremony:
+        """SP 800-131A Rev 2: in FIPS mode a 112-bit key (RSA-2048) made by this script is
+        refused for a certificate valid past 2030 (the table's limit), here, before any
+        PKCS#11 session; the default table has no limit. A certificate's end is estimated
+        from its validity as written (``days`` counted from ``not_before`` or now)."""
+        key_types = {step.id: step.key_type for step in self.steps if isinstance(step, KeyStep)}
+        # A CA step's id -> the key step its key came from (its signatures' strength).
+        ca_keys = {step.id: getattr(step, "key", None) for step in self.steps}
+        now = datetime.now(UTC)
+        for step in self.steps:
+            validity = getattr(step, "validity", None)
+            if not isinstance(validity, Validity):
+                continue
+            end = validity.not_after or (validity.not_before or now) + timedelta(
+                days=validity.days or 0)
+            what = f"the {step.type} certificate of step {step.id}"
+            issuer_key = ca_keys.get(getattr(step, "issuer", None) or "")
+            for ref, whose in ((getattr(step, "key", None), what),
+                               (issuer_key, f"the issuer's signature on {what}")):
+                if ref not in key_types:
+                    continue
+                try:
+                    algorithms.check_strength(algorithms.KeySpec.parse(key_types[ref]), end,
+                                              whose)
+                except algorithms.AlgorithmRefused as exc:
+                    raise ValueError(str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
     def _references(self) -> Ceremony:
         seen: dict[str, str] = {}
         authorities: set[str] = set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import sys
 from datetime import UTC, datetime
@@ -15,8 +16,10 @@ from appliance.ceremony.runner import CeremonyRunner
 from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx
 from appliance.cli.keys import load_public_key
 from appliance.cli.officers import officer_option
+from appliance.errors import ConfigError
 from appliance.ops import fips as fips_ops
 from appliance.runtime import Appliance, cli_actor
+from appliance.x509 import algorithms
 
 # Step types that make or use a CA key: in FIPS mode their ceremony needs the crypto
 # officers' quorum (fips.quorum) before it starts, on top of the script's own quorums.
@@ -47,9 +50,24 @@ def terminal_authenticator(request: quorum.QuorumRequest) -> list[tuple[str, str
     return presented
 
 
+def load_audited(app: Appliance | None, path: Path) -> script_mod.LoadedScript:
+    """The script, validated; a refusal by the mode's algorithm table (FIPS: an RSA-2048
+    root valid past 2030, say) is audited as ``ceremony.refused`` before it is reported,
+    and no token session has been opened (issue 14)."""
+    try:
+        return script_mod.load(path)
+    except ConfigError as exc:
+        if app is not None and algorithms.names_a_refusal(str(exc)):
+            with app.db.transaction() as db:
+                app.audit_log().append(db, "ceremony.refused", cli_actor(), outcome="denied",
+                                       object_ids={"script": str(path)},
+                                       details={"reason": str(exc)[:1000]})
+        raise
+
+
 def run_ceremony(app: Appliance, path: Path, out: Path | None) -> Path:
     """Print the plan, then run every step; returns the signed transcript's path."""
-    loaded = script_mod.load(path)
+    loaded = load_audited(app, path)
     for line in plan.describe(loaded):
         click.echo(line)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -73,14 +91,18 @@ def run_cmd(ctx: CliContext, script: Path, dry_run: bool, out: Path | None,
     """Run a ceremony script (plan first, then each step). In FIPS mode a ceremony that
     makes or uses CA keys needs the registered crypto officers' quorum (--officer)."""
     if dry_run:
-        loaded = script_mod.load(script)
+        # The app installs the mode's algorithm table (FIPS refuses here too); without a
+        # configuration the plan is read under the default table, as before.
+        with contextlib.suppress(ConfigError):
+            ctx.app()
+        loaded = load_audited(None, script)  # a dry run writes nothing, not even an audit row
         for line in plan.describe(loaded):
             click.echo(line)
         click.echo("dry run: nothing was created, signed or written")
         return
     app = ctx.app()
     if fips_ops.fips_enabled(app):
-        loaded = script_mod.load(script)
+        loaded = load_audited(app, script)  # a table refusal is audited before any quorum
         if any(step.type in KEY_STEPS for step in loaded.ceremony.steps):
             fips_ops.require_quorum(app, "ceremony run",
                                     fips_ops.presented_officers(officer_specs), cli_actor(),

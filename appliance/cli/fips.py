@@ -104,7 +104,7 @@ def status(ctx: CliContext, as_json: bool) -> None:
         "node_id": app.node_id,
         "token": _status_token(app),
         "selftest": selftest,
-        "algorithms": dataclasses.asdict(table),
+        "algorithms": table.as_json(),
     }
     if as_json:
         emit_json(doc)

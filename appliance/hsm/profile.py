@@ -76,6 +76,10 @@ class HsmProfile(_Strict):
     allowed_key_types: tuple[KeyType, ...] = ALL_KEY_TYPES
     allowed_mechanisms: tuple[Mechanism, ...] = ALL_MECHANISMS
     module_env: dict[str, str] = Field(default_factory=dict)
+    # Whether this token's FIPS 140-3 validated module includes EdDSA (FIPS 186-5): only then
+    # may the FIPS mode accept Ed25519 subject keys (``algorithms.fips_table``). Off unless a
+    # profile says so: SoftHSM and most validated modules do not.
+    eddsa_validated: bool = False
     # Processes take this lock (flock) while they initialise the module, find the token and
     # log in: SoftHSM fails when several processes do that at the same instant.
     startup_lock: Path | None = None

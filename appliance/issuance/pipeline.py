@@ -92,6 +92,13 @@ class IssuanceError(ApplianceError):
     acme_type = "badCSR"
 
 
+class NotApprovedError(IssuanceError):
+    """The CSR's key or signature algorithm, or the key over the certificate's lifetime, is
+    not approved in the installation's mode (FIPS): a client error, 400 ``not_approved``."""
+
+    code = "not_approved"
+
+
 class CredentialNamesError(IssuanceError):
     """The CSR's names are not the names the credential authorizes. Nothing was reserved or
     signed, so the same credential may come back with a CSR that asks for its names (an
@@ -170,6 +177,13 @@ class Issuer:
             inventory_id = found.record.id if found else None
             inventory_view = found.template_view() if found else None
         start, end = self._validity(req, signer.cert)
+        try:
+            algorithms.check_strength(csr.public_key(), end, "the requested certificate")
+            # ...and the issuing CA's signature on it is no stronger than the CA's key.
+            algorithms.check_strength(signing.ca_public_key(signer.cert), end,
+                                      "the issuing CA's signature on the requested certificate")
+        except algorithms.AlgorithmRefused as exc:
+            raise _refused(exc) from None
         desc = template_render.render(
             template_name, template_source,
             TemplateInput.from_request(
@@ -485,14 +499,16 @@ def _parse_policy(text: str, source: str) -> policy.Policy:
 
 def check_csr(csr: x509.CertificateSigningRequest) -> None:
     """A client's CSR: its signature verifies, and its key and hash are ones the algorithm
-    table approves."""
-    if not csr.is_signature_valid:
-        raise IssuanceError("the CSR signature does not verify")
+    table approves. The algorithms are asked first: a SHA-1 signature does not verify in
+    ``cryptography`` at all, and its requester is owed the reason (SHA-1), not "does not
+    verify"."""
     check_subject_key(csr.public_key())
     try:
-        algorithms.check_csr_hash(csr.signature_hash_algorithm)
+        algorithms.check_csr_signature(csr)
     except algorithms.AlgorithmRefused as exc:
-        raise IssuanceError(str(exc)) from None
+        raise _refused(exc) from None
+    if not csr.is_signature_valid:
+        raise IssuanceError("the CSR signature does not verify")
 
 
 def check_subject_key(key: Any) -> None:
@@ -500,7 +516,15 @@ def check_subject_key(key: Any) -> None:
     try:
         algorithms.check_csr_key(key)
     except algorithms.AlgorithmRefused as exc:
-        raise IssuanceError(str(exc)) from None
+        raise _refused(exc) from None
+
+
+def _refused(exc: algorithms.AlgorithmRefused) -> IssuanceError:
+    """The table's refusal as the client's error, in the table's words: ``not_approved``
+    under a mode (FIPS), today's ``bad_request`` under the default table."""
+    if isinstance(exc, algorithms.NotApproved):
+        return NotApprovedError(str(exc))
+    return IssuanceError(str(exc))
 
 
 def _flat_names(names: policy.Names) -> list[tuple[str, str]]:

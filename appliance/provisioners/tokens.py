@@ -130,6 +130,20 @@ def unverified_issuer(token: str) -> str:
     return iss
 
 
+def invalid(token: str, exc: jwt.PyJWTError, purpose: algorithms.JwsPurpose) -> TokenError:
+    """A token jwt refused: today's words, unless the table's mode (FIPS) refused its
+    algorithm, which is then named."""
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        try:
+            alg = jwt.get_unverified_header(token).get("alg")
+        except jwt.PyJWTError:
+            alg = None
+        approved = algorithms.one_of(algorithms.jws_algs(purpose))
+        return algorithms.mark(TokenError(algorithms.refusal_text(
+            f"invalid token: {exc}", f"token algorithm {alg!r}", approved)))
+    return TokenError(f"invalid token: {exc}")
+
+
 def verify(token: str, jwk: dict[str, Any], *, provisioner: str, audience: str) -> TokenClaims:
     if len(token) > MAX_TOKEN_BYTES:
         raise TokenError("token too large")
@@ -141,7 +155,7 @@ def verify(token: str, jwk: dict[str, Any], *, provisioner: str, audience: str) 
             leeway=LEEWAY, options={"require": ["exp", "nbf", "iat", "jti", "sub", "iss", "aud"]},
         )
     except jwt.PyJWTError as exc:
-        raise TokenError(f"invalid token: {exc}") from None
+        raise invalid(token, exc, "ott") from None
     check_times(claims)
     check_cert_lifetime(claims)
     bounded_json.check(claims, "ott")

@@ -24,6 +24,7 @@ from appliance.provisioners.tokens import (
     check_cert_lifetime,
     check_times,
 )
+from appliance.provisioners.tokens import invalid as tokens_invalid
 from appliance.x509 import algorithms
 
 MAX_CHAIN = 5
@@ -70,7 +71,7 @@ def verify(token: str, roots_pem: str, *, provisioner: str, audience: str) -> To
             audience=audience, issuer=provisioner, leeway=LEEWAY,
             options={"require": ["exp", "nbf", "iat", "jti", "sub", "iss", "aud"]})
     except jwt.PyJWTError as exc:
-        raise TokenError(f"invalid token: {exc}") from None
+        raise tokens_invalid(token, exc, "x5c") from None
     check_times(claims)
     check_cert_lifetime(claims)
     bounded_json.check(claims, "ott")

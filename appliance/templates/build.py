@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ObjectIdentifier
 from pydantic import ValidationError
@@ -34,6 +34,20 @@ __all__ = ["effective_validity", "subject_name", "to_builder", "with_default_url
 
 _NOT_FOR_EC = frozenset({"key_encipherment", "data_encipherment"})  # RFC 5480 3
 _NOT_FOR_RSA = frozenset({"key_agreement"})  # RFC 4055 1.2
+# RFC 8410 §5: an Ed25519 key signs only (no encipherment, no key agreement).
+_NOT_FOR_ED25519 = frozenset({"key_encipherment", "data_encipherment", "key_agreement",
+                              "encipher_only", "decipher_only"})
+
+
+def _key_kind(public_key: object) -> tuple[str, frozenset[str]] | None:
+    """The subject key's kind as messages name it, and the key usages it cannot have."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return "EC", _NOT_FOR_EC
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return "RSA", _NOT_FOR_RSA
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return "Ed25519", _NOT_FOR_ED25519
+    return None
 
 
 def subject_name(desc: CertificateDescription) -> x509.Name:
@@ -128,13 +142,13 @@ def to_builder(desc: CertificateDescription, *, public_key: CertificatePublicKey
     only those).
     """
     desc = _revalidated(desc, allow_ca, template)
-    if not isinstance(public_key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
+    kind_rule = _key_kind(public_key)
+    if kind_rule is None or not isinstance(
+            public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey):
         raise TemplateError(template, f"unsupported subject key type {type(public_key).__name__}")
-    usage = set(desc.key_usage or ())
-    wrong = usage & (_NOT_FOR_EC if isinstance(public_key, ec.EllipticCurvePublicKey)
-                     else _NOT_FOR_RSA)
+    kind, impossible = kind_rule
+    wrong = set(desc.key_usage or ()) & impossible
     if wrong:
-        kind = "EC" if isinstance(public_key, ec.EllipticCurvePublicKey) else "RSA"
         raise TemplateError(template, f"key_usage {', '.join(sorted(wrong))} is not possible "
                                       f"with an {kind} key")
     start, end = effective_validity(desc, not_before, not_after, issuer, template=template)

@@ -17,6 +17,7 @@ from appliance.acme.problems import AcmeProblem, problem_of
 from appliance.acme.service import AcmeService
 from appliance.errors import ApplianceError
 from appliance.store.models import AcmeAccount
+from appliance.web import refusals
 
 log = logs.get("acme")
 bp = Blueprint("acme", __name__, url_prefix="/acme/<provisioner>")
@@ -90,6 +91,7 @@ def _problem(exc: Exception) -> Response:
             log.error("ACME request failed closed", extra={"fault": exc.code,
                                                            "detail": str(exc)})
         problem = problem_of(exc)
+        refusals.audit(exc, "acme")
     resp = Response(json.dumps(problem.document()), problem.status,
                     mimetype="application/problem+json")
     for k, v in problem.headers.items():

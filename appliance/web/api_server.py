@@ -42,12 +42,14 @@ from urllib.parse import unquote
 
 from appliance import config, lint, logs
 from appliance import deadline as request_deadline
+from appliance.errors import ConfigError
 from appliance.runtime import Appliance
-from appliance.web import errors
+from appliance.web import errors, tls_policy
 from appliance.web.app import SECURITY_HEADERS, create_app
 from appliance.web.hostcheck import PROBES
 from appliance.web.http11 import HttpProtocol, Request, Response, ServerState, encode_headers
 from appliance.web.prefork import Supervisor, listen_sockets, serve_loop
+from appliance.x509 import algorithms
 
 log = logs.get("web.api_server")
 
@@ -88,10 +90,13 @@ def parse_args(argv: list[str] | None) -> ApiOptions:
 
 
 def tls_context(opts: ApiOptions) -> ssl.SSLContext:
-    """TLS 1.2+, the API's certificate; a client certificate is asked for but optional (it
-    is one way to authenticate renew and revoke; the app decides what it proves)."""
+    """TLS 1.2+ (versions, suites, groups: the algorithm table's, see
+    :mod:`appliance.web.tls_policy`), the API's certificate; a client certificate is asked
+    for but optional (it is one way to authenticate renew and revoke; the app decides what
+    it proves)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    tls_policy.apply(ctx, algorithms.current().tls)
+    tls_policy.cleanup()
     ctx.load_cert_chain(opts.certfile, opts.keyfile)
     if opts.cafile:
         ctx.load_verify_locations(opts.cafile)
@@ -406,9 +411,24 @@ def worker(sock: Any, opts: ApiOptions, supervisor: int) -> int:
     return 0
 
 
+def _install_table() -> None:
+    """The algorithm table of the configured mode, before the first TLS context (and so
+    before the fork): in FIPS mode the process re-executes itself once under an OpenSSL
+    configuration written from the table (its TLS 1.3 suites and groups)."""
+    try:
+        settings = config.load(config.locate(None, None))
+    except Exception:
+        return
+    if settings.config.fips.enabled:
+        algorithms.install(algorithms.FIPS)
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     logs.configure("WARNING")
+    _install_table()
+    tls_policy.reexec_with_openssl_conf(algorithms.current().tls,
+                                        sys.argv[1:] if argv is None else argv)
     # Code only, before the fork (no token session, no database connection: those are each
     # worker's own): every worker starts with the application imported (this module
     # imports it) and pkilint's validator built, instead of building it on its first request.
@@ -416,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tls_context(opts)  # unreadable certificate or key: fail here, not in every worker
         sockets, lock = listen_sockets(opts.bind, opts.workers)
-    except (OSError, ssl.SSLError) as exc:
+    except (OSError, ssl.SSLError, ConfigError) as exc:
         log.error("cannot serve the API", extra={"bind": opts.bind, "fault": str(exc)})
         return 2
     try:

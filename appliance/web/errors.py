@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from appliance import logs
 from appliance.errors import ApplianceError, InputError
+from appliance.web import refusals
 
 log = logs.get("web")
 FAULT_MESSAGE = "the CA cannot sign right now; nothing was issued"
@@ -39,6 +40,7 @@ def install(app: Flask) -> None:
     @app.errorhandler(ApplianceError)
     def _appliance(exc: ApplianceError) -> Any:
         status = status_of(exc)
+        refusals.audit(exc, "rest")
         if exc.server_fault:
             # Our side failed (fail closed): the text may name token labels or SQL, so it is
             # logged; the client is told to come back (app.py adds Retry-After to a 503).

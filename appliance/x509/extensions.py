@@ -19,7 +19,7 @@ from cryptography.x509.oid import (
     ObjectIdentifier,
 )
 
-from appliance.x509.algorithms import PublicKey
+from appliance.x509.algorithms import PublicKey, SubjectPublicKey
 from appliance.x509.vocabulary import KeyUsageName, NameConstraints
 
 ATTR_OIDS = {
@@ -71,7 +71,7 @@ def name_constraints(nc: NameConstraints) -> x509.NameConstraints:
     )
 
 
-def add_common_extensions(builder: x509.CertificateBuilder, *, subject_key: PublicKey,
+def add_common_extensions(builder: x509.CertificateBuilder, *, subject_key: SubjectPublicKey,
                           issuer_key: PublicKey | None, policies: list[str],
                           crl_urls: list[str], ocsp_urls: list[str],
                           ca_issuers_urls: list[str]) -> x509.CertificateBuilder:

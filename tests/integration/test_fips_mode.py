@@ -8,7 +8,6 @@ configuration puts it back before it ends; one that must change more works on a 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -197,7 +196,7 @@ def test_an_installation_from_before_the_mode_counts_as_default(
 
 
 def _json_table(table: algorithms.Table) -> object:
-    return json.loads(json.dumps(dataclasses.asdict(table)))
+    return json.loads(json.dumps(table.as_json()))
 
 
 def test_fips_status_shows_the_mode_token_and_table(dirs: dict[str, Path]) -> None:

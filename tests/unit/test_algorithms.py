@@ -18,7 +18,7 @@ import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
@@ -166,9 +166,11 @@ def test_csr_keys_and_hashes() -> None:
         pipeline.check_subject_key(_rsa_public(2048, e=3))
     with pytest.raises(pipeline.IssuanceError, match=_exactly("curve secp256k1 is not allowed")):
         pipeline.check_subject_key(ec.generate_private_key(ec.SECP256K1()).public_key())
+    # Issue 14 widened the default mode: Ed25519 subject keys (RFC 8410), nothing else.
+    pipeline.check_csr(_csr(ed25519.Ed25519PrivateKey.generate()))
     with pytest.raises(pipeline.IssuanceError,
-                       match=_exactly("only RSA and ECDSA keys are accepted")):
-        pipeline.check_csr(_csr(ed25519.Ed25519PrivateKey.generate()))
+                       match=_exactly("only RSA, ECDSA and Ed25519 keys are accepted")):
+        pipeline.check_csr(_csr(ed448.Ed448PrivateKey.generate()))
     for curve, algo in ((ec.SECP256R1(), hashes.SHA256()), (ec.SECP384R1(), hashes.SHA384()),
                         (ec.SECP521R1(), hashes.SHA512())):
         pipeline.check_csr(_csr(ec.generate_private_key(curve), algo))
@@ -340,3 +342,225 @@ def test_using_restores_the_table_after_an_error() -> None:
         raise RuntimeError
     assert algorithms.current() is DEFAULT
     algorithms.check_mechanism("SHA256_RSA_PKCS")
+
+
+# -- (3) the FIPS table (issue 14) --------------------------------------------------------
+
+FIPS = algorithms.FIPS
+
+
+def test_the_fips_table_is_narrowed_from_the_default_and_says_its_mode() -> None:
+    assert FIPS.mode == "FIPS" and DEFAULT.mode is None
+    assert not FIPS.csr_keys.ed25519 and DEFAULT.csr_keys.ed25519
+    assert FIPS.csr_keys.rsa_bits == (2048, 8192) and FIPS.csr_keys.curves == (
+        "secp256r1", "secp384r1", "secp521r1")
+    assert FIPS.ca_hashes == FIPS.csr_hashes == ("sha256", "sha384", "sha512")
+    assert FIPS.jws.eab == ("HS256", "HS384", "HS512")
+    assert "CHACHA20" not in " ".join((*(FIPS.tls.ciphers12 or ()), *(FIPS.tls.suites13 or ())))
+    assert FIPS.tls.groups == ("P-256", "P-384", "P-521")
+    assert FIPS.strength_112_until == datetime(2030, 12, 31, 23, 59, 59, tzinfo=UTC)
+    assert DEFAULT.strength_112_until is None and DEFAULT.tls.ciphers12 is None
+    # Nothing can put Ed25519 back or lift the 2030 limit by narrowing.
+    with pytest.raises(ValueError, match="csr_keys"):
+        FIPS.narrowed(csr_keys=replace(FIPS.csr_keys, ed25519=True))
+    with pytest.raises(ValueError, match="strength_112_until"):
+        FIPS.narrowed(strength_112_until=None)
+    with pytest.raises(ValueError, match="tls"):
+        FIPS.narrowed(tls=DEFAULT.tls)
+    # ...except the HSM profile's flag, whose table is still within the default.
+    assert algorithms.fips_table(eddsa_validated=True).csr_keys.ed25519
+    assert algorithms.fips_table() is FIPS
+
+
+@pytest.mark.parametrize("make,named", [
+    (lambda: _csr(rsa.generate_private_key(65537, 1024), hashes.SHA256()), "RSA-1024"),
+    (lambda: _csr(ed25519.Ed25519PrivateKey.generate()), "Ed25519"),
+    (lambda: _csr(ec.generate_private_key(ec.SECP256K1()), hashes.SHA256()), "secp256k1"),
+    (lambda: _csr(ec.generate_private_key(ec.SECP256R1()), hashes.SHA224()), "SHA-224"),
+])
+def test_fips_refuses_csrs_as_not_approved_naming_fips(make: Any, named: str) -> None:
+    csr = make()
+    with algorithms.using(FIPS), pytest.raises(pipeline.NotApprovedError) as e:
+        pipeline.check_csr(csr)
+    assert str(e.value).startswith("not approved in FIPS mode: ") and named in str(e.value)
+    assert (e.value.code, e.value.status, e.value.server_fault) == ("not_approved", 400, False)
+
+
+def test_fips_accepts_approved_csrs() -> None:
+    with algorithms.using(FIPS):
+        pipeline.check_csr(_csr(rsa.generate_private_key(65537, 2048), hashes.SHA256()))
+        pipeline.check_csr(_csr(ec.generate_private_key(ec.SECP384R1()), hashes.SHA384()))
+
+
+def test_default_refusals_keep_todays_words_and_code() -> None:
+    with pytest.raises(pipeline.IssuanceError) as e:
+        pipeline.check_subject_key(_rsa_public(1024))
+    assert str(e.value) == "RSA key of 1024 bits is not allowed" and e.value.code == "bad_request"
+    assert not isinstance(e.value, pipeline.NotApprovedError)
+
+
+def test_security_strength_over_the_lifetime() -> None:
+    rsa2048, rsa3072 = _rsa_public(2048), _rsa_public(3072)
+    p256 = ec.generate_private_key(ec.SECP256R1()).public_key()
+    late = datetime(2031, 1, 1, tzinfo=UTC)
+    early = datetime(2030, 12, 31, tzinfo=UTC)
+    algorithms.check_strength(rsa2048, late, "the certificate")  # default: no limit
+    with algorithms.using(FIPS):
+        with pytest.raises(algorithms.NotApproved) as e:
+            algorithms.check_strength(rsa2048, late, "the requested certificate")
+        assert "not approved in FIPS mode: RSA-2048 (112-bit security strength) for the " \
+               "requested certificate valid until 2031-01-01" in str(e.value)
+        algorithms.check_strength(rsa2048, early, "the certificate")
+        algorithms.check_strength(rsa3072, late, "the certificate")
+        algorithms.check_strength(p256, late, "the certificate")
+        with pytest.raises(algorithms.NotApproved, match="RSA-2048"):
+            algorithms.check_strength(algorithms.KeySpec.parse("rsa-2048"), late, "a root")
+
+
+def _root_until(tmp_path: Path, key_type: str, not_after: str) -> Path:
+    path = _ceremony(tmp_path, key_type)
+    path.write_text(path.read_text().replace("validity: {days: 3650}",
+                                             f"validity: {{not_after: '{not_after}'}}"))
+    return path
+
+
+def test_fips_ceremony_refuses_an_rsa_2048_root_valid_to_2045(tmp_path: Path) -> None:
+    path = _root_until(tmp_path, "rsa-2048", "2045-01-01T00:00:00Z")
+    script.load(path)  # the default mode accepts it
+    with algorithms.using(FIPS), pytest.raises(
+            ConfigError, match=r"not approved in FIPS mode: RSA-2048 .*root certificate of "
+                               "step root valid until 2045-01-01"):
+        script.load(path)
+    with algorithms.using(FIPS):
+        script.load(_root_until(tmp_path, "rsa-3072", "2045-01-01T00:00:00Z"))
+        script.load(_root_until(tmp_path, "rsa-2048", "2030-06-01T00:00:00Z"))
+        # days counted from now: 25 years is past 2030 too
+        path = _ceremony(tmp_path, "rsa-2048")
+        path.write_text(path.read_text().replace("days: 3650", "days: 9000"))
+        with pytest.raises(ConfigError, match="FIPS mode: RSA-2048"):
+            script.load(path)
+
+
+def test_fips_ceremony_refuses_p192_and_sha1_by_schema(tmp_path: Path) -> None:
+    with algorithms.using(FIPS):
+        for key_type, sig in (("ec-p192", "sha384"), ("rsa-1024", "sha384"),
+                              ("ec-p256", "sha1")):
+            with pytest.raises(ConfigError):
+                script.load(_ceremony(tmp_path, key_type, signature_hash=sig))
+
+
+def _rsa_jwk(bits: int) -> dict[str, str]:
+    n = rsa.generate_private_key(65537, bits).public_key().public_numbers()
+    return {"kty": "RSA", "n": b64(n.n.to_bytes((n.n.bit_length() + 7) // 8, "big")),
+            "e": b64(n.e.to_bytes(3, "big"))}
+
+
+def test_fips_acme_rsa_1024_account_key_is_bad_public_key() -> None:
+    jwk = _rsa_jwk(1024)
+    with pytest.raises(AcmeProblem, match=_exactly("RSA key of 1024 bits not accepted")):
+        jws.load_jwk(jwk)
+    with algorithms.using(FIPS), pytest.raises(AcmeProblem) as e:
+        jws.load_jwk(jwk)
+    assert e.value.kind == "badPublicKey"
+    assert str(e.value).startswith("not approved in FIPS mode: RSA-1024 account key")
+    with algorithms.using(FIPS):
+        jws.load_jwk(_rsa_jwk(2048))
+        okp = {"kty": "OKP", "crv": "Ed25519", "x": b64(b"x" * 32)}
+        with pytest.raises(AcmeProblem, match="not approved in FIPS mode: account key type "
+                                              "'OKP'") as e:
+            jws.load_jwk(okp)
+        assert e.value.kind == "badPublicKey"
+
+
+def test_fips_acme_jws_algorithm_names_fips() -> None:
+    body = _es_jws(ec.generate_private_key(ec.SECP256R1()), "ES256")
+    narrow = replace(FIPS, jws=replace(FIPS.jws, acme=_without(FIPS.jws.acme, "ES256")))
+    with algorithms.using(narrow), pytest.raises(AcmeProblem) as e:
+        _acme_verify(body)
+    assert e.value.kind == "badSignatureAlgorithm"
+    assert "not approved in FIPS mode: JWS algorithm 'ES256'" in str(e.value)
+
+
+def test_fips_eab_and_tokens_name_fips() -> None:
+    account = _ec_jwk(ec.generate_private_key(ec.SECP256R1()))
+    binding = _binding("HS512", b"m" * 32, account)
+    with algorithms.using(replace(FIPS, jws=replace(FIPS.jws, eab=("HS256",)))), \
+            pytest.raises(AcmeProblem, match="not approved in FIPS mode: "
+                                             "externalAccountBinding MAC 'HS512'"):
+        eab.check_binding(binding, account_jwk=account, url=URL, hmac_key=b"m" * 32)
+    key = tokens.new_key()
+    jwk = tokens.public_jwk(key.public_key())
+    hs = jwt.encode({"iss": "p", "aud": "aud"}, "s" * 32, algorithm="HS256")
+    with pytest.raises(tokens.TokenError, match=r"^invalid token: "):
+        tokens.verify(hs, jwk, provisioner="p", audience="aud")
+    with algorithms.using(FIPS), pytest.raises(
+            tokens.TokenError, match=_exactly("not approved in FIPS mode: token algorithm "
+                                              "'HS256'; use ES256")):
+        tokens.verify(hs, jwk, provisioner="p", audience="aud")
+
+
+def test_fips_tls_context_offers_only_aes_gcm() -> None:
+    import ssl
+
+    from appliance.web import tls_policy
+
+    text = tls_policy.openssl_conf_text(FIPS.tls)
+    assert text is not None and "Ciphersuites = TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256" \
+        in text and "Groups = P-256:P-384:P-521" in text
+    assert tls_policy.openssl_conf_text(DEFAULT.tls) is None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls_policy.apply(ctx, DEFAULT.tls)
+    assert "TLS_CHACHA20_POLY1305_SHA256" in tls_policy.offered_suites(ctx)
+    assert "ECDHE-ECDSA-CHACHA20-POLY1305" in tls_policy.offered_suites(ctx)
+    # Without the OpenSSL configuration at start, TLS 1.3 would still offer ChaCha20: the
+    # context is refused rather than served (fail closed).
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with algorithms.using(FIPS), pytest.raises(ConfigError,
+                                               match="TLS_CHACHA20_POLY1305_SHA256"):
+        tls_policy.apply(ctx, FIPS.tls)
+    assert set(tls_policy.offered_suites(ctx)) - {"TLS_CHACHA20_POLY1305_SHA256"} <= set(
+        FIPS.tls.ciphers12 or ()) | set(FIPS.tls.suites13 or ())
+
+
+def test_fips_ceremony_refuses_an_rsa_2048_issuer_signing_past_2030(tmp_path: Path) -> None:
+    path = _root_until(tmp_path, "rsa-2048", "2030-06-01T00:00:00Z")
+    path.write_text(path.read_text() + """  - id: sub-key
+    type: key
+    label: sub-2026
+    key_type: ec-p384
+  - id: sub
+    type: intermediate
+    key: sub-key
+    issuer: root
+    authority: sub
+    subject: {CN: Sub}
+    validity: {not_after: '2035-01-01T00:00:00Z'}
+""")
+    script.load(path)
+    with algorithms.using(FIPS), pytest.raises(
+            ConfigError, match=r"not approved in FIPS mode: RSA-2048 .* the issuer's signature "
+                               "on the intermediate certificate of step sub"):
+        script.load(path)
+
+
+@pytest.mark.parametrize("template", ["tls-server", "tls-client", "iot-device", "smime-email"])
+def test_shipped_templates_build_a_lint_clean_ed25519_leaf(template: str) -> None:
+    """The default mode's Ed25519 subject keys (RFC 8410): key usages that only sign, an SKI,
+    and nothing pkilint objects to."""
+    from tests.unit.test_templates import CA, assert_lints_clean, shipped, template_input
+
+    ca = CA()
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev1.example.com")])
+    request = (x509.CertificateSigningRequestBuilder().subject_name(name).add_extension(
+        x509.SubjectAlternativeName([x509.DNSName("dev1.example.com"),
+                                     x509.RFC822Name("a@example.com")]), critical=False)
+        .sign(key, None))
+    pipeline.check_csr(request)
+    cert = ca.issue(shipped(template, template_input(ca, request)), key.public_key())
+    assert isinstance(cert.public_key(), ed25519.Ed25519PublicKey)
+    ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku.digital_signature and not ku.key_encipherment and not ku.key_agreement
+    ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert ski == x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    assert_lints_clean(cert)
