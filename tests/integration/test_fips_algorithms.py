@@ -29,22 +29,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from tests.acme_client import Client, b64
 from tests.conftest import run_cli
-from tests.service_helpers import Server, configure, load_pem, make_csr, serving, verify_chain
+from tests.service_helpers import Server, load_pem, make_csr, serving, verify_chain
 
 NAME = "algo.example.com"
 
 
 def _quickstart(d: Path, fips: bool) -> None:
-    """``quickstart --fips`` where the CLI has it; otherwise a default quickstart whose
-    configuration then says ``fips: {enabled: true}`` (what the table needs to be installed)."""
-    if fips:
-        proc = run_cli("quickstart", "--dir", str(d), "--fips")
-        if proc.returncode == 0:
-            return
-        assert "--fips" in proc.stderr or "no such option" in proc.stderr.lower(), proc.stderr
-    run_cli("quickstart", "--dir", str(d), check=True)
-    if fips:
-        configure(d, "fips", enabled=True)
+    run_cli("quickstart", "--dir", str(d), *(["--fips"] if fips else []), check=True)
 
 
 @pytest.fixture(scope="module")
