@@ -7,18 +7,16 @@ the script kept beside it, and the hash of every output file in the folder.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from appliance.audit.record import canonical
-from appliance.audit.signer import CheckpointSigner, verify_signature
+from appliance.audit import signed
+from appliance.audit.signer import CheckpointSigner
 from appliance.ceremony.schema import Ceremony
 from appliance.ceremony.script import LoadedScript
-from appliance.hsm.signer import spki_der
 from appliance.rfc3339 import format_z
 from appliance.x509.algorithms import PublicKey
 
@@ -50,10 +48,7 @@ def build(script: LoadedScript, c: Ceremony, token: dict[str, str],
 
 
 def sign(doc: dict[str, Any], signer: CheckpointSigner) -> dict[str, Any]:
-    algorithm, sig = signer.sign(canonical(doc).encode())
-    return {**doc, "signature": {"algorithm": algorithm, "key_label": signer.label,
-                                 "spki_sha256": signer.spki_sha256,
-                                 "value": base64.b64encode(sig).decode()}}
+    return {**doc, "signature": signed.signature_block(signer, doc)}
 
 
 def dumps(doc: dict[str, Any]) -> bytes:
@@ -72,17 +67,11 @@ def verify(path: Path, public_key: PublicKey) -> tuple[dict[str, Any] | None, li
         return None, [f"{path} is not a ceremony transcript"]
     problems = []
     sig = doc.pop("signature", None)
-    if not isinstance(sig, dict):
+    verdict = signed.check(sig, doc, public_key)
+    if verdict == "unsigned":
         problems.append("the transcript is not signed")
-    else:
-        expected = hashlib.sha256(spki_der(public_key)).hexdigest()
-        try:
-            value = base64.b64decode(sig.get("value", ""), validate=True)
-        except ValueError:
-            value = b""
-        if sig.get("spki_sha256") != expected or not verify_signature(
-                public_key, str(sig.get("algorithm")), canonical(doc).encode(), value):
-            problems.append("the signature does not verify with the audit key (edited?)")
+    elif verdict != "ok":
+        problems.append("the signature does not verify with the audit key (edited?)")
     folder = path.parent
     files = {"script.yaml": doc.get("script", {}).get("sha256"), **doc.get("outputs", {})}
     for name, digest in files.items():

@@ -12,8 +12,6 @@ like a ceremony transcript: the canonical JSON of the ``report`` member, by the 
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import ssl
 from collections import Counter
@@ -24,15 +22,13 @@ from typing import Any
 from sqlalchemy import func, select
 
 from appliance import __version__
-from appliance.audit.record import canonical
-from appliance.audit.signer import verify_signature
+from appliance.audit import signed
 from appliance.ca import authorities
 from appliance.fips import officers as off
 from appliance.fips.manifest import compute
 from appliance.fips.seal import INSTALLATION_KEY as MANIFEST_KEY
 from appliance.hsm import keys
 from appliance.hsm.module import token_text
-from appliance.hsm.signer import spki_der
 from appliance.rfc3339 import format_z
 from appliance.runtime import Appliance
 from appliance.store.models import AuditEvent, Installation, SelfTestRun
@@ -111,12 +107,8 @@ def build(app: Appliance) -> dict[str, Any]:
 
 
 def sign(app: Appliance, report: dict[str, Any]) -> dict[str, Any]:
-    signer = app.checkpoint_signer()
-    algorithm, sig = signer.sign(canonical(report).encode())
     return {"report": report,
-            "signature": {"algorithm": algorithm, "key_label": signer.label,
-                          "spki_sha256": signer.spki_sha256,
-                          "value": base64.b64encode(sig).decode()}}
+            "signature": signed.signature_block(app.checkpoint_signer(), report)}
 
 
 def dumps(doc: dict[str, Any]) -> bytes:
@@ -134,20 +126,11 @@ def verify(path: Path, public_key: PublicKey) -> tuple[dict[str, Any] | None, li
     if not isinstance(doc, dict) or not isinstance(doc.get("report"), dict) or \
             doc["report"].get("format") != FORMAT:
         return None, [f"{path} is not a FIPS report"]
-    sig = doc.get("signature")
-    if not isinstance(sig, dict):
-        return doc["report"], ["the report is not signed"]
-    expected = hashlib.sha256(spki_der(public_key)).hexdigest()
-    try:
-        value = base64.b64decode(str(sig.get("value", "")), validate=True)
-    except ValueError:
-        value = b""
-    if sig.get("spki_sha256") != expected:
-        return doc["report"], ["the report was signed by another key than this audit key"]
-    if not verify_signature(public_key, str(sig.get("algorithm")),
-                            canonical(doc["report"]).encode(), value):
-        return doc["report"], ["the signature does not verify with the audit key (edited?)"]
-    return doc["report"], []
+    verdict = signed.check(doc.get("signature"), doc["report"], public_key)
+    problem = {"unsigned": "the report is not signed",
+               "other-key": "the report was signed by another key than this audit key",
+               "invalid": "the signature does not verify with the audit key (edited?)"}
+    return doc["report"], [problem[verdict]] if verdict != "ok" else []
 
 
 def _reason(event_type: str, details: str) -> str:
