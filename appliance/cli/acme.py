@@ -17,8 +17,9 @@ from appliance.cli.context import (
     pass_ctx,
     table,
 )
+from appliance.cli.officers import operator_option
 from appliance.ops import acme_accounts, acme_retention
-from appliance.runtime import cli_actor
+from appliance.ops import fips as fips_ops
 
 
 @click.group()
@@ -76,12 +77,14 @@ def show_cmd(ctx: CliContext, account_id: str, as_json: bool) -> None:
 @account.command("revoke")
 @click.argument("account_id")
 @click.option("--reason", required=True, help="Why (kept in the audit log).")
+@operator_option
 @location_options
 @pass_ctx
-def revoke_cmd(ctx: CliContext, account_id: str, reason: str) -> None:
+def revoke_cmd(ctx: CliContext, account_id: str, reason: str, operator_spec: str | None) -> None:
     """Refuse every later request of this account; its certificates stay valid (revoke
     them with `appliance revoke SERIAL`, serials from `acme account show`)."""
-    done = acme_accounts.revoke(ctx.app(), account_id, cli_actor(), reason)
+    actor = fips_ops.require_operator(ctx.app(), "acme account revoke", operator_spec)
+    done = acme_accounts.revoke(ctx.app(), account_id, actor, reason)
     click.echo(f"ACME account {done['id']} revoked at {done['revoked_at']}")
 
 
@@ -90,15 +93,18 @@ def revoke_cmd(ctx: CliContext, account_id: str, reason: str) -> None:
               help="Delete what ended longer ago than this (e.g. 30d; default acme.retention).")
 @click.option("--dry-run", is_flag=True, help="Only count what would go.")
 @click.option("--json", "as_json", is_flag=True)
+@operator_option
 @location_options
 @pass_ctx
-def prune_cmd(ctx: CliContext, older_than: int | None, dry_run: bool, as_json: bool) -> None:
+def prune_cmd(ctx: CliContext, older_than: int | None, dry_run: bool, as_json: bool,
+              operator_spec: str | None) -> None:
     """Delete ACME orders that ended long ago (failed or expired, or valid with an expired
     certificate; their authorizations and challenges go too) and spent nonces. Certificates,
     accounts and the audit log are kept. Run daily by appliance-acme-prune.timer."""
+    actor = fips_ops.require_operator(ctx.app(), "acme prune", operator_spec)
     app = ctx.app()
     seconds = older_than or durations.parse(app.settings.config.acme.retention)
-    done = acme_retention.prune(app, timedelta(seconds=seconds), cli_actor(), dry_run=dry_run)
+    done = acme_retention.prune(app, timedelta(seconds=seconds), actor, dry_run=dry_run)
     if as_json:
         emit_json(done.as_dict())
         return

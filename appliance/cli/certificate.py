@@ -15,7 +15,9 @@ from appliance.cli.context import (
     pass_ctx,
     table,
 )
+from appliance.cli.officers import operator_option
 from appliance.ops import certificates as cert_ops
+from appliance.ops import fips as fips_ops
 from appliance.revocation.revoke import RevocationError, normalise_serial
 
 
@@ -137,17 +139,19 @@ def show_cmd(ctx: CliContext, serial: str, as_json: bool, as_pem: bool) -> None:
 
 @cert.command("reconcile")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@operator_option
 @location_options
 @pass_ctx
-def reconcile_cmd(ctx: CliContext, as_json: bool) -> None:
+def reconcile_cmd(ctx: CliContext, as_json: bool, operator_spec: str | None) -> None:
     """End reservations older than the reservation timeout as failed (audited).
 
     The service's sweeper does this on its own in every API worker; this is for a node
     whose service is stopped, or to settle them now. Safe while the service runs."""
+    actor = fips_ops.require_operator(ctx.app(), "cert reconcile", operator_spec)
     from appliance.issuance.pipeline import Issuer, reservation_timeout
 
     app = ctx.app()
-    ended = Issuer(app).reconcile_abandoned()
+    ended = Issuer(app).reconcile_abandoned(actor)
     timeout = reservation_timeout(app.settings.config)
     if as_json:
         emit_json({"ended": ended, "timeout_seconds": timeout})

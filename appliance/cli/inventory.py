@@ -9,8 +9,9 @@ from typing import Any
 import click
 
 from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx, table
+from appliance.cli.officers import operator_option
+from appliance.ops import fips as fips_ops
 from appliance.ops import inventory as inv
-from appliance.runtime import cli_actor
 
 
 @click.group()
@@ -29,10 +30,12 @@ def inventory() -> None:
 @click.option("--uri", multiple=True)
 @click.option("--cn", multiple=True)
 @click.option("--meta", multiple=True, help="KEY=VALUE metadata (repeatable).")
+@operator_option
 @location_options
 @pass_ctx
 def add_cmd(ctx: CliContext, /, name: str, kind: str, owner: str, meta: tuple[str, ...],
-            **names: tuple[str, ...]) -> None:
+            operator_spec: str | None, **names: tuple[str, ...]) -> None:
+    actor = fips_ops.require_operator(ctx.app(), "inventory add", operator_spec)
     metadata: dict[str, Any] = {}
     for item in meta:
         key, sep, value = item.partition("=")
@@ -45,24 +48,26 @@ def add_cmd(ctx: CliContext, /, name: str, kind: str, owner: str, meta: tuple[st
             "identifiers": {k: list(v) for k, v in names.items() if v}})
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    inv.add(ctx.app(), [rec], cli_actor(), "cli")
+    inv.add(ctx.app(), [rec], actor, "cli")
     click.echo(f"inventory record {name!r} added")
 
 
 @inventory.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["auto", "csv", "yaml"]), default="auto")
+@operator_option
 @location_options
 @pass_ctx
-def import_cmd(ctx: CliContext, file: Path, fmt: str) -> None:
+def import_cmd(ctx: CliContext, file: Path, fmt: str, operator_spec: str | None) -> None:
     """Import records from CSV or YAML: all of them, or none if any is invalid."""
+    actor = fips_ops.require_operator(ctx.app(), "inventory import", operator_spec)
     if file.stat().st_size > inv.MAX_IMPORT_BYTES:
         raise click.ClickException(f"{file} is larger than {inv.MAX_IMPORT_BYTES} bytes")
     text = file.read_text(encoding="utf-8")
     if fmt == "auto":
         fmt = "csv" if file.suffix.lower() == ".csv" else "yaml"
     records = inv.parse_csv(text, str(file)) if fmt == "csv" else inv.parse_yaml(text, str(file))
-    n = inv.add(ctx.app(), records, cli_actor(), str(file))
+    n = inv.add(ctx.app(), records, actor, str(file))
     click.echo(f"imported {n} inventory record(s)")
 
 
@@ -97,8 +102,10 @@ def show_cmd(ctx: CliContext, name: str, as_json: bool) -> None:
 
 @inventory.command("remove")
 @click.argument("name")
+@operator_option
 @location_options
 @pass_ctx
-def remove_cmd(ctx: CliContext, name: str) -> None:
-    inv.remove(ctx.app(), name, cli_actor())
+def remove_cmd(ctx: CliContext, name: str, operator_spec: str | None) -> None:
+    actor = fips_ops.require_operator(ctx.app(), "inventory remove", operator_spec)
+    inv.remove(ctx.app(), name, actor)
     click.echo(f"inventory record {name!r} removed")

@@ -12,8 +12,9 @@ from appliance.cli.context import (
     pass_ctx,
     progress_option,
 )
+from appliance.cli.officers import operator_option
 from appliance.ocsp import presign as presigner
-from appliance.runtime import cli_actor
+from appliance.ops import fips as fips_ops
 
 
 @click.group("ocsp")
@@ -33,20 +34,22 @@ def ocsp() -> None:
               help="Signing processes for large batches (default: ocsp.presign_processes).")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @progress_option
+@operator_option
 @location_options
 @pass_ctx
 def presign_cmd(ctx: CliContext, mode: str, batch: int, processes: int | None,
-                as_json: bool, progress: bool | None) -> None:
+                as_json: bool, progress: bool | None, operator_spec: str | None) -> None:
     """Sign OCSP responses ahead of time, oldest first; one failure never stops the batch.
 
     How many are done (and the rate) is reported on stderr when it is a terminal (or with
     --progress); a summary line (or --json) ends the output."""
+    actor = fips_ops.require_operator(ctx.app(), "ocsp presign", operator_spec)
     app = ctx.app()
     report = make_progress(progress)
     try:
         result = presigner.presign(
             app, stale_only=mode == "stale", batch=batch, processes=processes,
-            actor=cli_actor(), progress=lambda done, total: report.count(mode, done, total))
+            actor=actor, progress=lambda done, total: report.count(mode, done, total))
     finally:
         report.close()
     if as_json:

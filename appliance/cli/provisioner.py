@@ -25,6 +25,8 @@ from appliance.cli.context import (
     pass_ctx,
     table,
 )
+from appliance.cli.officers import operator_option
+from appliance.ops import fips as fips_ops
 from appliance.ops import policies as policy_ops
 from appliance.ops import provisioners as prov_ops
 from appliance.provisioners import sealed, tokens
@@ -113,14 +115,17 @@ def provisioner() -> None:
               help="jwk: seal it under a random password written beside it in DATA/secrets/ "
                    "(as quickstart does; take both files off the host).")
 @claim_options
+@operator_option
 @location_options
 @pass_ctx
 def add_cmd(ctx: CliContext, /, name: str, ptype: str, root_pem: Path | None,
             authority: str | None, policy_file: Path | None, public_key: Path | None,
-            password_file: Path | None, generate_password: bool, **kw: Any) -> None:
+            password_file: Path | None, generate_password: bool, operator_spec: str | None,
+            **kw: Any) -> None:
     """Add a provisioner. A jwk one either takes the owner's --public-key, or gets a key
     sealed under a password (--password-file, --generate-password, or asked for) in
     DATA/secrets/provisioner-NAME.jwe."""
+    actor = fips_ops.require_operator(ctx.app(), "provisioner add", operator_spec)
     changes = _settings_changes(kw)
     _check_claims(ctx, changes.get("claims", {}))
     settings = ProvisionerSettings.model_validate(
@@ -130,12 +135,12 @@ def add_cmd(ctx: CliContext, /, name: str, ptype: str, root_pem: Path | None,
     policy_text = policy_file.read_text(encoding="utf-8") if policy_file else None
     if policy_text is not None:
         policy.parse_policy(policy_text, str(policy_file))  # a bad policy refuses the whole add
-    prov_ops.add(app, name, ptype, settings, cli_actor(), authority=authority,
+    prov_ops.add(app, name, ptype, settings, actor, authority=authority,
                  roots_pem=root_pem.read_bytes() if root_pem else None, custody=custody)
     notice = None
     if policy_text is not None:
         notice = policy.wildcard_notice(policy_ops.set_policy(app, "provisioner", name, policy_text,
-                                                       cli_actor()), "provisioner")
+                                                       actor), "provisioner")
     click.echo(f"provisioner {name!r} ({ptype}) added")
     if notice:
         click.echo(f"note: {notice}", err=True)
@@ -210,12 +215,15 @@ def _password_source(password_file: Path | None, what: str) -> Callable[[], str]
 @click.option("--generate-password", is_flag=True,
               help="A random password per key, written to DATA/secrets/provisioner-NAME."
                    "password (0600).")
+@operator_option
 @location_options
 @pass_ctx
 def seal_cmd(ctx: CliContext, names: tuple[str, ...], seal_all: bool,
-             password_file: Path | None, generate_password: bool) -> None:
+             password_file: Path | None, generate_password: bool,
+             operator_spec: str | None) -> None:
     """Re-encrypt plaintext token-signing keys (from before sealed keys) as sealed keys;
     the plaintext is overwritten and removed, and each sealing is audited."""
+    actor = fips_ops.require_operator(ctx.app(), "provisioner seal", operator_spec)
     if bool(names) == seal_all:
         raise click.UsageError("give provisioner NAMEs or --all")
     if password_file is not None and generate_password:
@@ -230,7 +238,7 @@ def seal_cmd(ctx: CliContext, names: tuple[str, ...], seal_all: bool,
                     else None if generate_password
                     else _new_password("give --password-file FILE or --generate-password"))
         for name in todo:
-            done = prov_ops.seal(app, name, password or secrets.token_urlsafe(24), cli_actor(),
+            done = prov_ops.seal(app, name, password or secrets.token_urlsafe(24), actor,
                                  store_password=password is None)
             extra = f", password in {done.password_file}" if done.password_file else ""
             click.echo(f"provisioner {name!r}: key sealed in {done.sealed_key}{extra}; "
@@ -275,9 +283,11 @@ def show_cmd(ctx: CliContext, name: str, as_json: bool) -> None:
 @provisioner.command("update")
 @click.argument("name")
 @claim_options
+@operator_option
 @location_options
 @pass_ctx
-def update_cmd(ctx: CliContext, /, name: str, **kw: Any) -> None:
+def update_cmd(ctx: CliContext, /, name: str, operator_spec: str | None, **kw: Any) -> None:
+    actor = fips_ops.require_operator(ctx.app(), "provisioner update", operator_spec)
     changes = _settings_changes(kw)
     if not changes:
         raise click.UsageError("nothing to change")
@@ -285,16 +295,18 @@ def update_cmd(ctx: CliContext, /, name: str, **kw: Any) -> None:
         with ctx.app().db.sessions() as db:
             stored = ProvisionerSettings.model_validate_json(prov_ops.get(db, name).config)
         _check_claims(ctx, {**stored.claims.model_dump(), **changes["claims"]})
-    prov_ops.update(ctx.app(), name, changes, cli_actor())
+    prov_ops.update(ctx.app(), name, changes, actor)
     click.echo(f"provisioner {name!r} updated")
 
 
 @provisioner.command("remove")
 @click.argument("name")
+@operator_option
 @location_options
 @pass_ctx
-def remove_cmd(ctx: CliContext, name: str) -> None:
-    prov_ops.remove(ctx.app(), name, cli_actor())
+def remove_cmd(ctx: CliContext, name: str, operator_spec: str | None) -> None:
+    actor = fips_ops.require_operator(ctx.app(), "provisioner remove", operator_spec)
+    prov_ops.remove(ctx.app(), name, actor)
     click.echo(f"provisioner {name!r} removed")
 
 

@@ -132,6 +132,10 @@ def _fips_officers_and_seal(app: Appliance, data: Path, actor: Any) -> None:
                f"{app.settings.config.fips.quorum}); their secrets are in "
                f"{', '.join(str(f) for f in files)} (hand each to its officer)")
     click.echo("installed code sealed (appliance fips report shows the manifest hash)")
+    operator = fips_ops.trial_operator(app, data, actor)
+    click.echo(f"FIPS mode: trial operator {fips_ops.TRIAL_OPERATOR!r} registered; its secret "
+               f"is in {operator} (operator commands need --operator "
+               f"{fips_ops.TRIAL_OPERATOR}={operator} or $APPLIANCE_OPERATOR)")
 
 
 def _offline_hierarchy(app: Appliance, data: Path, offline: Path, base: str,

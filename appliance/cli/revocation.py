@@ -16,10 +16,11 @@ from appliance.cli.context import (
     pass_ctx,
     progress_option,
 )
+from appliance.cli.officers import operator_option
+from appliance.ops import fips as fips_ops
 from appliance.revocation import crl
 from appliance.revocation.reasons import CODES
 from appliance.revocation.revoke import revoke
-from appliance.runtime import cli_actor
 
 
 @click.command("revoke")
@@ -27,11 +28,13 @@ from appliance.runtime import cli_actor
 @click.option("--reason", default="unspecified", show_default=True,
               type=click.Choice(list(CODES.values()), case_sensitive=False),
               help="RFC 5280 reason (certificateHold is not offered: revocation is final).")
+@operator_option
 @location_options
 @pass_ctx
-def revoke_cmd(ctx: CliContext, serial: str, reason: str) -> None:
+def revoke_cmd(ctx: CliContext, serial: str, reason: str, operator_spec: str | None) -> None:
     """Revoke the certificate with hexadecimal SERIAL; OCSP and the CRL change at once."""
-    r = revoke(ctx.app(), serial, reason, cli_actor())
+    actor = fips_ops.require_operator(ctx.app(), "revoke", operator_spec)
+    r = revoke(ctx.app(), serial, reason, actor)
     click.echo(f"revoked {r.serial_hex} ({r.reason}) of {r.authority}; "
                f"OCSP {'re-signed' if r.ocsp_resigned else 'pending (pre-signer retries)'}; "
                f"CRL {'#' + str(r.crl_number) if r.crl_number else 'pending (timer retries)'}")
@@ -46,20 +49,22 @@ def crl_group() -> None:
 @click.option("--authority", default=None, help="Only this CA (default: every CA).")
 @click.option("--json", "as_json", is_flag=True)
 @progress_option
+@operator_option
 @location_options
 @pass_ctx
 def publish_cmd(ctx: CliContext, authority: str | None, as_json: bool,
-                progress: bool | None) -> None:
+                progress: bool | None, operator_spec: str | None) -> None:
     """Sign and publish a new full CRL (also run on revocation and by the timer).
 
     Each step (reading, linting, signing, storing) is reported on stderr when it is a
     terminal (or with --progress); a summary line ends the output."""
+    actor = fips_ops.require_operator(ctx.app(), "crl publish", operator_spec)
     app = ctx.app()
     report = make_progress(progress)
     started = time.monotonic()
     try:
-        done = ([crl.publish(app, authority, cli_actor(), progress=report.step)] if authority
-                else crl.publish_all(app, cli_actor(), progress=report.step))
+        done = ([crl.publish(app, authority, actor, progress=report.step)] if authority
+                else crl.publish_all(app, actor, progress=report.step))
     finally:
         report.close()
     if as_json:
@@ -79,12 +84,14 @@ def publish_cmd(ctx: CliContext, authority: str | None, as_json: bool,
 @click.argument("crl_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--authority", required=True,
               help="The CA that signed it elsewhere (e.g. an offline root: its crl ceremony).")
+@operator_option
 @location_options
 @pass_ctx
-def import_cmd(ctx: CliContext, crl_file: Path, authority: str) -> None:
+def import_cmd(ctx: CliContext, crl_file: Path, authority: str, operator_spec: str | None) -> None:
     """Publish a CRL signed on another node (checked: issuer, signature, newer number)."""
+    actor = fips_ops.require_operator(ctx.app(), "crl import", operator_spec)
     with crl_file.open("rb") as fh:  # bounded: one byte more than the limit says "too large"
         data = fh.read(crl.MAX_IMPORTED_CRL_BYTES + 1)
-    p = crl.import_signed(ctx.app(), authority, data, cli_actor())
+    p = crl.import_signed(ctx.app(), authority, data, actor)
     click.echo(f"{p.authority}: CRL #{p.number} published, {p.entries} entries, next update "
                f"{p.next_update:%Y-%m-%dT%H:%M:%SZ}")

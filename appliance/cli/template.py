@@ -10,8 +10,9 @@ from typing import Any
 import click
 
 from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx, table
+from appliance.cli.officers import operator_option
+from appliance.ops import fips as fips_ops
 from appliance.ops import templates
-from appliance.runtime import cli_actor
 from appliance.templates import trial
 
 MAX_TEMPLATE_BYTES = 64 * 1024
@@ -78,14 +79,16 @@ def template() -> None:
 @click.option("--replace", is_flag=True, help="Replace a stored template of that name.")
 @_sample_data_option
 @_strict_option
+@operator_option
 @location_options
 @pass_ctx
 def add_cmd(ctx: CliContext, name: str, file: Path, replace: bool,
-            data_file: Path | None, strict: bool) -> None:
+            data_file: Path | None, strict: bool, operator_spec: str | None) -> None:
     """Store FILE as template NAME, after trying it on sample requests (see `check`)."""
+    actor = fips_ops.require_operator(ctx.app(), "template add", operator_spec)
     if not re.fullmatch(templates.NAME_PATTERN, name):
         raise click.BadParameter("lowercase letters, digits, '.', '_' and '-' (max 64)")
-    outcomes = templates.add(ctx.app(), name, _read_template(file), cli_actor(),
+    outcomes = templates.add(ctx.app(), name, _read_template(file), actor,
                              replace=replace, sample_data=_read_data(data_file),
                              strict=strict)
     click.echo(f"template {name!r} stored")
@@ -141,8 +144,10 @@ def show_cmd(ctx: CliContext, name: str, as_json: bool) -> None:
 
 @template.command("remove")
 @click.argument("name")
+@operator_option
 @location_options
 @pass_ctx
-def remove_cmd(ctx: CliContext, name: str) -> None:
-    templates.remove(ctx.app(), name, cli_actor())
+def remove_cmd(ctx: CliContext, name: str, operator_spec: str | None) -> None:
+    actor = fips_ops.require_operator(ctx.app(), "template remove", operator_spec)
+    templates.remove(ctx.app(), name, actor)
     click.echo(f"template {name!r} removed")

@@ -238,7 +238,7 @@ class Issuer:
 
     # -- reservations whose request never finished -------------------------------
 
-    def reconcile_abandoned(self) -> int:
+    def reconcile_abandoned(self, actor: Actor | None = None) -> int:
         """End reservations older than the reservation timeout as ``failed``; how many.
 
         A reservation is committed before the token signs; the request that made it ends it
@@ -252,9 +252,10 @@ class Issuer:
         Safe to run from any number of workers and nodes at once (the sweeper in each, an
         operator's ``appliance cert reconcile``): the age is read from the row, not from
         anything in this process, and each row is ended by an update conditional on its
-        status, so exactly one caller ends it and audits it."""
+        status, so exactly one caller ends it and audits it. ``actor``: the operator who
+        asked (the CLI); the sweeper's own runs are the system's."""
         timeout = reservation_timeout(self.app.settings.config)
-        actor = Actor("appliance", "system")
+        actor = actor or Actor("appliance", "system")
         ended = 0
         while True:
             before = datetime.now(UTC) - timedelta(seconds=timeout)

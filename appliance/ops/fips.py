@@ -5,6 +5,13 @@ action may go ahead: in the default mode it always may (nothing changes there); 
 mode ``fips.quorum`` distinct registered crypto officers must present their secrets, and
 a refusal is audited (outcome "denied", error ``quorum_refused``) before it is raised, so
 the auditor's report counts it.
+
+The operator gate (:func:`require_operator`) is its sibling for everything else that
+changes state (provisioners, policies, templates, inventory, EAB keys, revocation, CRLs,
+OCSP, ACME accounts): in FIPS mode ONE registered person whose role is ``operator`` must
+present their secret, and that person (not the terminal's login) is the actor of the
+action's audit records. A crypto officer is not an operator: separation of duties means
+the people who hold the keys are not the people who run the service day to day.
 """
 
 from __future__ import annotations
@@ -21,12 +28,24 @@ from appliance.fips import officers as off
 from appliance.fips import seal as seal_mod
 from appliance.fips.manifest import compute
 from appliance.fips.mode import FipsModeMismatch
-from appliance.fips.quorum import QuorumError
-from appliance.runtime import Appliance
+from appliance.fips.quorum import QuorumError, check_secret
+from appliance.runtime import Appliance, cli_actor
 
 log = logs.get("ops.fips")
 
 TRIAL_OFFICERS = 3  # at least; more when fips.quorum asks for more
+OPERATOR = "operator"
+OPERATOR_ENV = "APPLIANCE_OPERATOR"
+TRIAL_OPERATOR = "operator-1"
+
+
+class RoleError(ApplianceError):
+    """An operator action in FIPS mode without an authenticated operator: the client's
+    fault (403), refused before anything changes."""
+
+    code = "role_refused"
+    status = 403
+    acme_type = "unauthorized"
 
 
 def fips_enabled(app: Appliance) -> bool:
@@ -74,6 +93,62 @@ def require_quorum(app: Appliance, action: str, presented: list[tuple[str, str]]
                                object_ids={"action": action, **(objects or {})},
                                details={"required": required, "officers": met})
     return met
+
+
+def require_operator(app: Appliance, action: str, spec: str | None,
+                     objects: dict[str, Any] | None = None) -> Actor:
+    """The actor of operator ``action``: in the default mode the terminal's login (nothing
+    changes there); in FIPS mode the operator who presented ``spec`` (``NAME=SECRET_FILE``,
+    else ``$APPLIANCE_OPERATOR``), checked against their registered verifier and role, as
+    ``Actor("operator:NAME", "operator")``. Anything else is an audited RoleError
+    (``fips.role.refused``: the action, the claimed name, the reason; never the secret)."""
+    try:
+        app.require_mode()
+    except FipsModeMismatch:
+        # As for the quorum: the key's gate refuses (and audits) a disagreeing node.
+        return cli_actor()
+    if not fips_enabled(app):
+        return cli_actor()
+    given = spec or os.environ.get(OPERATOR_ENV) or ""
+    claimed = given.partition("=")[0].strip()[:64]
+    try:
+        name = _authenticate_operator(app, action, given)
+    except ApplianceError as exc:
+        reason = str(exc)[:1000]
+        with app.db.transaction() as s:
+            app.audit_log().append(
+                s, "fips.role.refused", cli_actor(), outcome="denied",
+                object_ids={"action": action, **(objects or {})},
+                details={"error": RoleError.code, "role": OPERATOR, "claimed": claimed,
+                         "reason": reason})
+        if isinstance(exc, RoleError):
+            raise
+        raise RoleError(f"FIPS mode: {action} needs an authenticated operator: "
+                        f"{reason}") from None
+    return Actor(f"operator:{name}", OPERATOR)
+
+
+def _authenticate_operator(app: Appliance, action: str, spec: str) -> str:
+    if not spec:
+        raise RoleError(f"FIPS mode: {action} needs one person in the operator role: "
+                        f"--operator NAME=SECRET_FILE or ${OPERATOR_ENV} (a crypto officer "
+                        "is not an operator)")
+    name, path = off.parse_presentation(spec)
+    secret = off.read_secret_file(path)
+    with app.db.sessions() as db:
+        current = {o.name: o for o in off.list_all(db)}
+        verifier = off.active_verifiers(db, OPERATOR).get(name)
+    if name not in current:
+        raise RoleError(f"FIPS mode: {action} needs an operator; {name!r} is not a "
+                        "registered officer")
+    if current[name].role != OPERATOR:
+        raise RoleError(f"FIPS mode: {action} needs the operator role; {name!r} is a "
+                        f"{current[name].role} (separation of duties: a crypto officer "
+                        "is not an operator)")
+    if verifier is None or not check_secret(verifier, secret):
+        raise RoleError(f"FIPS mode: {action}: the secret presented for operator "
+                        f"{name!r} is wrong")
+    return name
 
 
 def officer_add(app: Appliance, name: str, role: str, secret: str, actor: Actor,
@@ -149,6 +224,17 @@ def trial_officers_and_seal(app: Appliance, data_dir: Path, actor: Actor) -> lis
                  for name, path in zip(names, files, strict=True)][:required]
     seal(app, presented, actor)
     return files
+
+
+def trial_operator(app: Appliance, data_dir: Path, actor: Actor) -> Path:
+    """``quickstart --fips``: one trial operator (``operator-1``) beside the trial crypto
+    officers, so the node can be run at once; its secret goes to ``secrets/`` (0600)."""
+    path = data_dir / "secrets" / f"{TRIAL_OPERATOR}.secret"
+    secret = pysecrets.token_urlsafe(24)
+    secretfile.write_new(path, (secret + "\n").encode())
+    with app.db.transaction() as s:
+        off.add(s, app.audit_log(), actor, TRIAL_OPERATOR, OPERATOR, secret)
+    return path
 
 
 def _audit_failure(app: Appliance, what: str, actor: Actor, exc: ApplianceError,
