@@ -191,6 +191,12 @@ def db(db_url: str) -> Iterator[Database]:
 # -- the CLI as a user runs it ---------------------------------------------------
 
 
+def operator_spec(data_dir: Path, name: str = "operator-1") -> str:
+    """``NAME=SECRET_FILE`` of the trial operator ``quickstart --fips`` registers (operator
+    commands on a FIPS node need it: --operator, or $APPLIANCE_OPERATOR)."""
+    return f"{name}={data_dir / 'secrets' / f'{name}.secret'}"
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,
             check: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``appliance ARGS`` in a new process, as an operator would."""

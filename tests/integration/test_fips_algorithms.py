@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from tests.acme_client import Client, b64
-from tests.conftest import run_cli
+from tests.conftest import operator_spec, run_cli
 from tests.service_helpers import Server, load_pem, make_csr, serving, verify_chain
 
 NAME = "algo.example.com"
@@ -44,7 +44,7 @@ def fips(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     _quickstart(d, fips=True)
     # Long enough for a certificate past 2030 (the issuing CA is valid five years).
     run_cli("--dir", str(d), "provisioner", "update", "admin", "--max-duration", "40000h",
-            check=True)
+            "--operator", operator_spec(d), check=True)
     with serving(d, rate_limit_per_minute=0) as srv:
         yield srv
 

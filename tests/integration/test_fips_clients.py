@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.acme_dns import DnsServer
-from tests.conftest import run_cli
+from tests.conftest import operator_spec, run_cli
 from tests.integration.test_acme import (
     Env,
     certbot,
@@ -43,7 +43,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     records = base / "records.txt"
     records.touch()
     http01, alpn = free_port(), free_port()
-    with DnsServer(records) as dns:
+    # The server's operator commands (provisioner add, eab add) need the trial operator.
+    with DnsServer(records) as dns, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("APPLIANCE_OPERATOR", operator_spec(d))
         configure(d, "acme", http01_port=http01, tls_alpn01_port=alpn,
                   resolvers=[f"127.0.0.1:{dns.port}"])
         run_cli("--dir", str(d), "provisioner", "add", "team", "--type", "acme",

@@ -73,8 +73,11 @@ def test_quickstart_fips_registers_trial_officers_and_seals(node: Path) -> None:
         assert (node / "secrets" / f"{n}.secret").stat().st_mode & 0o777 == 0o600
     listed = json.loads(run_cli("--dir", str(node), "fips", "officer", "list", "--json",
                                 check=True).stdout)
-    assert [(o["name"], o["role"]) for o in listed] == [
+    assert [(o["name"], o["role"]) for o in listed if o["role"] == "crypto-officer"] == [
         (f"officer-{i}", "crypto-officer") for i in (1, 2, 3)]
+    # Beside them, one trial operator (separation of duties: not a crypto officer).
+    assert [(o["name"], o["role"]) for o in listed if o["role"] != "crypto-officer"] == [
+        ("operator-1", "operator")]
     (sealed,) = events(node, "fips.manifest.sealed")
     assert sealed["details"]["officers"] == ["officer-1", "officer-2"]
     # verifiers only: no officer secret anywhere in the audit log or the officers table
