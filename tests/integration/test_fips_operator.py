@@ -98,6 +98,8 @@ def test_operator_command_works_with_the_operator_as_actor(node: Path) -> None:
 def test_default_mode_needs_no_operator(tmp_path: Path) -> None:
     d = tmp_path / "plain"
     run_cli("init", "--dir", str(d), check=True)
-    run_cli("--dir", str(d), "provisioner", "add", "x", "--type", "jwk",
-            "--generate-password", check=True, env={"APPLIANCE_OPERATOR": ""})
-    assert "x" in _provisioners(d)
+    # (an init has no CA yet, so an inventory record rather than a provisioner)
+    run_cli("--dir", str(d), "inventory", "add", "web-1", "--dns", "web-1.example.test",
+            check=True, env={"APPLIANCE_OPERATOR": ""})
+    out = run_cli("--dir", str(d), "inventory", "list", "--json", check=True).stdout
+    assert "web-1" in out
