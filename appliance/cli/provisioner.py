@@ -36,7 +36,6 @@ from appliance.provisioners.settings import (
     check_effective,
     sign_audience,
 )
-from appliance.runtime import cli_actor
 
 
 def claim_options(fn: Any) -> Any:
@@ -400,8 +399,10 @@ def token_cmd(ctx: CliContext, name: str, sans: tuple[str, ...], common_name: st
 
 def _migrate_on_use(ctx: CliContext, name: str, password_file: Path | None) -> None:
     """First use after the upgrade: a plaintext key is sealed (under the password given,
-    audited, plaintext removed) before it signs anything."""
+    audited, plaintext removed) before it signs anything. Sealing changes state, so in
+    FIPS mode it needs the operator of ``$APPLIANCE_OPERATOR`` (minting alone does not)."""
     app = ctx.app()
+    actor = fips_ops.require_operator(app, "provisioner seal", None, {"provisioner": name})
     plain = prov_ops.plaintext_key_path(app.settings.base_dir, name)
     if not plain.exists():
         raise prov_ops.ProvisionerError(
@@ -411,7 +412,7 @@ def _migrate_on_use(ctx: CliContext, name: str, password_file: Path | None) -> N
                 else _new_password(f"{plain} is a plaintext key from before sealed keys: "
                                    "seal it with `appliance provisioner seal` or give "
                                    "--password-file FILE"))
-    done = prov_ops.seal(app, name, password, cli_actor())
+    done = prov_ops.seal(app, name, password, actor)
     click.echo(f"sealed the plaintext key {plain} in {done.sealed_key} (plaintext removed)",
                err=True)
 
