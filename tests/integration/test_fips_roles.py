@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.ceremony_helpers import audit_events, authorities
-from tests.conftest import run_cli
+from tests.conftest import operator_spec, run_cli
 from tests.ptyrun import run_with_prompt
 
 pytestmark = pytest.mark.skipif(shutil.which("pkcs11-tool") is None,
@@ -231,7 +231,7 @@ def test_zeroize_all_empties_the_token_and_wipes_provisioner_and_eab_secrets(
         node: Path) -> None:
     d = str(node)
     run_cli("--dir", d, "eab", "add", "--provisioner", "acme", "--reference", "team-a",
-            check=True)
+            "--operator", operator_spec(node), check=True)
     secrets_dir = node / "secrets"
     assert (secrets_dir / "provisioner-admin.jwe").exists()
     assert (secrets_dir / "acme-eab-wrap.key").exists()
