@@ -136,18 +136,16 @@ def _authenticate_operator(app: Appliance, action: str, spec: str) -> str:
     name, path = off.parse_presentation(spec)
     secret = off.read_secret_file(path)
     with app.db.sessions() as db:
-        current = {o.name: o for o in off.list_all(db)}
-        verifier = off.active_verifiers(db, OPERATOR).get(name)
-    if name not in current:
-        raise RoleError(f"FIPS mode: {action} needs an operator; {name!r} is not a "
-                        "registered officer")
-    if current[name].role != OPERATOR:
-        raise RoleError(f"FIPS mode: {action} needs the operator role; {name!r} is a "
-                        f"{current[name].role} (separation of duties: a crypto officer "
-                        "is not an operator)")
+        person = next((o for o in off.list_all(db) if o.name == name), None)
+        verifier = off.active_verifiers(db, person.role).get(name) if person else None
+    # The secret first: a caller who does not hold it learns nothing of the name's role.
     if verifier is None or not check_secret(verifier, secret):
-        raise RoleError(f"FIPS mode: {action}: the secret presented for operator "
-                        f"{name!r} is wrong")
+        raise RoleError(f"FIPS mode: {action}: {name!r} is not an operator whose secret "
+                        "this is")
+    if person is None or person.role != OPERATOR:
+        raise RoleError(f"FIPS mode: {action} needs the operator role; {name!r} is a "
+                        f"{person.role if person else 'stranger'} (separation of duties: a "
+                        "crypto officer is not an operator)")
     return name
 
 
