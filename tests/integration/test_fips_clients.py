@@ -117,3 +117,25 @@ def test_certbot_http01_with_eab_then_revoke_and_lego_tls_alpn01(env: Env,
     verify(env, leaf, issuer)
     assert san_values(load_pem(leaf.read_text())) == ["t.team.test"]
     assert os.path.getsize(crt) > 0
+
+
+def test_acme_finalize_with_an_rsa_1024_csr_is_refused_naming_fips(env: Env) -> None:
+    """The protocol client (tests/acme_client.py) with an approved account key and a ready
+    order: the CSR's RSA-1024 key is refused at finalize as the client's fault."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tests.integration.test_acme import _csr, _ready_order
+
+    c = env.client("team")
+    kid, hmac_key = env.eab()
+    assert c.register(eab=(kid, hmac_key)).status_code == 201
+    order = _ready_order(env, c, "weak.team.test")
+    weak = rsa.generate_private_key(65537, 1024)
+    r = c.post(order["finalize"], {"csr": _csr("weak.team.test", key=weak)})  # type: ignore[arg-type]
+    problem = r.json()
+    assert r.status_code == 400, r.text
+    assert problem["type"].endswith((":badPublicKey", ":badCSR")), problem
+    assert "FIPS" in problem["detail"] and "RSA-1024" in problem["detail"], problem
+    refused = [e for e in env.server.events("certificate.refused")
+               if e["details"].get("error") == "not_approved"]
+    assert refused, "the refusal is audited"
