@@ -45,6 +45,12 @@ def cli_actor(role: str = "operator") -> Actor:
     return Actor(f"cli:{user}@{socket.gethostname()}", role)
 
 
+def fips_table_of(profile: HsmProfile) -> algorithms.Table:
+    """The FIPS table for this token: Ed25519 only where the profile declares EdDSA in its
+    validated module. The one place the mode's table is chosen (workers and the API front)."""
+    return algorithms.fips_table(profile.eddsa_validated)
+
+
 class Appliance:
     def __init__(self, settings: Settings, *, wait_seconds: float | None = None) -> None:
         """``wait_seconds``: in the service, the longest any request waits for the database's
@@ -112,8 +118,7 @@ class Appliance:
         opened inside a test leaves the process as it found it)."""
         if self._table_before is None:
             self._table_before = algorithms.current()
-        # Ed25519 only where the token profile declares EdDSA in its validated module.
-        algorithms.install(algorithms.fips_table(self.hsm_profile.eddsa_validated))
+        algorithms.install(fips_table_of(self.hsm_profile))
 
     def signing_pool(self) -> SessionPool:
         """The pool, after this node's mode is checked and the power-on self-tests have

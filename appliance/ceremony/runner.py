@@ -17,11 +17,11 @@ from typing import Any
 
 from appliance.audit.log import Actor
 from appliance.ceremony import ca_steps, crl_steps, import_steps
-from appliance.ceremony import quorum as quorum_mod
 from appliance.ceremony import transcript as tx
 from appliance.ceremony import x509build as xb
 from appliance.ceremony.context import StepContext, StepResult, utc_now
 from appliance.ceremony.script import LoadedScript
+from appliance.fips import quorum as quorum_mod
 from appliance.hsm.module import token_text
 from appliance.rfc3339 import format_z
 from appliance.runtime import Appliance

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import click
 
-from appliance.ceremony import plan, quorum, transcript
+from appliance.ceremony import plan, transcript
 from appliance.ceremony import script as script_mod
 from appliance.ceremony.runner import CeremonyRunner
 from appliance.cli.context import CliContext, emit_json, location_options, pass_ctx
 from appliance.cli.keys import load_public_key
 from appliance.cli.officers import officer_option
 from appliance.errors import ConfigError
+from appliance.fips import quorum
 from appliance.ops import fips as fips_ops
 from appliance.runtime import Appliance, cli_actor
 from appliance.x509 import algorithms

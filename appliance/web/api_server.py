@@ -43,7 +43,8 @@ from urllib.parse import unquote
 from appliance import config, lint, logs
 from appliance import deadline as request_deadline
 from appliance.errors import ConfigError
-from appliance.runtime import Appliance
+from appliance.hsm.profile import load_profile
+from appliance.runtime import Appliance, fips_table_of
 from appliance.web import errors, tls_policy
 from appliance.web.app import SECURITY_HEADERS, create_app
 from appliance.web.hostcheck import PROBES
@@ -420,7 +421,7 @@ def _install_table() -> None:
     except Exception:
         return
     if settings.config.fips.enabled:
-        algorithms.install(algorithms.FIPS)
+        algorithms.install(fips_table_of(load_profile(settings.hsm_profile_path)))
 
 
 def main(argv: list[str] | None = None) -> int:
