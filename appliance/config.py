@@ -296,12 +296,51 @@ class FipsConfig(_Strict):
     quorum: int = Field(default=2, ge=1, le=16)
 
 
+class RaConfig(_Strict):
+    """A registration authority (``role: ra``): forwards requests to its upstream.
+
+    An RA node holds no CA key and signs no certificate: it authenticates its clients
+    with its own provisioners and policies, then forwards over mutual TLS (its credential
+    key stays in its token) to its upstream, the CA or a parent RA, which decides again.
+    """
+
+    # This RA's name as its upstream registered it (`provisioner add NAME --type ra`).
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    # https://host:port of the upstream's API (the CA or a parent RA).
+    upstream_url: str | None = Field(default=None, max_length=300,
+                                     pattern=r"^https://[^/?#@\s]+/?$")
+    # The upstream's root certificate(s) (PEM): its API's TLS certificate and every
+    # certificate forwarded back must chain to them; also this node's client roots.
+    upstream_root: Path = Path("ra/upstream-root.pem")
+    # The token label of the RA credential key (EC P-256) used for mutual TLS and the
+    # hop assertions, and the credential certificate (leaf then intermediates).
+    credential_label: str = Field(default="ra-credential", min_length=1, max_length=64)
+    credential_cert: Path = Path("ra/credential.pem")
+    # A forward not answered within this many seconds fails as upstream_unavailable (503).
+    upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # ACME orders left processing while the upstream was away are re-forwarded this often.
+    retry_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # The credential is renewed through the upstream once this fraction of its lifetime
+    # has elapsed.
+    renew_fraction: float = Field(default=0.66, gt=0, lt=1)
+    # On a node that registers RAs (the CA or a parent RA): the lifetime of the
+    # credentials it issues (short-lived; each RA node renews its own).
+    credential_lifetime: Duration = "72h"
+
+    def upstream_base_url(self) -> str:
+        """``upstream_url`` without its trailing slash (a configured RA has one)."""
+        if self.upstream_url is None:
+            raise ConfigError("ra.upstream_url is not set (run `appliance ra init`)")
+        return self.upstream_url.rstrip("/")
+
+
 class ApplianceConfig(_Strict):
     # This node's name in the audit log (each node of a shared database has its own).
     node_id: str = Field(default="node-1", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     # "online": serves the API and OCSP/CRLs. "offline-root": holds an offline root; only
-    # ceremonies and operator commands run here, ``serve`` refuses.
-    role: Literal["online", "offline-root"] = "online"
+    # ceremonies and operator commands run here, ``serve`` refuses. "ra": a registration
+    # authority (no CA key; see the ra section).
+    role: Literal["online", "offline-root", "ra"] = "online"
     database: DatabaseConfig = DatabaseConfig()
     hsm: HsmConfig = HsmConfig()
     audit: AuditConfig = AuditConfig()
@@ -312,6 +351,13 @@ class ApplianceConfig(_Strict):
     ocsp: OcspConfig = OcspConfig()
     acme: AcmeConfig = AcmeConfig()
     fips: FipsConfig = FipsConfig()
+    ra: RaConfig = RaConfig()
+
+    @model_validator(mode="after")
+    def _ra_named(self) -> ApplianceConfig:
+        if self.role == "ra" and (self.ra.name is None or self.ra.upstream_url is None):
+            raise ValueError("role ra needs ra.name and ra.upstream_url")
+        return self
 
 
 class Settings:
@@ -331,6 +377,10 @@ class Settings:
         """The database URL; ``APPLIANCE_DATABASE_URL`` overrides the file (for tests and ops)."""
         url = os.environ.get("APPLIANCE_DATABASE_URL") or self.config.database.url
         return resolve_sqlite_url(url, self.base_dir)
+
+    def path_of(self, path: Path) -> Path:
+        """A configured path, relative ones read against the configuration's folder."""
+        return path if path.is_absolute() else self.base_dir / path
 
     @property
     def hsm_profile_path(self) -> Path:
