@@ -22,6 +22,7 @@ from types import FrameType
 import click
 
 from appliance import config
+from appliance.acme.finalize import retry_pending_orders
 from appliance.audit.log import Actor
 from appliance.cli.context import CliContext, location_options, pass_ctx
 from appliance.config import ServiceConfig
@@ -29,6 +30,8 @@ from appliance.errors import ConfigError
 from appliance.hsm import selftest
 from appliance.ops import offline_root, schema
 from appliance.ops import provisioners as prov_ops
+from appliance.ra import credential
+from appliance.ra.jobs import NodeJobs
 from appliance.web import tls
 
 
@@ -86,7 +89,11 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
         click.echo("FIPS mode: approved algorithms only", err=True)
     schema.upgrade(app, Actor("appliance:serve", "system"))
     offline_root.require_offline(app)
-    for warning in tls.stale_ca_urls(app):
+    is_ra = app.settings.config.role == "ra"
+    if is_ra:
+        # Before any listener: an RA node without its credential cannot forward anything.
+        credential.current(app)
+    for warning in ([] if is_ra else tls.stale_ca_urls(app)):
         click.echo(f"warning: {warning}", err=True)
     for name in prov_ops.plaintext_keys(app):
         click.echo(f"warning: the token-signing key of provisioner {name!r} is a plaintext file "
@@ -110,7 +117,15 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
         groups.append(subprocess.Popen(public_command(svc), env=env))
         click.echo(f"serving OCSP/CRLs/CA certificates on http://{svc.http_listen}", err=True)
 
+    jobs = None
+    if is_ra and only != "public":
+        # ONE per node: credential renewal and the ACME retrier, in this parent process.
+        jobs = NodeJobs(Path(config_path), [("acme retry", retry_pending_orders)])
+        jobs.start()
+
     def stop(_sig: int, _frame: FrameType | None) -> None:
+        if jobs is not None:
+            jobs.request_stop()
         for p in groups:
             if p.poll() is None:
                 p.terminate()
@@ -143,6 +158,8 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
     while all(p.poll() is None for p in groups):
         time.sleep(0.2)
     stop(signal.SIGTERM, None)
+    if jobs is not None:
+        jobs.stop()
     for p in groups:
         try:
             rc = p.wait(timeout=15)
