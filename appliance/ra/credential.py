@@ -33,7 +33,7 @@ from appliance.audit.log import Actor
 from appliance.ca import authorities as authz
 from appliance.errors import ApplianceError, ConfigError
 from appliance.hsm import keys
-from appliance.hsm.signer import TokenPrivateKey, token_private_key
+from appliance.hsm.signer import TokenECPrivateKey, token_private_key
 from appliance.runtime import Appliance
 from appliance.store.models import Authority
 
@@ -94,11 +94,14 @@ def upstream_roots(app: Appliance) -> list[x509.Certificate]:
         raise ConfigError(f"the upstream root {path} cannot be read: {exc.strerror}") from None
 
 
-def token_key(app: Appliance) -> tuple[keys.KeyInfo, TokenPrivateKey]:
+def token_key(app: Appliance) -> tuple[keys.KeyInfo, TokenECPrivateKey]:
     """The credential key in the token (a handle: the private key never leaves it)."""
     pool = app.signing_pool()
     info = keys.find_key(pool, app.settings.config.ra.credential_label)
-    return info, token_private_key(pool, info)
+    key = token_private_key(pool, info)
+    if not isinstance(key, TokenECPrivateKey):
+        raise CredentialError("the RA credential key must be an EC key (P-256 or P-384)")
+    return info, key
 
 
 def make_csr(app: Appliance, name: str) -> bytes:

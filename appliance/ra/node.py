@@ -64,11 +64,8 @@ def refused_here(exc: ApplianceError, name: str) -> ApplianceError:
 
 
 def names_of(cert_or_csr: x509.Certificate | x509.CertificateSigningRequest) -> list[str]:
-    """The sorted lower-case names of a CSR or certificate (SANs and CN), as the hop
-    assertion carries them."""
-    names = (policy.Names.from_certificate(cert_or_csr)
-             if isinstance(cert_or_csr, x509.Certificate) else policy.Names.from_csr(cert_or_csr))
-    return sorted({v.lower() for _, v in pipeline._flat_names(names)})
+    """The names of a CSR or certificate as the hop assertion carries them."""
+    return list(assertion.names_of(cert_or_csr))
 
 
 def _epoch(value: datetime | None) -> int | None:
@@ -106,10 +103,9 @@ class Node:
         """This hop's assertion, signed by the credential key in the token."""
         cred = credential.current(self.app)
         _, key = credential.token_key(self.app)
-        now = int(datetime.now(UTC).timestamp())
         hop = assertion.Hop(
-            iss=self.name, op=op, iat=now, exp=now + assertion.LIFETIME,
-            jti=assertion.new_jti(), subject_sha256=subject_sha256, names=names,
+            iss=self.name, op=cast(Any, op), subject_sha256=subject_sha256,
+            names=tuple(names),
             not_before=not_before, not_after=not_after, lifetime=lifetime,
             requester=requester[:256], provisioner=provisioner, reason=reason,
             register=register, below=below)
