@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -32,6 +33,8 @@ from appliance.ops import offline_root, schema
 from appliance.ops import provisioners as prov_ops
 from appliance.ra import credential
 from appliance.ra.jobs import NodeJobs
+from appliance.ra.node import Forwarder
+from appliance.runtime import Appliance
 from appliance.web import tls
 
 
@@ -70,6 +73,17 @@ def public_command(svc: ServiceConfig) -> list[str]:
                                 "uvicorn_worker.UvicornWorker")
     return gunicorn_command("appliance.web.wsgi:public_app()", svc.http_listen,
                             svc.http_workers, svc.http_threads, svc.timeout_seconds, None)
+
+
+def _acme_retrier() -> Callable[[Appliance], int]:
+    """The RA node's ACME retrier, with one forwarder (one upstream client) kept."""
+    kept: dict[int, Forwarder] = {}
+
+    def run(app: Appliance) -> int:
+        forwarder = kept.get(id(app)) or kept.setdefault(id(app), Forwarder(app))
+        return retry_pending_orders(app, forwarder)
+
+    return run
 
 
 @click.command("serve")
@@ -120,7 +134,7 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
     jobs = None
     if is_ra and only != "public":
         # ONE per node: credential renewal and the ACME retrier, in this parent process.
-        jobs = NodeJobs(Path(config_path), [("acme retry", retry_pending_orders)])
+        jobs = NodeJobs(Path(config_path), [("acme retry", _acme_retrier())])
         jobs.start()
 
     def stop(_sig: int, _frame: FrameType | None) -> None:
