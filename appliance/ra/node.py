@@ -455,3 +455,43 @@ def renew_credential(app: Appliance, actor: Actor) -> x509.Certificate:
         return reply
 
     return credential.renew(app, post, actor)
+
+
+def forward_revoke(app: Appliance, serial_hex: str, reason: str, requester: str,
+                   provisioner: dict[str, str]) -> dict[str, Any]:
+    """``/1.0/revoke`` on an RA node, after the local rules (the requester authenticated
+    for this certificate, which this node's copy shows it forwarded): forwarded as
+    ``/1.0/ra/revoke``; the CA revokes (and signs its CRL and OCSP), then the local copy is
+    marked revoked too, in one transaction with this hop's audit record."""
+    node = node_of(app)
+    actor = Actor(requester, "service")
+    subject = assertion.serial_digest(serial_hex)
+    with app.db.sessions() as db:
+        row = db.scalars(select(Certificate).where(
+            Certificate.serial_hex == serial_hex)).one_or_none()
+        if row is None or row.status not in ("issued", "revoked"):
+            raise refused_here(IssuanceError(
+                f"no certificate with serial {serial_hex} was issued through this RA"),
+                node.name)
+    token = node.sign_hop(op="revoke", subject_sha256=subject, names=[], requester=requester,
+                          provisioner=provisioner, reason=reason)
+    try:
+        _, reply = node.post(PATHS["revoke"], {"serial": serial_hex, "reasonCode": reason,
+                                               "assertion": token})
+    except (UpstreamRefused, UpstreamUnavailable) as exc:
+        node.audit_alone(actor, op="revoke", subject_sha256=subject, serial=serial_hex,
+                         decision="refused upstream" if isinstance(exc, UpstreamRefused)
+                         else "upstream unavailable", error=exc,
+                         provisioner=provisioner.get("name"))
+        raise
+    with app.db.transaction() as db:
+        row = db.scalars(select(Certificate).where(
+            Certificate.serial_hex == serial_hex)).one_or_none()
+        if row is not None and row.status == "issued":
+            row.status = "revoked"
+            row.revoked_at = datetime.now(UTC).replace(microsecond=0)
+            row.revocation_reason = str(reply.get("reason") or reason)[:32]
+        node.audit(db, actor, op="revoke", subject_sha256=subject, decision="forwarded",
+                   serial=serial_hex, provisioner=provisioner.get("name"),
+                   extra={"reason": reply.get("reason") or reason})
+    return reply
