@@ -28,6 +28,9 @@ class ApplianceError(Exception):
     status = 400
     acme_type = "malformed"
     public_detail = True
+    # The request was neither refused nor done, and can be completed later unchanged by
+    # this node itself (an RA whose upstream is away): an ACME order then stays processing.
+    deferred = False
 
 
 class ServerFault(ApplianceError):

@@ -16,12 +16,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import click
 
 from appliance import config
+from appliance.acme.finalize import retry_pending_orders
 from appliance.audit.log import Actor
 from appliance.cli.context import CliContext, location_options, pass_ctx
 from appliance.config import ServiceConfig
@@ -29,6 +31,10 @@ from appliance.errors import ConfigError
 from appliance.hsm import selftest
 from appliance.ops import offline_root, schema
 from appliance.ops import provisioners as prov_ops
+from appliance.ra import credential
+from appliance.ra.jobs import NodeJobs
+from appliance.ra.node import Forwarder
+from appliance.runtime import Appliance
 from appliance.web import tls
 
 
@@ -69,6 +75,17 @@ def public_command(svc: ServiceConfig) -> list[str]:
                             svc.http_workers, svc.http_threads, svc.timeout_seconds, None)
 
 
+def _acme_retrier() -> Callable[[Appliance], int]:
+    """The RA node's ACME retrier, with one forwarder (one upstream client) kept."""
+    kept: dict[int, Forwarder] = {}
+
+    def run(app: Appliance) -> int:
+        forwarder = kept.get(id(app)) or kept.setdefault(id(app), Forwarder(app))
+        return retry_pending_orders(app, forwarder)
+
+    return run
+
+
 @click.command("serve")
 @click.option("--only", type=click.Choice(["api", "public"]), default=None,
               help="Run one listener only (e.g. one systemd unit each): 'api' (HTTPS) or "
@@ -86,7 +103,11 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
         click.echo("FIPS mode: approved algorithms only", err=True)
     schema.upgrade(app, Actor("appliance:serve", "system"))
     offline_root.require_offline(app)
-    for warning in tls.stale_ca_urls(app):
+    is_ra = app.settings.config.role == "ra"
+    if is_ra:
+        # Before any listener: an RA node without its credential cannot forward anything.
+        credential.current(app)
+    for warning in ([] if is_ra else tls.stale_ca_urls(app)):
         click.echo(f"warning: {warning}", err=True)
     for name in prov_ops.plaintext_keys(app):
         click.echo(f"warning: the token-signing key of provisioner {name!r} is a plaintext file "
@@ -110,7 +131,15 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
         groups.append(subprocess.Popen(public_command(svc), env=env))
         click.echo(f"serving OCSP/CRLs/CA certificates on http://{svc.http_listen}", err=True)
 
+    jobs = None
+    if is_ra and only != "public":
+        # ONE per node: credential renewal and the ACME retrier, in this parent process.
+        jobs = NodeJobs(Path(config_path), [("acme retry", _acme_retrier())])
+        jobs.start()
+
     def stop(_sig: int, _frame: FrameType | None) -> None:
+        if jobs is not None:
+            jobs.request_stop()
         for p in groups:
             if p.poll() is None:
                 p.terminate()
@@ -143,6 +172,8 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
     while all(p.poll() is None for p in groups):
         time.sleep(0.2)
     stop(signal.SIGTERM, None)
+    if jobs is not None:
+        jobs.stop()
     for p in groups:
         try:
             rc = p.wait(timeout=15)

@@ -33,6 +33,7 @@ class UpstreamUnavailable(ServerFault):
     code = "upstream_unavailable"
     status = 503
     public_detail = True
+    deferred = True  # an ACME order waits for the upstream (acme/finalize.py's retrier)
 
     def __init__(self, message: str, *, hop: str | None = None) -> None:
         super().__init__(message)

@@ -434,3 +434,16 @@ class SelfTestRun(Base):
     results_json: Mapped[str] = mapped_column(Text)  # [{"name", "ok", "detail"}, ...]
     manifest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     ran_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RaPendingOrder(Base):
+    """An ACME order an RA node could not forward yet: its CSR, kept until the node's
+    retrier ends the order (valid or invalid); the order stays ``processing`` meanwhile."""
+
+    __tablename__ = "ra_pending_orders"
+
+    order_id: Mapped[str] = mapped_column(
+        ForeignKey("acme_orders.id", ondelete="CASCADE"), primary_key=True)
+    csr_der: Mapped[bytes] = mapped_column(LargeBinary)
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -11,6 +11,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy import select
 
 from appliance import bounded_json, metrics, rfc3339
 from appliance.audit.log import Actor
@@ -21,10 +22,11 @@ from appliance.issuance.pipeline import Issuer
 from appliance.issuance.request import SignRequest
 from appliance.ops import provisioners as prov_ops
 from appliance.provisioners import authorize, renewal, tokens
+from appliance.ra import node
 from appliance.revocation import reasons
 from appliance.revocation import revoke as revoke_mod
 from appliance.runtime import Appliance
-from appliance.store.models import Authority
+from appliance.store.models import Authority, Certificate
 from appliance.web.errors import ApiError
 from appliance.web.health import ServiceHealth, metrics_dir
 
@@ -226,6 +228,10 @@ def revoke() -> Any:
         ctx, claims = authorize.one_time_token(app, ott, "/1.0/revoke")
         if revoke_mod.normalise_serial(claims.subject) != target:
             raise ApiError(401, "unauthorized", "the token is for another serial")
+        if app.settings.config.role == "ra":  # the CA revokes; this node's copy follows
+            _issued_here_by(app, target, ctx.name)
+            return jsonify(node.forward_revoke(app, target, reason, f"{ctx.name}:revoke",
+                                               {"name": ctx.name, "type": ctx.type})), 200
         done = revoke_mod.revoke(app, target, reason, Actor(f"{ctx.name}:revoke", "service"),
                                  provisioner=ctx.name)
     else:
@@ -235,8 +241,26 @@ def revoke() -> Any:
         cert = x509.load_der_x509_certificate(peer)
         if f"{cert.serial_number:x}" != target:
             raise ApiError(403, "forbidden", "a certificate can only revoke itself")
+        if app.settings.config.role == "ra":
+            _issued_here_by(app, target, None, peer)
+            return jsonify(node.forward_revoke(app, target, reason, f"mtls:{target}",
+                                               {"name": "mtls", "type": "mtls"})), 200
         done = revoke_mod.revoke(app, target, reason, Actor(f"mtls:{target}", "service"))
     return jsonify({"status": "ok", "serial": done.serial_hex, "reason": done.reason}), 200
+
+
+def _issued_here_by(app: Appliance, serial: str, provisioner: str | None,
+                    der: bytes | None = None) -> None:
+    """An RA node's local rule before a revocation is forwarded: this node issued the
+    certificate (its copy), under ``provisioner`` (an ott) or as exactly ``der`` (mTLS)."""
+    with app.db.sessions() as db:
+        row = db.scalars(select(Certificate).where(
+            Certificate.serial_hex == serial)).one_or_none()
+    if row is None or row.status != "issued" or (
+            provisioner is not None and row.provisioner_name != provisioner) or (
+            der is not None and row.der != der):
+        raise ApiError(404, "not_found", f"no issued certificate with serial {serial}"
+                       + (f" issued by {provisioner}" if provisioner else "") + " here")
 
 
 def _issued(issued: Any) -> Any:

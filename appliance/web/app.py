@@ -15,8 +15,9 @@ from appliance.errors import ApplianceError
 from appliance.fips.selftest import FipsError
 from appliance.issuance.pipeline import Issuer
 from appliance.issuance.sweeper import ReservationSweeper
+from appliance.ra.node import Forwarder
 from appliance.runtime import Appliance
-from appliance.web import acme, api, errors, hostcheck
+from appliance.web import acme, api, errors, hostcheck, ra
 from appliance.web.errors import ApiError
 from appliance.web.health import ServiceHealth
 
@@ -72,13 +73,19 @@ def create_app(appliance: Appliance) -> Flask:
     hostcheck.install(app, svc)
     # Per worker: create_app runs after the fork.
     app.extensions["health"] = ServiceHealth.start_for(appliance)
-    issuer = Issuer(appliance)
+    issuer: Issuer | Forwarder
+    if appliance.settings.config.role == "ra":
+        # An RA node signs nothing: its issuer forwards upstream and reserves no serials,
+        # so there is nothing for a reservation sweeper to end.
+        issuer = Forwarder(appliance)
+    else:
+        issuer = Issuer(appliance)
+        # In every worker: a worker that starts may be replacing one killed mid-request.
+        sweeper = ReservationSweeper(issuer)
+        sweeper.start()
+        appliance.on_close(sweeper.stop)
     app.extensions["issuer"] = issuer
-    # In every worker: a worker that starts may be replacing one killed mid-request.
-    sweeper = ReservationSweeper(issuer)
-    sweeper.start()
-    appliance.on_close(sweeper.stop)
-    app.extensions["acme"] = AcmeService(appliance, issuer)
+    app.extensions["acme"] = AcmeService(appliance, issuer)  # type: ignore[arg-type]
     limiter = RateLimiter(svc.rate_limit_per_minute)
     app.extensions["rate_limiter"] = limiter
 
@@ -103,6 +110,7 @@ def create_app(appliance: Appliance) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(api.ops_bp)
     app.register_blueprint(acme.bp)
+    app.register_blueprint(ra.bp)
     return app
 
 

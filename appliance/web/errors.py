@@ -48,6 +48,9 @@ def install(app: Flask) -> None:
         doc = body(status, exc.code, str(exc) if exc.public_detail else FAULT_MESSAGE)
         if isinstance(exc, InputError):
             doc["field"] = exc.field
+        hop = getattr(exc, "hop", None)
+        if isinstance(hop, str) and hop:
+            doc["hop"] = hop  # which node of an RA path refused (appliance/ra/)
         return jsonify(doc), status
 
     @app.errorhandler(sa_exc.OperationalError)

@@ -22,6 +22,8 @@ from sqlalchemy import select
 from appliance.ca import authorities as authz
 from appliance.issuance.pipeline import Issuer
 from appliance.issuance.request import EffectiveClaims, ProvisionerContext, SignRequest
+from appliance.ra import credential
+from appliance.ra.node import Forwarder
 from appliance.runtime import Appliance
 from appliance.store.models import Authority
 
@@ -59,6 +61,8 @@ def issue_api_certificate(app: Appliance) -> TlsFiles:
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, svc.api_hostname)]))
            .add_extension(x509.SubjectAlternativeName(names), critical=False)
            .sign(key, hashes.SHA256()))
+    if app.settings.config.role == "ra":
+        return _issue_through_upstream(app, folder, key, csr)
     with app.db.sessions() as db:
         ca = authz.get(db, svc.issuing_authority)
         # Trust anchors for the API's clients and for client certificates (mTLS renewal):
@@ -85,6 +89,36 @@ def issue_api_certificate(app: Appliance) -> TlsFiles:
     _write_private(files.certificate, b"".join(c.public_bytes(serialization.Encoding.PEM)
                                                for c in chain), 0o644)
     _write_private(files.roots, root_pem, 0o644)
+    return files
+
+
+def _issue_through_upstream(app: Appliance, folder: Path, key: ec.EllipticCurvePrivateKey,
+                            csr: x509.CertificateSigningRequest) -> TlsFiles:
+    """An RA node's API certificate: issued THROUGH its upstream (the RA signs nothing), so
+    its clients trust the CA's root; the client-certificate roots are the upstream root
+    (the CA issues every certificate a client of this node can present)."""
+    svc = app.settings.config.service
+    with app.db.sessions() as db:
+        ca = authz.get(db, svc.issuing_authority)
+    ctx = ProvisionerContext(
+        id=None, name="appliance-tls", type="internal",
+        claims=EffectiveClaims(min_duration=3600, max_duration=90 * DAY,
+                               default_duration=DAY, disable_renewal=True,
+                               allow_renewal_after_expiry=False, renewal_grace=None),
+        authority_id=ca.id, template="tls-server")
+    issued = Forwarder(app).issue(SignRequest(csr=csr, provisioner=ctx,
+                                              requester="appliance:serve",
+                                              credential_names=None))
+    roots = credential.upstream_roots(app)
+    chain = [issued.certificate, *(c for c in issued.chain if c not in roots)]
+    files = TlsFiles(folder / "api.crt", folder / "api.key", folder / "roots.pem")
+    _write_private(files.key, key.private_bytes(serialization.Encoding.PEM,
+                                                serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption()))
+    _write_private(files.certificate, b"".join(c.public_bytes(serialization.Encoding.PEM)
+                                               for c in chain), 0o644)
+    _write_private(files.roots, b"".join(r.public_bytes(serialization.Encoding.PEM)
+                                         for r in roots), 0o644)
     return files
 
 

