@@ -245,3 +245,50 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.25, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+# -- speaking as an RA, straight to its upstream -----------------------------------------
+
+_AS_RA_REVOKE = r"""
+import json, sys
+from pathlib import Path
+from appliance import config
+from appliance.ra import assertion, node as ra_node
+from appliance.ra.errors import UpstreamRefused, UpstreamUnavailable
+from appliance.runtime import Appliance
+
+app = Appliance(config.load(Path(sys.argv[1]) / "appliance.yaml"))
+try:
+    node, serial = ra_node.node_of(app), sys.argv[2]
+    token = node.sign_hop(op="revoke", subject_sha256=assertion.serial_digest(serial),
+                          names=[], requester="test:direct", reason="keyCompromise",
+                          provisioner={"name": "admin", "type": "jwk"})
+    try:
+        status, body = node.post("/1.0/ra/revoke", {"serial": serial, "assertion": token,
+                                                    "reasonCode": "keyCompromise"})
+        out = {"status": status, "body": body}
+    except UpstreamRefused as exc:
+        out = {"status": exc.status, "code": exc.code, "message": str(exc), "hop": exc.hop}
+    except UpstreamUnavailable as exc:
+        out = {"status": 503, "code": exc.code, "message": str(exc)}
+    print(json.dumps(out))
+finally:
+    app.close()
+"""
+
+
+def revoke_as_ra(node: Node, serial: str) -> dict[str, Any]:
+    """NODE's own ``/1.0/ra/revoke`` of SERIAL at its upstream, over mTLS with NODE's
+    credential (key in NODE's token) and a hop assertion it signs: what a (compromised or
+    mistaken) RA could send, bypassing its own local rules. Run in a process of its own, as
+    the node's CLI would (its token, its PIN file)."""
+    import json
+
+    env = dict(os.environ)
+    env.pop("SOFTHSM2_CONF", None)
+    proc = subprocess.run([sys.executable, "-c", _AS_RA_REVOKE, str(node.data_dir), serial],
+                          capture_output=True, text=True, timeout=120, env=env, check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise AssertionError(f"revoke as {node.name} failed:\n{proc.stdout}\n{proc.stderr}")
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out

@@ -53,6 +53,7 @@ from tests.ra_helpers import (
     ra_init,
     register,
     revoke,
+    revoke_as_ra,
     wait_for,
 )
 from tests.service_helpers import configure, free_port, san_values
@@ -325,8 +326,14 @@ def test_edge3_cannot_revoke_edge2_certificate(topo: Topology, tmp_path: Path) -
     assert r.status_code == 201, r.text
     leaf, issuer = split("".join(r.json()["certChain"]), tmp_path)
     serial = r.json()["serial"]
+    # Through edge-3's API: edge-3 never forwarded it, so it refuses itself.
     refused = revoke(topo.edge3, serial)
-    assert refused.status_code == 403, refused.text
+    assert 400 <= refused.status_code < 500, refused.text
+    assert refusal(refused)["hop"] == "edge-3", refused.text
+    # Straight to the CA with edge-3's credential and assertion: the CA refuses, since
+    # edge-3 is not on the certificate's stored path.
+    direct = revoke_as_ra(topo.edge3, serial)
+    assert direct["status"] == 403 and direct["hop"] == "CA", direct
     assert ocsp_status(topo, leaf, issuer) == "good"
     assert cert_show(topo.ca, serial)["status"] == "issued"
 
