@@ -92,6 +92,9 @@ class Node:
     def upstream(self) -> Upstream:
         with self._lock:
             if self._upstream is None:
+                # The token's module is initialised by python-pkcs11 first: the TLS engine
+                # (libp11) then shares it; the other order fails to initialise it twice.
+                self.app.signing_pool()
                 self._upstream = Upstream.from_app(self.app)
             return self._upstream
 

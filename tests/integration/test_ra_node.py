@@ -9,6 +9,7 @@ verify.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,14 @@ import pytest
 import requests
 
 from tests.conftest import run_cli
-from tests.service_helpers import Server, load_pem, make_csr, serving, verify_chain
+from tests.service_helpers import (
+    Server,
+    configure,
+    load_pem,
+    make_csr,
+    serving,
+    verify_chain,
+)
 
 
 @dataclass
@@ -45,6 +53,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         early = run_cli("--dir", str(ra_dir), "serve")
         assert early.returncode != 0
         assert "ra import" in early.stderr
+        # Short-lived credentials, renewed by the RA's background job as soon as it runs.
+        configure(ca_dir, "ra", credential_lifetime="10m")
+        configure(ra_dir, "ra", renew_fraction=0.05, retry_interval_seconds=15)
         added = ca.cli("provisioner", "add", "edge-1", "--type", "ra", "--csr",
                        str(tmp / "edge-1.csr"))
         (tmp / "edge-1.pem").write_text(added.stdout)
@@ -107,6 +118,26 @@ def test_a_refusal_upstream_keeps_the_upstreams_hop(pair: Pair) -> None:
         pytest.skip("the CA's policy CLI took no provisioner-level deny here")
     assert resp.status_code in (400, 403), resp.text
     assert resp.json().get("hop") == "CA"
+
+
+def test_the_credential_is_renewed_in_the_background(pair: Pair) -> None:
+    ra = pair.ra
+    first = load_pem((pair.tmp / "edge-1.pem").read_text())
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        renewed = [e for e in ra.events("ra.credential.renewed") if e["outcome"] == "success"]
+        if renewed:
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError("the credential was not renewed within 90 s")
+    now = load_pem((ra.data_dir / "ra" / "credential.pem").read_text())
+    assert now.serial_number != first.serial_number
+    assert now.public_key() == first.public_key()  # the same key in the token
+    # The workers use it without a restart.
+    csr = make_csr(pair.tmp, "DNS:after.example.test", cn="after.example.test")
+    resp = ra.sign(csr, ra.token("after.example.test"))
+    assert resp.status_code == 201, resp.text
 
 
 def test_upstream_down_is_503_and_nothing_is_issued(pair: Pair) -> None:
