@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -151,7 +152,7 @@ def lineage(db: Session | Any, entry: RaEntry) -> list[RaEntry]:
     while out[-1].parent is not None:
         if len(out) >= MAX_DEPTH:
             raise RaRefused(f"RA {entry.name} is registered more than {MAX_DEPTH} hops deep")
-        parent = by_name(db, cast(str, out[-1].parent))
+        parent = by_name(db, out[-1].parent)
         if parent is None:
             raise RaRefused(f"RA {out[-1].name} was registered through RA {out[-1].parent}, "
                             "which is no longer registered")
@@ -172,14 +173,19 @@ def require_enabled(db: Session | Any, entry: RaEntry) -> None:
 
 
 def credential_state(db: Session | Any, entry: RaEntry, now: datetime | None = None) -> str:
-    """``issued`` if this node issued the RA's current credential and it is neither revoked
-    nor expired; else why not: ``revoked``, ``expired``, ``missing`` (no credential), or
-    ``unknown`` (not a certificate of this node: an RA node's child, whose credential the
-    CA issued)."""
-    now = now or datetime.now(UTC)
-    cert = entry.certificate
-    if cert is None:
+    """The state of the RA's current credential (:func:`credential_state_of`), or
+    ``missing`` without one."""
+    if entry.certificate is None:
         return "missing"
+    return credential_state_of(db, entry.certificate, now)
+
+
+def credential_state_of(db: Session | Any, cert: x509.Certificate,
+                        now: datetime | None = None) -> str:
+    """``issued`` if this node issued ``cert`` and it is neither revoked nor expired; else
+    why not: ``revoked``, ``expired``, or ``unknown`` (not a certificate of this node: on an
+    RA node, a child's credential, which the CA issued)."""
+    now = now or datetime.now(UTC)
     row = db.execute(_CERT_STATUS, {"b_serial": f"{cert.serial_number:x}"}).first()
     if row is None or row.der != cert.public_bytes(serialization.Encoding.DER):
         return "expired" if cert.not_valid_after_utc <= now else "unknown"
@@ -208,7 +214,9 @@ def last_contacts(db: Session | Any) -> dict[int, tuple[datetime, str]]:
     return {r.provisioner_id: (r.last_contact_at, r.last_op) for r in rows}
 
 
-_last_touch: dict[int, float] = {}
+# Per Appliance (a process may serve, or test, several): RA id -> when last written.
+_last_touch: weakref.WeakKeyDictionary[Appliance, dict[int, float]] = \
+    weakref.WeakKeyDictionary()
 
 
 def touch(app: Appliance, entry: RaEntry, op: str) -> None:
@@ -217,9 +225,10 @@ def touch(app: Appliance, entry: RaEntry, op: str) -> None:
     failure (the contact time is information, not state any decision reads)."""
     now = datetime.now(UTC)
     stamp = now.timestamp()
-    if stamp - _last_touch.get(entry.id, 0.0) < CONTACT_EVERY:
+    written = _last_touch.setdefault(app, {})
+    if stamp - written.get(entry.id, 0.0) < CONTACT_EVERY:
         return
-    _last_touch[entry.id] = stamp
+    written[entry.id] = stamp
     try:
         with app.db.write() as db:
             done = db.execute(_TOUCH, {"b_id": entry.id, "last_contact_at": now,
@@ -227,8 +236,8 @@ def touch(app: Appliance, entry: RaEntry, op: str) -> None:
             if done.rowcount == 0:
                 db.execute(_CONTACTS.insert(), {"provisioner_id": entry.id,
                                                 "last_contact_at": now, "last_op": op[:32]})
-    except Exception:  # noqa: BLE001 - see the docstring; the next call writes again
-        _last_touch.pop(entry.id, None)
+    except Exception:
+        written.pop(entry.id, None)
 
 
 def record(db: Session, name: str, cert: x509.Certificate, *, authority_id: int,

@@ -17,7 +17,7 @@ from appliance.issuance.pipeline import Issuer
 from appliance.issuance.sweeper import ReservationSweeper
 from appliance.ra.node import Forwarder
 from appliance.runtime import Appliance
-from appliance.web import acme, api, errors, hostcheck
+from appliance.web import acme, api, errors, hostcheck, ra
 from appliance.web.errors import ApiError
 from appliance.web.health import ServiceHealth
 
@@ -110,6 +110,7 @@ def create_app(appliance: Appliance) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(api.ops_bp)
     app.register_blueprint(acme.bp)
+    app.register_blueprint(ra.bp)
     return app
 
 
