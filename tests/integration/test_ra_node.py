@@ -110,14 +110,18 @@ def test_a_refusal_at_the_ra_names_the_ra(pair: Pair) -> None:
 
 def test_a_refusal_upstream_keeps_the_upstreams_hop(pair: Pair) -> None:
     ra, ca = pair.ra, pair.ca
-    ca.cli("policy", "set", "--provisioner", "edge-1", "--deny-dns", "*.denied.test",
-           check=False)
+    deny = pair.tmp / "deny.yaml"
+    deny.write_text("x509:\n  deny:\n    dns: [x.denied.test]\n")
+    ca.cli("policy", "set", "--provisioner", "edge-1", str(deny))
+    before = ra.issued_count()
     csr = make_csr(pair.tmp, "DNS:x.denied.test", cn="x.denied.test")
     resp = ra.sign(csr, ra.token("x.denied.test"))
-    if resp.status_code == 201:
-        pytest.skip("the CA's policy CLI took no provisioner-level deny here")
     assert resp.status_code in (400, 403), resp.text
-    assert resp.json().get("hop") == "CA"
+    assert resp.json()["hop"] == "CA"
+    assert ra.issued_count() == before
+    refused = ra.events("ra.forwarded")[-1]
+    assert refused["details"]["decision"] == "refused upstream"
+    assert refused["details"]["hop"] == "CA"
 
 
 def test_the_credential_is_renewed_in_the_background(pair: Pair) -> None:
