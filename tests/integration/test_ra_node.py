@@ -13,9 +13,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.conftest import run_cli
 from tests.service_helpers import (
@@ -122,6 +127,58 @@ def test_a_refusal_upstream_keeps_the_upstreams_hop(pair: Pair) -> None:
     refused = ra.events("ra.forwarded")[-1]
     assert refused["details"]["decision"] == "refused upstream"
     assert refused["details"]["hop"] == "CA"
+
+
+def _holder(pair: Pair, name: str) -> tuple[Path, Path, dict[str, Any]]:
+    """A certificate issued through the RA, written as files for a TLS client."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), False)
+           .sign(key, hashes.SHA256()))
+    resp = pair.ra.sign(csr.public_bytes(serialization.Encoding.PEM).decode(),
+                        pair.ra.token(name))
+    assert resp.status_code == 201, resp.text
+    doc = resp.json()
+    crt, pem_key = pair.tmp / f"{name}.crt", pair.tmp / f"{name}.key"
+    crt.write_text("".join(doc["certChain"][:-1]) if len(doc["certChain"]) > 2
+                   else doc["crt"] + doc["ca"])
+    pem_key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    return crt, pem_key, doc
+
+
+def test_renew_by_mtls_at_the_ra_is_renewed_by_the_ca(pair: Pair) -> None:
+    ra, ca = pair.ra, pair.ca
+    crt, key, doc = _holder(pair, "renew.example.test")
+    resp = requests.post(ra.api + "/1.0/renew", cert=(str(crt), str(key)),
+                         verify=str(ra.roots), timeout=30)
+    assert resp.status_code == 201, resp.text
+    new = load_pem(resp.json()["crt"])
+    old = load_pem(doc["crt"])
+    assert new.serial_number != old.serial_number
+    assert new.public_key() == old.public_key()
+    serial = f"{new.serial_number:x}"
+    assert ca.certificate_rows()[serial]["renewed_from"] == doc["serial"]
+    assert ra.certificate_rows()[serial]["status"] == "issued"
+
+
+def test_revoke_at_the_ra_revokes_at_the_ca(pair: Pair) -> None:
+    ra, ca = pair.ra, pair.ca
+    _, _, doc = _holder(pair, "revoke.example.test")
+    serial = doc["serial"]
+    audience = ra.audience.replace("/1.0/sign", "/1.0/revoke")
+    resp = ra.post("/1.0/revoke", json={"serial": serial, "reasonCode": 4,
+                                        "ott": ra.token(serial, audience=audience)})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["reason"] == "superseded"
+    assert ca.certificate_rows()[serial]["status"] == "revoked"
+    assert ra.certificate_rows()[serial]["status"] == "revoked"
+    # A serial this RA never issued is refused here, naming the RA's rule.
+    other = ra.post("/1.0/revoke", json={"serial": "1234abcd", "ott": ra.token(
+        "1234abcd", audience=audience)})
+    assert other.status_code == 404, other.text
 
 
 def test_the_credential_is_renewed_in_the_background(pair: Pair) -> None:
