@@ -23,6 +23,7 @@ from appliance import config
 from appliance.ca import authorities as authz
 from appliance.ca import keys as key_ops
 from appliance.cli.context import CliContext, location_options, pass_ctx
+from appliance.cli.ra import ra
 from appliance.ops import provisioners as prov_ops
 from appliance.ops.init import init
 from appliance.provisioners.settings import ProvisionerSettings
@@ -128,3 +129,7 @@ def _provisioners(app: Appliance, actor: Any) -> None:
     if "acme" not in have:
         prov_ops.add(app, "acme", "acme", ProvisionerSettings(), actor)
         click.echo("provisioner 'acme' (acme) added", err=True)
+
+
+ra.add_command(init_cmd)
+ra.add_command(import_cmd)

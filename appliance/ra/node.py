@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Table, insert, select
 
-from appliance import lint, policy
+from appliance import durations, lint, policy
 from appliance.audit.log import Actor
 from appliance.ca import authorities as authz
 from appliance.errors import ApplianceError, DatabaseError
@@ -92,6 +92,9 @@ class Node:
     def upstream(self) -> Upstream:
         with self._lock:
             if self._upstream is None:
+                # The token's module is initialised by python-pkcs11 first: the TLS engine
+                # (libp11) then shares it; the other order fails to initialise it twice.
+                self.app.signing_pool()
                 self._upstream = Upstream.from_app(self.app)
             return self._upstream
 
@@ -408,12 +411,15 @@ def _child_checks(app: Appliance, op: str, body: dict[str, Any], hop: Any,
 
 
 def register_child(app: Appliance, name: str, csr: x509.CertificateSigningRequest,
-                   max_duration: str | None, policy_text: str | None,
-                   requester: str = "operator") -> str:
+                   max_duration: int | str | None, policy_text: str | None,
+                   requester: str = "operator") -> list[str]:
     """``provisioner add NAME --type ra`` on an RA node: the child's credential is issued
     upstream (``/1.0/ra/register``, this hop's assertion carrying the registration), and
-    its chain (PEM, leaf first) returned for the operator to hand to the child."""
+    its chain (PEM, leaf first, without the root) returned for the operator to hand to the
+    child. ``max_duration``: seconds (or a duration text), carried as a duration text."""
     node = node_of(app)
+    if isinstance(max_duration, int):
+        max_duration = durations.format_seconds(max_duration)
     actor = Actor(requester, "operator")
     der = csr.public_bytes(serialization.Encoding.DER)
     subject = assertion.digest(der)
@@ -437,7 +443,9 @@ def register_child(app: Appliance, name: str, csr: x509.CertificateSigningReques
     serial = f"{chain[0].serial_number:x}"
     node.audit_alone(actor, op="register", subject_sha256=subject, decision="forwarded",
                      serial=serial, extra={"child": name})
-    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
+    roots = credential.upstream_roots(app)
+    return [c.public_bytes(serialization.Encoding.PEM).decode() for c in chain
+            if c not in roots]
 
 
 def renew_credential(app: Appliance, actor: Actor) -> x509.Certificate:

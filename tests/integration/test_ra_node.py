@@ -9,15 +9,28 @@ verify.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.conftest import run_cli
-from tests.service_helpers import Server, load_pem, make_csr, serving, verify_chain
+from tests.service_helpers import (
+    Server,
+    configure,
+    load_pem,
+    make_csr,
+    serving,
+    verify_chain,
+)
 
 
 @dataclass
@@ -45,6 +58,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         early = run_cli("--dir", str(ra_dir), "serve")
         assert early.returncode != 0
         assert "ra import" in early.stderr
+        # Short-lived credentials, renewed by the RA's background job as soon as it runs.
+        configure(ca_dir, "ra", credential_lifetime="10m")
+        configure(ra_dir, "ra", renew_fraction=0.05, retry_interval_seconds=15)
         added = ca.cli("provisioner", "add", "edge-1", "--type", "ra", "--csr",
                        str(tmp / "edge-1.csr"))
         (tmp / "edge-1.pem").write_text(added.stdout)
@@ -99,14 +115,90 @@ def test_a_refusal_at_the_ra_names_the_ra(pair: Pair) -> None:
 
 def test_a_refusal_upstream_keeps_the_upstreams_hop(pair: Pair) -> None:
     ra, ca = pair.ra, pair.ca
-    ca.cli("policy", "set", "--provisioner", "edge-1", "--deny-dns", "*.denied.test",
-           check=False)
+    deny = pair.tmp / "deny.yaml"
+    deny.write_text("x509:\n  deny:\n    dns: [x.denied.test]\n")
+    ca.cli("policy", "set", "--provisioner", "edge-1", str(deny))
+    before = ra.issued_count()
     csr = make_csr(pair.tmp, "DNS:x.denied.test", cn="x.denied.test")
     resp = ra.sign(csr, ra.token("x.denied.test"))
-    if resp.status_code == 201:
-        pytest.skip("the CA's policy CLI took no provisioner-level deny here")
     assert resp.status_code in (400, 403), resp.text
-    assert resp.json().get("hop") == "CA"
+    assert resp.json()["hop"] == "CA"
+    assert ra.issued_count() == before
+    refused = ra.events("ra.forwarded")[-1]
+    assert refused["details"]["decision"] == "refused upstream"
+    assert refused["details"]["hop"] == "CA"
+
+
+def _holder(pair: Pair, name: str) -> tuple[Path, Path, dict[str, Any]]:
+    """A certificate issued through the RA, written as files for a TLS client."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), False)
+           .sign(key, hashes.SHA256()))
+    resp = pair.ra.sign(csr.public_bytes(serialization.Encoding.PEM).decode(),
+                        pair.ra.token(name))
+    assert resp.status_code == 201, resp.text
+    doc = resp.json()
+    crt, pem_key = pair.tmp / f"{name}.crt", pair.tmp / f"{name}.key"
+    crt.write_text("".join(doc["certChain"][:-1]) if len(doc["certChain"]) > 2
+                   else doc["crt"] + doc["ca"])
+    pem_key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    return crt, pem_key, doc
+
+
+def test_renew_by_mtls_at_the_ra_is_renewed_by_the_ca(pair: Pair) -> None:
+    ra, ca = pair.ra, pair.ca
+    crt, key, doc = _holder(pair, "renew.example.test")
+    resp = requests.post(ra.api + "/1.0/renew", cert=(str(crt), str(key)),
+                         verify=str(ra.roots), timeout=30)
+    assert resp.status_code == 201, resp.text
+    new = load_pem(resp.json()["crt"])
+    old = load_pem(doc["crt"])
+    assert new.serial_number != old.serial_number
+    assert new.public_key() == old.public_key()
+    serial = f"{new.serial_number:x}"
+    assert ca.certificate_rows()[serial]["renewed_from"] == doc["serial"]
+    assert ra.certificate_rows()[serial]["status"] == "issued"
+
+
+def test_revoke_at_the_ra_revokes_at_the_ca(pair: Pair) -> None:
+    ra, ca = pair.ra, pair.ca
+    _, _, doc = _holder(pair, "revoke.example.test")
+    serial = doc["serial"]
+    audience = ra.audience.replace("/1.0/sign", "/1.0/revoke")
+    resp = ra.post("/1.0/revoke", json={"serial": serial, "reasonCode": 4,
+                                        "ott": ra.token(serial, audience=audience)})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["reason"] == "superseded"
+    assert ca.certificate_rows()[serial]["status"] == "revoked"
+    assert ra.certificate_rows()[serial]["status"] == "revoked"
+    # A serial this RA never issued is refused here, naming the RA's rule.
+    other = ra.post("/1.0/revoke", json={"serial": "1234abcd", "ott": ra.token(
+        "1234abcd", audience=audience)})
+    assert other.status_code == 404, other.text
+
+
+def test_the_credential_is_renewed_in_the_background(pair: Pair) -> None:
+    ra = pair.ra
+    first = load_pem((pair.tmp / "edge-1.pem").read_text())
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        renewed = [e for e in ra.events("ra.credential.renewed") if e["outcome"] == "success"]
+        if renewed:
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError("the credential was not renewed within 90 s")
+    now = load_pem((ra.data_dir / "ra" / "credential.pem").read_text())
+    assert now.serial_number != first.serial_number
+    assert now.public_key() == first.public_key()  # the same key in the token
+    # The workers use it without a restart.
+    csr = make_csr(pair.tmp, "DNS:after.example.test", cn="after.example.test")
+    resp = ra.sign(csr, ra.token("after.example.test"))
+    assert resp.status_code == 201, resp.text
 
 
 def test_upstream_down_is_503_and_nothing_is_issued(pair: Pair) -> None:
