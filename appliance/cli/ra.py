@@ -42,10 +42,3 @@ def list_cmd(ctx: CliContext, as_json: bool) -> None:
 
 def _when(value: str | None) -> str:
     return "-" if value is None else value[:19].replace("T", " ") + "Z"
-
-
-# ``ra init`` and ``ra import`` (appliance.cli.ra_init) make an RA node.
-from appliance.cli.ra_init import import_cmd, init_cmd  # noqa: E402
-
-ra.add_command(init_cmd)
-ra.add_command(import_cmd)
