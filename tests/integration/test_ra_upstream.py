@@ -254,6 +254,10 @@ _CANNED: dict[str, tuple[int, dict[str, str], bytes]] = {
 }
 
 
+_DROP = [0]  # connections the canned server closes at once, before TLS
+_SEEN: list[str] = []  # request paths it read
+
+
 @pytest.fixture(scope="module")
 def canned(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """An HTTPS server on 127.0.0.1 under a root of its own, answering ``_CANNED``; it asks
@@ -284,6 +288,10 @@ def canned(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            _SEEN.append(self.path)
+            if self.path == "/1.0/ra/swallow":  # read, maybe acted on, never answered
+                self.close_connection = True
+                return
             status, headers, body = _CANNED[self.path]
             self.send_response(status)
             for k, v in {**headers, "Content-Length": str(len(body))}.items():
@@ -294,12 +302,21 @@ def canned(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(folder / "server.pem")
     ctx.load_verify_locations(server.roots)
     ctx.verify_mode = ssl.CERT_OPTIONAL
-    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+
+    class Server_(http.server.ThreadingHTTPServer):
+        def get_request(self) -> tuple[object, object]:
+            sock, addr = self.socket.accept()
+            if _DROP[0] > 0:  # a connection that dies before TLS: nothing was sent on it
+                _DROP[0] -= 1
+                sock.close()
+                raise OSError("dropped")
+            return ctx.wrap_socket(sock, server_side=True), addr
+
+    httpd = Server_(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"https://127.0.0.1:{httpd.server_address[1]}", folder / "root.pem"
@@ -324,4 +341,25 @@ def test_answers_are_classified(ra: Ra, canned: tuple[str, Path]) -> None:
     for path in ("/1.0/ra/html", "/1.0/ra/deep"):
         with pytest.raises(UpstreamUnavailable, match="not a JSON object"):
             up.post(path, {})
+    up.close()
+
+
+def test_a_request_is_sent_again_only_if_none_of_it_was_sent(ra: Ra,
+                                                             canned: tuple[str, Path]) -> None:
+    url, root = canned
+    up = Upstream(url, root, ra.cert_file, ra.token.profile(), "ra-credential", timeout=10)
+    _SEEN.clear()
+    _DROP[0] = 1  # the first connection dies before a byte of the request went out
+    with pytest.raises(UpstreamRefused, match="refused at edge-1"):
+        up.post("/1.0/ra/refused", {})
+    assert _SEEN == ["/1.0/ra/refused"] and _DROP[0] == 0  # retried once, on a new connection
+    up.close()  # the next request needs a new connection
+    _DROP[0] = 2  # dies twice: one retry only, then unavailable
+    with pytest.raises(UpstreamUnavailable, match=r"TLS handshake failed|connection"):
+        up.post("/1.0/ra/refused", {})
+    assert _SEEN == ["/1.0/ra/refused"] and _DROP[0] == 0
+    # A request the upstream read but never answered (it may have issued) is NOT resent.
+    with pytest.raises(UpstreamUnavailable, match="closed without an answer"):
+        up.post("/1.0/ra/swallow", {"csr": "..."})
+    assert _SEEN == ["/1.0/ra/refused", "/1.0/ra/swallow"]
     up.close()
