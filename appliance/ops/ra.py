@@ -12,6 +12,7 @@ certificate belongs to no provisioner, so ``/1.0/renew`` cannot extend it; only
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import re
@@ -35,6 +36,7 @@ from appliance.provisioners.settings import (
     check_effective,
 )
 from appliance.ra import registry as reg
+from appliance.revocation import revoke as revoke_mod
 from appliance.runtime import Appliance
 from appliance.store.models import NamePolicy, Provisioner
 
@@ -122,6 +124,22 @@ def register(app: Appliance, issuer: Issuer, name: str, csr: x509.CertificateSig
         _refuse_taken(db, name, spki, parent)
         authority_id = authz.get(db, authority).id
     issued = _issue_credential(app, issuer, name, csr, authority_id, actor.name, ra_path)
+    try:
+        _record_registered(app, name, issued, authority, authority_id, settings, parent,
+                           policy_text, parsed, spki, ra_path, actor)
+    except BaseException:
+        # Another registration took the name or key meanwhile: the credential just issued
+        # belongs to no RA; it is revoked rather than left valid.
+        with contextlib.suppress(ApplianceError):
+            revoke_mod.revoke(app, issued.serial_hex, "cessationOfOperation", actor)
+        raise
+    return issued
+
+
+def _record_registered(app: Appliance, name: str, issued: Issued, authority: str,
+                       authority_id: int, settings: ProvisionerSettings, parent: str | None,
+                       policy_text: str | None, parsed: policy.Policy | None, spki: str,
+                       ra_path: list[str] | None, actor: Actor) -> None:
     with app.db.transaction() as db:
         row = reg.record(db, name, issued.certificate, authority_id=authority_id,
                          settings=settings)
@@ -136,7 +154,6 @@ def register(app: Appliance, issuer: Issuer, name: str, csr: x509.CertificateSig
                      "policy": parsed.to_yaml() if parsed is not None else None,
                      "spki_sha256": spki, "ra_path": ra_path,
                      "not_after": issued.certificate.not_valid_after_utc.isoformat()})
-    return issued
 
 
 def _refuse_taken(db: Session, name: str, spki: str, parent: str | None) -> None:
