@@ -347,3 +347,28 @@ def test_a_revoked_ra_credential_is_refused(world: World) -> None:
     assert resp.status_code == 403 and "revoked" in resp.json()["message"], resp.text
     listed = {r["name"]: r for r in json.loads(world.server.cli("ra", "list", "--json").stdout)}
     assert listed["edge-3"]["state"] == "revoked"
+
+
+def test_any_disabled_provisioner_is_refused_at_authentication(world: World) -> None:
+    """``--disable`` is for every type: a jwk provisioner's tokens and an ACME directory
+    are refused at once (audited for the token), and accepted again after ``--enable``."""
+    server = world.server
+    csr = _pem(_csr(ec.generate_private_key(ec.SECP256R1()), "j.example.com",
+                    "j.example.com"))
+    server.cli("provisioner", "update", "admin", "--disable")
+    server.cli("provisioner", "update", "acme", "--disable")
+    try:
+        resp = server.sign(csr, server.token("j.example.com"))
+        assert resp.status_code == 403 and "admin is disabled" in resp.json()["message"]
+        assert any("admin is disabled" in str(e["details"].get("reason"))
+                   for e in world.events("auth.failed"))
+        resp = server.get("/acme/acme/directory")
+        assert resp.status_code == 403 and "disabled" in resp.json()["detail"], resp.text
+        updated = [e for e in world.events("provisioner.updated")
+                   if e["object_ids"]["provisioner"] == "admin"]
+        assert updated[-1]["details"]["after"]["disabled"] is True
+    finally:
+        server.cli("provisioner", "update", "admin", "--enable")
+        server.cli("provisioner", "update", "acme", "--enable")
+    assert server.sign(csr, server.token("j.example.com")).status_code == 201
+    assert server.get("/acme/acme/directory").status_code == 200

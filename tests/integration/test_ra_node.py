@@ -2,13 +2,22 @@
 registered by the CA's `provisioner add --type ra`, imported with `ra import`, served.
 
 What the RA issues is the CA's (openssl verifies it with the CA's root alone); the RA's
-own API certificate came through the CA too; a refusal at the RA names the RA; the CA
-away is a 503 upstream_unavailable with Retry-After and nothing issued; both audit logs
-verify.
+own API certificate came through the CA too; a refusal at the RA names the RA, one at the
+CA keeps the CA's hop; renewal and revocation at the RA are done by the CA; the RA renews
+its credential in the background; the CA away is a 503 upstream_unavailable with
+Retry-After and nothing issued, an ACME order finalized meanwhile stays processing and
+completes when the CA is back; both audit logs verify.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import ipaddress
+import os
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,10 +31,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.acme_client import Client, b64
 from tests.conftest import run_cli
 from tests.service_helpers import (
     Server,
+    _wait_ready,
     configure,
+    free_port,
     load_pem,
     make_csr,
     serving,
@@ -39,6 +51,7 @@ class Pair:
     ra: Server
     root_pem: str
     tmp: Path
+    http01: int
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +74,14 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         # Short-lived credentials, renewed by the RA's background job as soon as it runs.
         configure(ca_dir, "ra", credential_lifetime="10m")
         configure(ra_dir, "ra", renew_fraction=0.05, retry_interval_seconds=15)
+        http01 = free_port()
+        configure(ra_dir, "acme", http01_port=http01)
         added = ca.cli("provisioner", "add", "edge-1", "--type", "ra", "--csr",
                        str(tmp / "edge-1.csr"))
         (tmp / "edge-1.pem").write_text(added.stdout)
         run_cli("--dir", str(ra_dir), "ra", "import", str(tmp / "edge-1.pem"), check=True)
         with serving(ra_dir) as ra:
-            yield Pair(ca, ra, root_pem, tmp)
+            yield Pair(ca, ra, root_pem, tmp, http01)
 
 
 def test_sign_through_the_ra_is_the_cas_certificate(pair: Pair) -> None:
@@ -204,6 +219,15 @@ def test_the_credential_is_renewed_in_the_background(pair: Pair) -> None:
 def test_upstream_down_is_503_and_nothing_is_issued(pair: Pair) -> None:
     ra, ca = pair.ra, pair.ca
     before = ra.issued_count()
+    # An ACME order made ready while the CA is up...
+    client = Client(ra.api + "/acme/acme/directory", ra.roots)
+    assert client.register().status_code == 201
+    r = client.order(("ip", "127.0.0.1"))
+    order = r.json() | {"url": r.headers["Location"]}
+    authz = client.post(order["authorizations"][0], None).json()
+    ch = next(x for x in authz["challenges"] if x["type"] == "http-01")
+    with _answering_http01(pair.http01, client.key_authorization(ch["token"])):
+        assert client.post(ch["url"], {}).json()["status"] == "valid"
     ca.stop()
     csr = make_csr(pair.tmp, "DNS:down.example.test", cn="down.example.test")
     resp = ra.sign(csr, ra.token("down.example.test"))
@@ -214,7 +238,72 @@ def test_upstream_down_is_503_and_nothing_is_issued(pair: Pair) -> None:
     down = ra.events("ra.forwarded")[-1]
     assert down["outcome"] == "failure"
     assert down["details"]["decision"] == "upstream unavailable"
-    # Both audit logs are intact.
-    for node in (ca, ra):
-        verified = node.cli("audit", "verify", check=False)
-        assert verified.returncode == 0, verified.stdout + verified.stderr
+    # ...and finalized while it is away stays processing, then completes when it is back.
+    key = ec.generate_private_key(ec.SECP256R1())
+    acme_csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+                .add_extension(x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+                .sign(key, hashes.SHA256()))
+    r = client.post(order["finalize"], {"csr": b64(acme_csr.public_bytes(
+        serialization.Encoding.DER))})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "processing"
+    assert int(r.headers["Retry-After"]) >= 1
+    assert ra.issued_count() == before
+    again = _restart(ca)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            state = client.post(order["url"], None).json()
+            if state["status"] != "processing":
+                break
+            time.sleep(1)
+        assert state["status"] == "valid", state
+        chain = client.post(state["certificate"], None).text
+        leaf, *rest = [p + "-----END CERTIFICATE-----\n"
+                       for p in chain.split("-----END CERTIFICATE-----\n") if p.strip()]
+        assert load_pem(leaf).public_key() == key.public_key()
+        assert verify_chain(pair.tmp, pair.root_pem, rest, leaf).returncode == 0
+        # Both audit logs are intact.
+        for node in (again, ra):
+            verified = node.cli("audit", "verify", check=False)
+            assert verified.returncode == 0, verified.stdout + verified.stderr
+    finally:
+        again.stop()
+
+
+def _restart(server: Server) -> Server:
+    """``appliance serve`` again on the same ports (the RA's upstream URL names them)."""
+    env = dict(os.environ)
+    env.pop("SOFTHSM2_CONF", None)
+    env.pop("APPLIANCE_CONFIG", None)
+    with server.log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "--dir", str(server.data_dir), "serve"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    again = Server(server.data_dir, server.api_port, server.http_port, proc, server.log)
+    _wait_ready(again, time.monotonic() + 60)
+    return again
+
+
+@contextlib.contextmanager
+def _answering_http01(port: int, key_authorization: str) -> Iterator[None]:
+    """A tiny http-01 responder on the port the RA validates against."""
+    answer = key_authorization.encode()
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield
+    finally:
+        srv.shutdown()
+        srv.server_close()
