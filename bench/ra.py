@@ -75,13 +75,13 @@ def log(verbose: bool, *msg: Any) -> None:
 
 def build(base: Path, verbose: bool) -> dict[str, Any]:
     """CA, edge-3 (direct) and edge-1 <- edge-2 (chained), all serving."""
-    from tests.ra_helpers import make_ca, ra_import, ra_init, register
+    from tests.ra_helpers import make_ca, ra_import, ra_init, register, root_pem
 
     t0 = time.monotonic()
     ca = make_ca(base)
     nodes = [ca]
     ca.start()
-    (base / "ca-root.pem").write_text(ca.roots.read_text())
+    (base / "ca-root.pem").write_text(root_pem(ca))
     log(verbose, f"  CA up ({time.monotonic() - t0:.1f} s)")
     try:
         with ThreadPoolExecutor(2) as pool:

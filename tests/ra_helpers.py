@@ -145,8 +145,11 @@ def make_ca(base: Path, **service: Any) -> Node:
 
 
 def root_pem(ca: Node) -> str:
-    """The CA's root certificate(s): what every node's clients and RAs trust."""
-    return ca.roots.read_text()
+    """The CA's root certificate(s) as ``/1.0/roots`` answers (the serving CA's): what every
+    node's clients and RAs trust. Not DATA/tls/roots.pem, which also holds the issuing CA."""
+    r = requests.get(ca.api + "/1.0/roots", verify=str(ca.roots), timeout=30)
+    r.raise_for_status()
+    return "".join(r.json()["crts"])
 
 
 def ra_init(base: Path, name: str, upstream: Node, ca: Node, **ra: Any) -> tuple[Node, str]:

@@ -54,6 +54,7 @@ from tests.ra_helpers import (
     register,
     revoke,
     revoke_as_ra,
+    root_pem,
     wait_for,
 )
 from tests.service_helpers import configure, free_port, san_values
@@ -65,7 +66,9 @@ pytestmark = [
 ]
 
 DOMAIN = "edge.test"  # what edge-1 lets edge-2 ask for (edge-1's policy for edge-2)
-EDGE2_POLICY = f'x509:\n  allow:\n    dns: ["*.{DOMAIN}", "{DOMAIN}"]\n'
+# 127.0.0.1: edge-2's own API certificate comes through edge-1 as well, under this policy.
+EDGE2_POLICY = (f'x509:\n  allow:\n    dns: ["*.{DOMAIN}", "{DOMAIN}"]\n'
+                '    ip: ["127.0.0.1"]\n')
 CONCURRENT = 200
 CLIENT_THREADS = 40
 
@@ -110,7 +113,7 @@ def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
             ca = make_ca(base)
             started.append(ca)
             ca.start()
-            (base / "ca-root.pem").write_text(ca.roots.read_text())
+            (base / "ca-root.pem").write_text(root_pem(ca))
             # edge-1 and edge-3 are independent: their init runs side by side.
             with ThreadPoolExecutor(2) as pool:
                 f1 = pool.submit(ra_init, base, "edge-1", ca, ca)
