@@ -56,6 +56,8 @@ class Result:
     ok: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
+    sample: dict[str, Any] | None = None  # one 201 body, checked after the run
+    check: str = "-"
 
     @property
     def rate(self) -> float:
@@ -165,6 +167,8 @@ def drive(url: str, root: str, warm: list[list[bytes]], bodies: list[bytes],
                     if status == "201":
                         res.ok += 1
                         res.latencies.append(dt)
+                        if res.sample is None:
+                            res.sample = r.json()
                     else:
                         res.errors[status] = res.errors.get(status, 0) + 1
 
@@ -177,6 +181,31 @@ def drive(url: str, root: str, warm: list[list[bytes]], bodies: list[bytes],
         t.join()
     res.seconds = time.perf_counter() - t0
     return res
+
+
+EXPECTED_PATH = {"direct": None, "one RA": ["edge-3"], "two RAs": ["edge-2", "edge-1"]}
+
+
+def check_sample(ca: Any, res: Result) -> str:
+    """One issued certificate per measurement, checked in full: signed by the issuing CA
+    its chain names, stored at the CA with the path it came by ("ok", or what is wrong)."""
+    from cryptography import x509
+
+    if res.sample is None:
+        return "no sample"
+    try:
+        leaf = x509.load_pem_x509_certificate(res.sample["crt"].encode())
+        issuer = x509.load_pem_x509_certificate(res.sample["certChain"][1].encode())
+        leaf.verify_directly_issued_by(issuer)
+        row = ca.offline().certificate_rows().get(f"{leaf.serial_number:x}")
+        if row is None or row["status"] != "issued":
+            return "not issued at the CA"
+        stored = json.loads(row["ra_path"]) if row["ra_path"] else None
+        if stored != EXPECTED_PATH[res.path]:
+            return f"path at the CA {stored}"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "ok"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -199,6 +228,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     warm = [made[k * args.warmup:(k + 1) * args.warmup] for k in range(clients)]
                     res = drive(node.api + "/1.0/sign", root, warm,
                                 made[clients * args.warmup:], clients, path)
+                    res.check = check_sample(topo["direct"], res)
                     results.append(res)
                     log(args.verbose, f"  round {rnd + 1}, {clients} client(s), {path}: "
                                       f"{res.rate:.1f}/s, errors {res.errors or 0}")
@@ -218,7 +248,7 @@ def summary(r: Result) -> dict[str, Any]:
     return {"path": r.path, "clients": r.clients, "ok": r.ok, "errors": r.errors,
             "seconds": round(r.seconds, 3), "certs_per_second": round(r.rate, 1),
             "p50_ms": None if p50 is None else round(p50 * 1000, 1),
-            "p99_ms": None if p99 is None else round(p99 * 1000, 1)}
+            "p99_ms": None if p99 is None else round(p99 * 1000, 1), "check": r.check}
 
 
 def hop_costs(results: list[Result], client_counts: list[int]) -> list[dict[str, Any]]:
@@ -252,13 +282,14 @@ def print_table(rep: dict[str, Any]) -> None:
           "two RAs = -> edge-2 -> edge-1 -> CA")
     print()
     head = f"{'path':<8} {'clients':>7} {'ok':>5} {'errors':>7} {'certs/s':>8} " \
-           f"{'p50 ms':>8} {'p99 ms':>8}"
+           f"{'p50 ms':>8} {'p99 ms':>8}  check"
     print(head)
     print("-" * len(head))
     for r in rep["results"]:
         errs = sum(r["errors"].values())
         print(f"{r['path']:<8} {r['clients']:>7} {r['ok']:>5} {errs:>7} "
-              f"{r['certs_per_second']:>8.1f} {_f(r['p50_ms']):>8} {_f(r['p99_ms']):>8}")
+              f"{r['certs_per_second']:>8.1f} {_f(r['p50_ms']):>8} {_f(r['p99_ms']):>8}  "
+              f"{r['check']}")
     print()
     print("per hop (medians over rounds):")
     for h in rep["hops"]:
