@@ -294,15 +294,15 @@ def print_table(rep: dict[str, Any]) -> None:
     print("per hop (medians over rounds):")
     for h in rep["hops"]:
         print(f"  {h['clients']} client(s), {h['from']} -> {h['to']}: "
-              f"+{_f(h['added_p50_ms'])} ms p50, "
-              f"+{_f(h['added_wall_ms_per_cert'])} ms wall time per certificate")
+              f"{_f(h['added_p50_ms'], '+.1f')} ms p50, "
+              f"{_f(h['added_wall_ms_per_cert'], '+.1f')} ms wall time per certificate")
     for r in rep["results"]:
         if r["errors"]:
             print(f"errors ({r['path']}, {r['clients']} client(s)): {r['errors']}")
 
 
-def _f(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1f}"
+def _f(v: float | None, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
 
 
 def main(argv: list[str] | None = None) -> int:
