@@ -52,6 +52,7 @@ class Pair:
     root_pem: str
     tmp: Path
     http01: int
+    edge2: Server
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,19 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         (tmp / "edge-1.pem").write_text(added.stdout)
         run_cli("--dir", str(ra_dir), "ra", "import", str(tmp / "edge-1.pem"), check=True)
         with serving(ra_dir) as ra:
-            yield Pair(ca, ra, root_pem, tmp, http01)
+            # edge-2 below edge-1: registered through edge-1 (which forwards the
+            # registration), its requests forwarded by edge-1.
+            e2_dir = tmp / "edge-2"
+            init2 = run_cli("ra", "init", "--dir", str(e2_dir), "--upstream", ra.api,
+                            "--upstream-root", str(tmp / "root.pem"), "--name", "edge-2",
+                            check=True)
+            (tmp / "edge-2.csr").write_text(init2.stdout)
+            added2 = ra.cli("provisioner", "add", "edge-2", "--type", "ra", "--csr",
+                            str(tmp / "edge-2.csr"))
+            (tmp / "edge-2.pem").write_text(added2.stdout)
+            run_cli("--dir", str(e2_dir), "ra", "import", str(tmp / "edge-2.pem"), check=True)
+            with serving(e2_dir) as edge2:
+                yield Pair(ca, ra, root_pem, tmp, http01, edge2)
 
 
 def test_sign_through_the_ra_is_the_cas_certificate(pair: Pair) -> None:
@@ -101,6 +114,22 @@ def test_sign_through_the_ra_is_the_cas_certificate(pair: Pair) -> None:
     hops = [e for e in ra.events("ra.forwarded") if e["object_ids"].get("serial") == serial]
     assert hops and hops[0]["outcome"] == "success"
     assert hops[0]["details"]["decision"] == "forwarded"
+
+
+def test_a_chained_ra_forwards_through_its_parent(pair: Pair) -> None:
+    e2, ra, ca = pair.edge2, pair.ra, pair.ca
+    csr = make_csr(pair.tmp, "DNS:deep.example.test", cn="deep.example.test")
+    resp = e2.sign(csr, e2.token("deep.example.test"))
+    assert resp.status_code == 201, resp.text
+    doc = resp.json()
+    assert verify_chain(pair.tmp, pair.root_pem, doc["certChain"][1:],
+                        doc["crt"]).returncode == 0
+    assert doc.get("raPath", ["edge-2", "edge-1"]) == ["edge-2", "edge-1"]
+    serial = doc["serial"]
+    assert ca.certificate_rows()[serial]["status"] == "issued"
+    assert e2.certificate_rows()[serial]["status"] == "issued"
+    middle = [e for e in ra.events("ra.forwarded") if e["object_ids"].get("serial") == serial]
+    assert middle and middle[0]["details"]["child"] == "edge-2"
 
 
 def test_the_ras_api_certificate_comes_from_the_ca(pair: Pair) -> None:
