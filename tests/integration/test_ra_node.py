@@ -29,6 +29,7 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
 from tests.acme_client import Client, b64
@@ -223,6 +224,30 @@ def test_revoke_at_the_ra_revokes_at_the_ca(pair: Pair) -> None:
     other = ra.post("/1.0/revoke", json={"serial": "1234abcd", "ott": ra.token(
         "1234abcd", audience=audience)})
     assert other.status_code == 404, other.text
+
+
+def test_ocsp_and_crls_at_the_ra_are_the_cas(pair: Pair) -> None:
+    ra, ca = pair.ra, pair.ca
+    _, _, doc = _holder(pair, "status.example.test")
+    leaf, issuer = load_pem(doc["crt"]), load_pem(doc["ca"])
+    req = ocsp.OCSPRequestBuilder().add_certificate(leaf, issuer, hashes.SHA1()).build()
+    der = req.public_bytes(serialization.Encoding.DER)
+    resp = requests.post(ra.http + "/ocsp", data=der, timeout=30,
+                         headers={"Content-Type": "application/ocsp-request"})
+    assert resp.status_code == 200, resp.text
+    answer = ocsp.load_der_ocsp_response(resp.content)
+    assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+    assert answer.serial_number == leaf.serial_number
+    assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
+    direct = requests.post(ca.http + "/ocsp", data=der, timeout=30,
+                           headers={"Content-Type": "application/ocsp-request"})
+    assert resp.content == direct.content  # the CA's bytes, never re-signed
+    dp = leaf.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    path = "/crl/" + str(dp[0].full_name[0].value).rsplit("/crl/", 1)[1]  # type: ignore[index]
+    ca.cli("crl", "publish", "--authority", "issuing")
+    crl = requests.get(ra.http + path, timeout=30)
+    assert crl.status_code == 200, path
+    assert crl.content == requests.get(ca.http + path, timeout=30).content
 
 
 def test_the_credential_is_renewed_in_the_background(pair: Pair) -> None:
