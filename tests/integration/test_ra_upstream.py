@@ -392,3 +392,12 @@ def test_from_app_reads_the_ra_block_and_the_token_profile(server: Server, ra: R
         "ra-credential", 5.0)
     assert up.probe().status == 200
     up.close()
+
+
+def test_a_narrowed_tls_table_is_what_the_client_offers(server: Server, ra: Ra) -> None:
+    from appliance.x509 import algorithms
+
+    with algorithms.using(algorithms.FIPS):  # AES-GCM suites, NIST groups only
+        up = ra.upstream(server)
+        assert up.probe().status == 200  # libcurl took the table's suite and group names
+        up.close()
