@@ -318,6 +318,11 @@ def test_disabling_an_ra_cuts_it_and_every_ra_below(world: World) -> None:
         listed = {r["name"]: r for r in json.loads(world.server.cli("ra", "list",
                                                                     "--json").stdout)}
         assert listed["edge-1"]["state"] == "disabled"
+        table = world.server.cli("ra", "list").stdout
+        line = next(ln for ln in table.splitlines() if ln.startswith("edge-1 "))
+        assert "disabled" in line and listed["edge-1"]["credential_serial"] in line
+        assert json.loads(world.server.cli("provisioner", "show", "edge-1", "--json")
+                          .stdout)["disabled"] is True
         issued = world.server.issued_count()
         resp, _ = world.sign("edge-2", "cut.example.com", via="edge-1")
         assert resp.status_code == 403 and "edge-1 is disabled" in resp.json()["message"]
