@@ -377,3 +377,25 @@ def test_any_disabled_provisioner_is_refused_at_authentication(world: World) -> 
         server.cli("provisioner", "update", "acme", "--enable")
     assert server.sign(csr, server.token("j.example.com")).status_code == 201
     assert server.get("/acme/acme/directory").status_code == 200
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/sign", b"not json"),
+    ("/sign", b"[]"),
+    ("/sign", b'{"assertion": "a.b.c"}'),
+    ("/sign", b'{"csr": "-----BEGIN CERTIFICATE REQUEST-----\\nAAAA\\n", "assertion": 1}'),
+    ("/renew", b'{"certificate": "nope", "assertion": "a.b.c"}'),
+    ("/revoke", b'{"serial": "zz", "assertion": "a.b.c"}'),
+    ("/revoke", b'{"serial": "ab", "reasonCode": 99, "assertion": "a.b.c"}'),
+    ("/register", b'{"csr": 5}'),
+    ("/credential/renew", b"{}"),
+])
+def test_bad_input_is_a_clear_4xx_naming_the_hop(world: World, path: str, body: bytes) -> None:
+    resp = requests.post(world.server.api + "/1.0/ra" + path, data=body,
+                         headers={"Content-Type": "application/json"},
+                         cert=(str(world.ras["edge-3"].cert_file),
+                               str(world.ras["edge-3"].key_file)),
+                         verify=str(world.server.roots), timeout=30)
+    assert 400 <= resp.status_code < 500, resp.text
+    doc = resp.json()
+    assert doc["hop"] == "CA" and doc["message"], doc
