@@ -34,9 +34,11 @@ class UpstreamUnavailable(ServerFault):
     status = 503
     public_detail = True
 
-    def __init__(self, message: str, *, hop: str | None = None) -> None:
+    def __init__(self, message: str, *, hop: str | None = None,
+                 retry_after: str | None = None) -> None:
         super().__init__(message)
         self.hop = hop  # the node that reported itself unavailable, when it said so
+        self.retry_after = retry_after  # the upstream's Retry-After, when it sent one
 
 
 class UpstreamRefused(ApplianceError):
