@@ -12,6 +12,7 @@ certificate belongs to no provisioner, so ``/1.0/renew`` cannot extend it; only
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import re
@@ -35,6 +36,7 @@ from appliance.provisioners.settings import (
     check_effective,
 )
 from appliance.ra import registry as reg
+from appliance.revocation import revoke as revoke_mod
 from appliance.runtime import Appliance
 from appliance.store.models import NamePolicy, Provisioner
 
@@ -115,18 +117,29 @@ def register(app: Appliance, issuer: Issuer, name: str, csr: x509.CertificateSig
     check_name(name)
     where = f"provisioner {name}"
     parsed = check_policy(policy_text, where)
-    claims = Claims(max_duration=max_duration)
-    try:
-        check_effective(claims, app.settings.config.claims)
-    except ValueError as exc:
-        raise reg.RegistryError(f"--max-duration: {exc}") from None
-    settings = ProvisionerSettings(claims=claims, ra_parent=parent)
+    settings = _ra_settings(app, max_duration, parent)
     spki = reg.spki_digest(csr.public_key())
     authority = authority or app.settings.config.service.issuing_authority
     with app.db.sessions() as db:
         _refuse_taken(db, name, spki, parent)
         authority_id = authz.get(db, authority).id
     issued = _issue_credential(app, issuer, name, csr, authority_id, actor.name, ra_path)
+    try:
+        _record_registered(app, name, issued, authority, authority_id, settings, parent,
+                           policy_text, parsed, spki, ra_path, actor)
+    except BaseException:
+        # Another registration took the name or key meanwhile: the credential just issued
+        # belongs to no RA; it is revoked rather than left valid.
+        with contextlib.suppress(ApplianceError):
+            revoke_mod.revoke(app, issued.serial_hex, "cessationOfOperation", actor)
+        raise
+    return issued
+
+
+def _record_registered(app: Appliance, name: str, issued: Issued, authority: str,
+                       authority_id: int, settings: ProvisionerSettings, parent: str | None,
+                       policy_text: str | None, parsed: policy.Policy | None, spki: str,
+                       ra_path: list[str] | None, actor: Actor) -> None:
     with app.db.transaction() as db:
         row = reg.record(db, name, issued.certificate, authority_id=authority_id,
                          settings=settings)
@@ -141,7 +154,6 @@ def register(app: Appliance, issuer: Issuer, name: str, csr: x509.CertificateSig
                      "policy": parsed.to_yaml() if parsed is not None else None,
                      "spki_sha256": spki, "ra_path": ra_path,
                      "not_after": issued.certificate.not_valid_after_utc.isoformat()})
-    return issued
 
 
 def _refuse_taken(db: Session, name: str, spki: str, parent: str | None) -> None:
@@ -183,18 +195,30 @@ def add(app: Appliance, name: str, csr_pem: bytes, actor: Actor, *,
         authority: str | None = None) -> list[str]:
     """``provisioner add NAME --type ra --csr F``: the credential chain (PEM, leaf first,
     up to but without the root). On the CA the credential is issued here; on an RA node
-    the registration is forwarded upstream (``ra.node.register_child``)."""
+    the registration is forwarded upstream (``ra.node.register_child``, which also records
+    the child here, as this node's direct child with its claims and policy)."""
     from appliance.issuance.csr import load_csr
 
     check_name(name)
     check_policy(policy_text, f"provisioner {name}")
     csr = load_csr(csr_pem, "--csr")
     if is_ra_node(app):
+        _ra_settings(app, max_duration)  # a bad --max-duration refuses before forwarding
         chain: list[str] = ra_node().register_child(app, name, csr, max_duration, policy_text)
         return chain
     issued = register(app, Issuer(app), name, csr, actor, max_duration=max_duration,
                       policy_text=policy_text, authority=authority)
     return [issued.pem(), *issued.chain_pem()[:-1]]
+
+
+def _ra_settings(app: Appliance, max_duration: int | None,
+                 parent: str | None = None) -> ProvisionerSettings:
+    claims = Claims(max_duration=max_duration)
+    try:
+        check_effective(claims, app.settings.config.claims)
+    except ValueError as exc:
+        raise reg.RegistryError(f"--max-duration: {exc}") from None
+    return ProvisionerSettings(claims=claims, ra_parent=parent)
 
 
 def set_enabled(app: Appliance, name: str, enabled: bool, actor: Actor) -> None:

@@ -88,6 +88,11 @@ class RaEntry:
     certificate: x509.Certificate | None  # its current credential
 
     @property
+    def type(self) -> str:
+        """Always ``ra``: so an entry reads like its provisioner row (``authorize.context``)."""
+        return "ra"
+
+    @property
     def settings(self) -> ProvisionerSettings:
         return settings_of(self.config)
 
