@@ -118,7 +118,12 @@ class Node:
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Forward; a 4xx is ``UpstreamRefused``, unreachable/5xx ``UpstreamUnavailable``."""
-        reply = self.upstream.post(path, body)
+        try:
+            reply = self.upstream.post(path, body)
+        except UpstreamUnavailable as exc:
+            if exc.hop is None:  # this node could not reach its upstream: it says so
+                exc.hop = self.name
+            raise
         return reply.status, reply.body
 
     def audit(self, db: Any, actor: Actor, *, op: str, subject_sha256: str, decision: str,

@@ -287,6 +287,14 @@ def test_upstream_down_is_503_and_nothing_is_issued(pair: Pair) -> None:
     resp = ra.sign(csr, ra.token("down.example.test"))
     assert resp.status_code == 503, resp.text
     assert resp.json()["error"] == "upstream_unavailable"
+    assert resp.json()["hop"] == "edge-1"  # the node that could not reach its upstream
+    # edge-2 below: edge-1 answers it the same, and edge-2 passes edge-1's hop down.
+    e2 = pair.edge2
+    deep = e2.sign(make_csr(pair.tmp, "DNS:deep-down.example.test", cn="deep-down.example.test"),
+                   e2.token("deep-down.example.test"))
+    assert deep.status_code == 503, deep.text
+    assert deep.json()["error"] == "upstream_unavailable"
+    assert deep.json()["hop"] == "edge-1"
     assert int(resp.headers["Retry-After"]) >= 1
     assert ra.issued_count() == before
     down = ra.events("ra.forwarded")[-1]
