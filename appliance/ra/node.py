@@ -29,7 +29,7 @@ from sqlalchemy import Table, insert, select
 from appliance import durations, lint, policy
 from appliance.audit.log import Actor
 from appliance.ca import authorities as authz
-from appliance.errors import ApplianceError, DatabaseError
+from appliance.errors import ApplianceError, DatabaseError, ServerFault
 from appliance.inventory import match as inventory
 from appliance.issuance import pipeline
 from appliance.issuance.csr import load_csr
@@ -53,6 +53,16 @@ LOCAL_REFUSALS = (IssuanceError, policy.PolicyError, TemplateRefusal, TemplateEr
                   x509_path.PathError)
 BACKDATE = timedelta(seconds=60)
 MAX_REPLY_CERTS = 10
+
+
+class UpstreamAnswerInvalid(ServerFault):
+    """The upstream answered 2xx with something this node does not accept (another key or
+    other names than asked, a chain that misses the upstream root): nothing is stored or
+    handed out. Not ``deferred``: forwarding the same request again would only make the
+    upstream issue again, so an ACME order goes back to ready instead of being retried."""
+
+    code = "upstream_answer_invalid"
+    public_detail = True
 
 
 def refused_here(exc: ApplianceError, name: str) -> ApplianceError:
@@ -213,8 +223,8 @@ class Forwarder:
         except ApplianceError as exc:
             node.audit_alone(actor, op=op, subject_sha256=subject, decision="bad answer",
                              error=exc, provisioner=req.provisioner.name)
-            raise UpstreamUnavailable(f"the upstream's answer was not acceptable: {exc}"
-                                      ) from None
+            raise UpstreamAnswerInvalid(f"the upstream's answer was not acceptable: {exc}; "
+                                        "nothing was issued here") from None
         ra_path = reply.get("raPath")
         self._store(req, actor, cert, chain, subject, op,
                     ra_path if isinstance(ra_path, list) else None)
