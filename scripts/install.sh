@@ -27,8 +27,11 @@ done
 PY=${PYTHON:-python3}
 if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
   need_pkgs+=(python3 python3-venv python3-dev)
-elif ! "$PY" -m venv --help >/dev/null 2>&1; then
-  need_pkgs+=(python3-venv)
+else
+  "$PY" -m venv --help >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+  # pycurl is compiled here: it needs Python's headers.
+  "$PY" -c 'import os, sysconfig; assert os.path.exists(os.path.join(
+      sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null || need_pkgs+=(python3-dev)
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_pkgs[*]}"

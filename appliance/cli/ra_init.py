@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from cryptography import x509
 from sqlalchemy import select
 
 from appliance import config
@@ -55,6 +56,15 @@ def init_cmd(ctx: CliContext, upstream_url: str, upstream_root: Path, name: str,
         raise click.UsageError("ra init needs --dir DIR")
     root_pem = upstream_root.read_bytes()[:MAX_ROOT_BYTES + 1]
     roots = credential.load_pems(root_pem, str(upstream_root))
+    for root in roots:
+        try:
+            is_ca = root.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if not is_ca or root.subject != root.issuer:
+            raise click.BadParameter(f"{root.subject.rfc4514_string()} is not a root CA "
+                                     "certificate (the upstream's /1.0/roots)",
+                                     param_hint="--upstream-root")
     service: dict[str, Any] = {k: v for k, v in (
         ("api_listen", api_listen), ("http_listen", http_listen),
         ("public_base_url", public_base_url)) if v is not None}

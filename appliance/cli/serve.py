@@ -106,7 +106,7 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
     is_ra = app.settings.config.role == "ra"
     if is_ra:
         # Before any listener: an RA node without its credential cannot forward anything.
-        credential.current(app)
+        credential.require_usable(app)
     for warning in ([] if is_ra else tls.stale_ca_urls(app)):
         click.echo(f"warning: {warning}", err=True)
     for name in prov_ops.plaintext_keys(app):

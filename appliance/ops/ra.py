@@ -195,42 +195,20 @@ def add(app: Appliance, name: str, csr_pem: bytes, actor: Actor, *,
         authority: str | None = None) -> list[str]:
     """``provisioner add NAME --type ra --csr F``: the credential chain (PEM, leaf first,
     up to but without the root). On the CA the credential is issued here; on an RA node
-    the registration is forwarded upstream (``ra.node.register_child``: the CA registers
-    the child under this RA) and the child is recorded here too, as this node's direct
-    child with its claims and policy, so that this node authenticates and narrows its
-    requests before forwarding them."""
+    the registration is forwarded upstream (``ra.node.register_child``, which also records
+    the child here, as this node's direct child with its claims and policy)."""
     from appliance.issuance.csr import load_csr
 
     check_name(name)
-    parsed = check_policy(policy_text, f"provisioner {name}")
+    check_policy(policy_text, f"provisioner {name}")
     csr = load_csr(csr_pem, "--csr")
-    if not is_ra_node(app):
-        issued = register(app, Issuer(app), name, csr, actor, max_duration=max_duration,
-                          policy_text=policy_text, authority=authority)
-        return [issued.pem(), *issued.chain_pem()[:-1]]
-    settings = _ra_settings(app, max_duration)
-    authority = authority or app.settings.config.service.issuing_authority
-    with app.db.sessions() as db:
-        _refuse_taken(db, name, reg.spki_digest(csr.public_key()), None)
-        authority_id = authz.get(db, authority).id
-    chain: list[str] = ra_node().register_child(app, name, csr, max_duration, policy_text)
-    leaf = x509.load_pem_x509_certificate(chain[0].encode())
-    if reg.spki_digest(leaf.public_key()) != reg.spki_digest(csr.public_key()):
-        raise reg.RegistryError("the upstream's credential is for another key than the CSR's")
-    with app.db.transaction() as db:
-        row = reg.record(db, name, leaf, authority_id=authority_id, settings=settings)
-        if policy_text is not None:
-            db.add(NamePolicy(level="provisioner", provisioner_id=row.id, source=policy_text,
-                              updated_at=datetime.now(UTC)))
-        app.audit_log().append(
-            db, "ra.registered", actor, object_ids={"provisioner": name,
-                                                   "serial": f"{leaf.serial_number:x}"},
-            details={"type": "ra", "authority": authority, "parent": None,
-                     "registered_upstream": True, "settings": settings.model_dump(),
-                     "policy": parsed.to_yaml() if parsed is not None else None,
-                     "spki_sha256": reg.spki_digest(leaf.public_key()),
-                     "not_after": leaf.not_valid_after_utc.isoformat()})
-    return chain
+    if is_ra_node(app):
+        _ra_settings(app, max_duration)  # a bad --max-duration refuses before forwarding
+        chain: list[str] = ra_node().register_child(app, name, csr, max_duration, policy_text)
+        return chain
+    issued = register(app, Issuer(app), name, csr, actor, max_duration=max_duration,
+                      policy_text=policy_text, authority=authority)
+    return [issued.pem(), *issued.chain_pem()[:-1]]
 
 
 def _ra_settings(app: Appliance, max_duration: int | None,

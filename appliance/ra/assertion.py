@@ -143,7 +143,9 @@ def names_of(item: x509.CertificateSigningRequest | x509.Certificate) -> tuple[s
 
 # -- signing -----------------------------------------------------------------------------
 
-def _thumbprint(cert: x509.Certificate) -> str:
+def x5t_of(cert: x509.Certificate) -> str:
+    """The header's ``x5t#S256``: base64url SHA-256 of the certificate's DER. A verifier
+    may compare it with the credential it holds for ``iss`` (:attr:`Hop.x5t`)."""
     der = cert.public_bytes(serialization.Encoding.DER)
     return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
 
@@ -182,7 +184,7 @@ def make(key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, hop: Hop, *,
                      jti=secrets.token_urlsafe(18))
     _check(signed.claims(), depth=1)
     token = jwt.encode(signed.claims(), cast(Any, key), algorithm=alg,
-                       headers={"typ": TYP, "x5t#S256": _thumbprint(cert)})
+                       headers={"typ": TYP, "x5t#S256": x5t_of(cert)})
     if len(token) > MAX_TOKEN_BYTES:
         raise HopAssertionError(f"the hop assertion would be {len(token)} bytes; at most "
                                 f"{MAX_TOKEN_BYTES} with the hops below (too many names or "

@@ -268,6 +268,19 @@ def current(app: Appliance) -> Credential:
     return cred
 
 
+def require_usable(app: Appliance) -> Credential:
+    """``serve`` on an RA node: the credential is imported and still valid (an expired one
+    cannot be renewed: the upstream authenticates the renewal with it)."""
+    cred = current(app)
+    leaf = cred.leaf
+    if leaf.not_valid_after_utc <= datetime.now(UTC):
+        raise NotImported(
+            f"this RA node's credential expired at {leaf.not_valid_after_utc:%Y-%m-%d %H:%M}Z "
+            "and cannot be renewed any more: have the upstream register this node again "
+            "and run `appliance ra import` with the new chain")
+    return cred
+
+
 def renewal_due(cert: x509.Certificate, fraction: float, now: datetime | None = None
                 ) -> datetime:
     """When ``cert`` is to be renewed: ``fraction`` of its lifetime after its start."""

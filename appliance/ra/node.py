@@ -29,18 +29,20 @@ from sqlalchemy import Table, insert, select
 from appliance import durations, lint, policy
 from appliance.audit.log import Actor
 from appliance.ca import authorities as authz
-from appliance.errors import ApplianceError, DatabaseError
+from appliance.errors import ApplianceError, DatabaseError, ServerFault
 from appliance.inventory import match as inventory
 from appliance.issuance import pipeline
 from appliance.issuance.csr import load_csr
 from appliance.issuance.pipeline import IssuanceError, Issued
 from appliance.issuance.request import MAX_CERT_LIFETIME, ProvisionerContext, SignRequest
-from appliance.provisioners.authorize import context
-from appliance.ra import assertion, credential
+from appliance.provisioners.authorize import context_of
+from appliance.provisioners.settings import Claims, ProvisionerSettings
+from appliance.ra import assertion, credential, registry
+from appliance.ra.children import ChildHop
 from appliance.ra.errors import UpstreamRefused, UpstreamUnavailable
 from appliance.ra.upstream import Upstream
 from appliance.runtime import Appliance
-from appliance.store.models import Authority, Certificate
+from appliance.store.models import Authority, Certificate, NamePolicy, Provisioner
 from appliance.templates.errors import TemplateError, TemplateInputError, TemplateRefusal
 from appliance.x509 import path as x509_path
 
@@ -51,6 +53,16 @@ LOCAL_REFUSALS = (IssuanceError, policy.PolicyError, TemplateRefusal, TemplateEr
                   x509_path.PathError)
 BACKDATE = timedelta(seconds=60)
 MAX_REPLY_CERTS = 10
+
+
+class UpstreamAnswerInvalid(ServerFault):
+    """The upstream answered 2xx with something this node does not accept (another key or
+    other names than asked, a chain that misses the upstream root): nothing is stored or
+    handed out. Not ``deferred``: forwarding the same request again would only make the
+    upstream issue again, so an ACME order goes back to ready instead of being retried."""
+
+    code = "upstream_answer_invalid"
+    public_detail = True
 
 
 def refused_here(exc: ApplianceError, name: str) -> ApplianceError:
@@ -116,7 +128,12 @@ class Node:
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Forward; a 4xx is ``UpstreamRefused``, unreachable/5xx ``UpstreamUnavailable``."""
-        reply = self.upstream.post(path, body)
+        try:
+            reply = self.upstream.post(path, body)
+        except UpstreamUnavailable as exc:
+            if exc.hop is None:  # this node could not reach its upstream: it says so
+                exc.hop = self.name
+            raise
         return reply.status, reply.body
 
     def audit(self, db: Any, actor: Actor, *, op: str, subject_sha256: str, decision: str,
@@ -206,8 +223,8 @@ class Forwarder:
         except ApplianceError as exc:
             node.audit_alone(actor, op=op, subject_sha256=subject, decision="bad answer",
                              error=exc, provisioner=req.provisioner.name)
-            raise UpstreamUnavailable(f"the upstream's answer was not acceptable: {exc}"
-                                      ) from None
+            raise UpstreamAnswerInvalid(f"the upstream's answer was not acceptable: {exc}; "
+                                        "nothing was issued here") from None
         ra_path = reply.get("raPath")
         self._store(req, actor, cert, chain, subject, op,
                     ra_path if isinstance(ra_path, list) else None)
@@ -342,7 +359,7 @@ def node_of(app: Appliance) -> Node:
         return found[1]
 
 
-def forward_child(app: Appliance, op: str, body: dict[str, Any], child: Any
+def forward_child(app: Appliance, op: str, body: dict[str, Any], child: ChildHop
                   ) -> tuple[int, dict[str, Any]]:
     """A child RA's request, authenticated by ``web/ra.py`` (``child``: a ``ChildHop``):
     this node's rules for that child (its ``ra`` provisioner's claims and policy, and the
@@ -353,7 +370,7 @@ def forward_child(app: Appliance, op: str, body: dict[str, Any], child: Any
         raise IssuanceError(f"unknown RA operation {op!r}")
     hop, row = child.hop, child.row
     actor = Actor(f"ra:{row.name}", "service")
-    ctx = context(app, row)
+    ctx = context_of(app, row.id, row.name, "ra", row.config, row.authority_id)
     try:
         _child_checks(app, op, body, hop, ctx)
     except LOCAL_REFUSALS as exc:
@@ -373,13 +390,17 @@ def forward_child(app: Appliance, op: str, body: dict[str, Any], child: Any
                          else "upstream unavailable", error=exc, provisioner=row.name)
         raise
     serial = reply.get("serial")
-    node.audit_alone(actor, op=op, subject_sha256=hop.subject_sha256, decision="forwarded",
-                     serial=serial if isinstance(serial, str) else None, provisioner=row.name,
-                     extra={"child": row.name})
+    with app.db.transaction() as db:
+        if op == "credential-renew" and hop.below is None:
+            # The child's own credential, renewed upstream: this node's record follows.
+            registry.set_credential(db, row.name, _reply_chain(app, reply)[0])
+        node.audit(db, actor, op=op, subject_sha256=hop.subject_sha256, decision="forwarded",
+                   serial=serial if isinstance(serial, str) else None, provisioner=row.name,
+                   extra={"child": row.name})
     return status, reply
 
 
-def _child_checks(app: Appliance, op: str, body: dict[str, Any], hop: Any,
+def _child_checks(app: Appliance, op: str, body: dict[str, Any], hop: assertion.Hop,
                   ctx: ProvisionerContext) -> None:
     """This hop's own rules for what a child asks (the upstream applies its own again)."""
     if op not in ("sign", "renew"):
@@ -414,19 +435,26 @@ def register_child(app: Appliance, name: str, csr: x509.CertificateSigningReques
                    max_duration: int | str | None, policy_text: str | None,
                    requester: str = "operator") -> list[str]:
     """``provisioner add NAME --type ra`` on an RA node: the child's credential is issued
-    upstream (``/1.0/ra/register``, this hop's assertion carrying the registration), and
-    its chain (PEM, leaf first, without the root) returned for the operator to hand to the
-    child. ``max_duration``: seconds (or a duration text), carried as a duration text."""
+    upstream (``/1.0/ra/register``, this hop's assertion carrying the registration), the
+    child recorded here too (its ``ra`` provisioner row, claims and policy: this node
+    authenticates it and applies them to what it forwards), and its chain (PEM, leaf
+    first, without the root) returned for the operator to hand to the child.
+    ``max_duration``: seconds (or a duration text), carried as a duration text."""
     node = node_of(app)
-    if isinstance(max_duration, int):
-        max_duration = durations.format_seconds(max_duration)
     actor = Actor(requester, "operator")
+    seconds = durations.parse(max_duration) if isinstance(max_duration, str) else max_duration
+    as_text = durations.format_seconds(seconds) if seconds is not None else None
     der = csr.public_bytes(serialization.Encoding.DER)
     subject = assertion.digest(der)
+    settings = ProvisionerSettings(claims=Claims(max_duration=seconds))
+    with app.db.sessions() as db:
+        issuing = authz.get(db, app.settings.config.service.issuing_authority).id
+        if db.scalars(select(Provisioner.id).where(Provisioner.name == name)).first():
+            raise registry.RegistryError(f"a provisioner named {name!r} already exists")
     token = node.sign_hop(
         op="register", subject_sha256=subject, names=names_of(csr), requester=requester,
         provisioner={"name": node.name, "type": "ra"},
-        register={"name": name, "max_duration": max_duration, "policy": policy_text})
+        register={"name": name, "max_duration": as_text, "policy": policy_text})
     body = {"csr": csr.public_bytes(serialization.Encoding.PEM).decode(), "assertion": token}
     try:
         _, reply = node.post(PATHS["register"], body)
@@ -435,17 +463,36 @@ def register_child(app: Appliance, name: str, csr: x509.CertificateSigningReques
                          decision="refused upstream" if isinstance(exc, UpstreamRefused)
                          else "upstream unavailable", error=exc, extra={"child": name})
         raise
-    pems = reply.get("certChain") or [reply.get("crt")]
-    if not all(isinstance(p, str) for p in pems):
-        raise UpstreamUnavailable("the upstream's answer has no certificate chain")
-    chain = [c for p in pems for c in credential.load_pems(p.encode(), "certChain")]
-    credential.chain_reaches(chain[0], chain[1:], credential.upstream_roots(app))
-    serial = f"{chain[0].serial_number:x}"
-    node.audit_alone(actor, op="register", subject_sha256=subject, decision="forwarded",
-                     serial=serial, extra={"child": name})
+    chain = _reply_chain(app, reply)
+    leaf = chain[0]
+    serial = f"{leaf.serial_number:x}"
+    with app.db.transaction() as db:
+        row = registry.record(db, name, leaf, authority_id=issuing, settings=settings)
+        if policy_text is not None:
+            db.add(NamePolicy(level="provisioner", provisioner_id=row.id, source=policy_text,
+                              updated_at=datetime.now(UTC)))
+        app.audit_log().append(
+            db, "ra.registered", actor, object_ids={"provisioner": name, "serial": serial},
+            details={"type": "ra", "through": node.name,
+                     "settings": settings.model_dump(), "policy": policy_text,
+                     "spki_sha256": registry.spki_digest(leaf.public_key()),
+                     "not_after": leaf.not_valid_after_utc.isoformat()})
+        node.audit(db, actor, op="register", subject_sha256=subject, decision="forwarded",
+                   serial=serial, extra={"child": name})
     roots = credential.upstream_roots(app)
     return [c.public_bytes(serialization.Encoding.PEM).decode() for c in chain
             if c not in roots]
+
+
+def _reply_chain(app: Appliance, reply: dict[str, Any]) -> list[x509.Certificate]:
+    """A credential the upstream issued (``crt``/``certChain``), checked to chain to the
+    upstream root; leaf first."""
+    pems = reply.get("certChain") or [reply.get("crt")]
+    if not isinstance(pems, list) or not all(isinstance(p, str) for p in pems):
+        raise UpstreamUnavailable("the upstream's answer has no certificate chain")
+    chain = [c for p in pems for c in credential.load_pems(p.encode(), "certChain")]
+    credential.chain_reaches(chain[0], chain[1:], credential.upstream_roots(app))
+    return chain
 
 
 def renew_credential(app: Appliance, actor: Actor) -> x509.Certificate:

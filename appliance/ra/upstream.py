@@ -277,9 +277,12 @@ class Upstream:
     def _new_handle(self) -> Any:
         # libp11 reads the module's path (and the module its settings, SOFTHSM2_CONF say)
         # from the environment when the engine is initialised.
-        os.environ["PKCS11_MODULE_PATH"] = str(engine_module(self.profile))
-        for name, value in self.profile.module_env.items():
-            os.environ[name] = value
+        # Written only when it changes: setenv beside a C thread's getenv is not safe.
+        wanted = {"PKCS11_MODULE_PATH": str(engine_module(self.profile)),
+                  **self.profile.module_env}
+        for name, value in wanted.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
         c = pycurl.Curl()
         try:
             c.setopt(pycurl.NOSIGNAL, 1)
@@ -301,6 +304,8 @@ class Upstream:
                 c.setopt(pycurl.SSL_CIPHER_LIST, ":".join(table.ciphers12))
             if table.suites13 is not None:
                 c.setopt(pycurl.TLS13_CIPHERS, ":".join(table.suites13))
+            if table.groups is not None:
+                c.setopt(pycurl.SSL_EC_CURVES, ":".join(table.groups))
             c.setopt(pycurl.SSLENGINE, "pkcs11")
             c.setopt(pycurl.SSLKEYTYPE, "ENG")
             c.setopt(pycurl.SSLKEY, key_uri(self.profile, self.key_label))

@@ -16,22 +16,31 @@ from typing import Any
 from sqlalchemy import select
 
 from appliance.ocsp.responder import Responder
+from appliance.ra.proxy import PublicProxy
 from appliance.runtime import Appliance
 from appliance.store.models import Authority, Crl
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 _CA = re.compile(r"^/ca/([A-Za-z0-9][A-Za-z0-9._-]{0,63})\.(crt|pem)$")
 _CRL = re.compile(r"^/crl/([A-Za-z0-9][A-Za-z0-9._-]{0,63})\.crl$")
+MAX_PROXIED_REQUEST = 8192
+_REASONS = {200: "OK", 304: "Not Modified", 400: "Bad Request", 404: "Not Found",
+            405: "Method Not Allowed", 413: "Content Too Large", 502: "Bad Gateway",
+            503: "Service Unavailable"}
 
 
 def make_app(appliance: Appliance, ocsp: Responder | None = None
              ) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
     ocsp = ocsp or Responder(appliance)
+    # An RA node signs no OCSP response or CRL: those are its upstream CA's (ra/proxy.py).
+    proxy = PublicProxy(appliance) if appliance.settings.config.role == "ra" else None
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
-        if path.startswith("/ocsp") and (len(path) == 5 or path[5] == "/"):
+        if proxy is not None and (is_ocsp(path) or path.startswith("/crl/")):
+            return _proxied(proxy, environ, start_response, method, path)
+        if is_ocsp(path):
             return ocsp(environ, start_response)  # first: the hot path of this listener
         if path == "/metrics" and method == "GET":
             return _send(start_response, "200 OK", ocsp.metrics_text().encode(),
@@ -74,6 +83,25 @@ def make_app(appliance: Appliance, ocsp: Responder | None = None
         return _send(start_response, "404 Not Found", b"", "text/plain")
 
     return app
+
+
+def is_ocsp(path: str) -> bool:
+    return path.startswith("/ocsp") and (len(path) == 5 or path[5] == "/")
+
+
+def _proxied(proxy: PublicProxy, environ: dict[str, Any], start_response: StartResponse,
+             method: str, path: str) -> Iterable[bytes]:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    stream = environ.get("wsgi.input")
+    body = stream.read(min(length, MAX_PROXIED_REQUEST + 1)) if stream and length > 0 else b""
+    answer = proxy.handle(method, path, body, environ.get("CONTENT_TYPE"))
+    headers = [*answer.headers, ("Content-Length", str(len(answer.body))),
+               ("X-Content-Type-Options", "nosniff")]
+    start_response(f"{answer.status} {_REASONS.get(answer.status, 'Status')}", headers)
+    return [b"" if method == "HEAD" else answer.body]
 
 
 def _send(start_response: StartResponse, status: str, data: bytes, ctype: str,

@@ -64,6 +64,7 @@ class PublicAsgi:
     def __init__(self, appliance: Appliance) -> None:
         self.responder = Responder(appliance)
         self.wsgi = public.make_app(appliance, self.responder)
+        self.appliance_role = appliance.settings.config.role
         self.offload = appliance.db.dialect != "sqlite"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -79,7 +80,8 @@ class PublicAsgi:
         if kind != "http":
             return
         path: str = scope["path"]
-        if path.startswith("/ocsp") and (len(path) == 5 or path[5] == "/"):
+        if path.startswith("/ocsp") and (len(path) == 5 or path[5] == "/") \
+                and self.appliance_role != "ra":  # an RA's OCSP: proxied by the WSGI app
             await self._ocsp(scope, receive, send)
         else:
             await self._bridge(scope, receive, send)

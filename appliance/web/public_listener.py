@@ -31,12 +31,14 @@ class PublicListener:
         self.responder = Responder(appliance)
         self.wsgi = public.make_app(appliance, self.responder)
         self.offload = appliance.db.dialect != "sqlite"
+        # An RA node answers OCSP with its upstream CA's responses (the WSGI app proxies).
+        self.proxied = appliance.settings.config.role == "ra"
         self.loop = loop
         self.executor = executor
 
     def __call__(self, req: Request) -> Response | asyncio.Future[Response]:
         path = req.path
-        if path.startswith("/ocsp") and (len(path) == 5 or path[5] == "/"):
+        if path.startswith("/ocsp") and (len(path) == 5 or path[5] == "/") and not self.proxied:
             if self.offload:
                 return self.loop.run_in_executor(self.executor, self.ocsp, req)
             return self.ocsp(req)

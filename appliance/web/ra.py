@@ -182,8 +182,6 @@ def _dispatch(op: str, data: dict[str, Any], subject: str, act: Any) -> Any:
                                         subject)
     if ra_ops.is_ra_node(app):
         status, doc = ra_ops.ra_node().forward_child(app, op, data, child)
-        if op == "credential-renew" and status == 201 and child.hop.below is None:
-            _keep_child_credential(app, child, doc)
         return jsonify(doc), status
     names: list[str] = [child.row.name]
     actor = Actor(f"ra:{child.row.name}", "ra")
@@ -199,29 +197,6 @@ def _dispatch(op: str, data: dict[str, Any], subject: str, act: Any) -> Any:
         raise
     ra_ops.audit_request(app, op, names, subject, actor, serial=serial)
     return jsonify(doc), status
-
-
-def _keep_child_credential(app: Appliance, child: children.ChildHop, doc: dict[str, Any]
-                           ) -> None:
-    """A direct child renewed its own credential through this RA node: the new certificate
-    (same key, checked) becomes the child's current one here too, so ``ra list`` shows it."""
-    try:
-        cert = x509.load_pem_x509_certificate(str(doc.get("crt", "")).encode())
-    except ValueError:
-        log.warning("a child's renewed credential could not be read", extra={
-            "ra": child.row.name})
-        return
-    if reg.spki_digest(cert.public_key()) != child.row.spki_sha256:
-        log.warning("a child's renewed credential is for another key; not kept", extra={
-            "ra": child.row.name})
-        return
-    with app.db.transaction() as db:
-        reg.set_credential(db, child.row.name, cert)
-        app.audit_log().append(
-            db, "ra.credential.renewed", Actor(f"ra:{child.row.name}", "ra"),
-            object_ids={"provisioner": child.row.name, "serial": f"{cert.serial_number:x}"},
-            details={"previous_serial": child.row.serial, "issued_upstream": True,
-                     "not_after": cert.not_valid_after_utc.isoformat()})
 
 
 # -- the CA's actions --------------------------------------------------------------------

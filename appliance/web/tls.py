@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -19,15 +20,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
+from appliance import logs
 from appliance.ca import authorities as authz
 from appliance.issuance.pipeline import Issuer
 from appliance.issuance.request import EffectiveClaims, ProvisionerContext, SignRequest
 from appliance.ra import credential
+from appliance.ra.errors import UpstreamUnavailable
 from appliance.ra.node import Forwarder
 from appliance.runtime import Appliance
 from appliance.store.models import Authority
 
 DAY = 86400
+log = logs.get("web.tls")
 
 
 @dataclass(frozen=True)
@@ -106,12 +110,21 @@ def _issue_through_upstream(app: Appliance, folder: Path, key: ec.EllipticCurveP
                                default_duration=DAY, disable_renewal=True,
                                allow_renewal_after_expiry=False, renewal_grace=None),
         authority_id=ca.id, template="tls-server")
-    issued = Forwarder(app).issue(SignRequest(csr=csr, provisioner=ctx,
-                                              requester="appliance:serve",
-                                              credential_names=None))
+    files = TlsFiles(folder / "api.crt", folder / "api.key", folder / "roots.pem")
+    try:
+        issued = Forwarder(app).issue(SignRequest(csr=csr, provisioner=ctx,
+                                                  requester="appliance:serve",
+                                                  credential_names=None))
+    except UpstreamUnavailable:
+        # The upstream is away at this start: the certificate it issued last time serves
+        # while it still has an hour to run (the node forwards nothing meanwhile anyway).
+        if _still_valid(files, hours=1):
+            log.warning("the upstream is unavailable; serving with the previous API "
+                        "certificate")
+            return files
+        raise
     roots = credential.upstream_roots(app)
     chain = [issued.certificate, *(c for c in issued.chain if c not in roots)]
-    files = TlsFiles(folder / "api.crt", folder / "api.key", folder / "roots.pem")
     _write_private(files.key, key.private_bytes(serialization.Encoding.PEM,
                                                 serialization.PrivateFormat.PKCS8,
                                                 serialization.NoEncryption()))
@@ -120,6 +133,23 @@ def _issue_through_upstream(app: Appliance, folder: Path, key: ec.EllipticCurveP
     _write_private(files.roots, b"".join(r.public_bytes(serialization.Encoding.PEM)
                                          for r in roots), 0o644)
     return files
+
+
+def _still_valid(files: TlsFiles, *, hours: int) -> bool:
+    """Whether the API certificate on disk (with its key and roots) is valid for ``hours``
+    more and is for the key beside it."""
+    try:
+        cert = x509.load_pem_x509_certificates(files.certificate.read_bytes())[0]
+        key = serialization.load_pem_private_key(files.key.read_bytes(), None)
+        files.roots.stat()
+    except (OSError, ValueError, IndexError):
+        return False
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    same = cert.public_key().public_bytes(serialization.Encoding.DER, spki) == \
+        key.public_key().public_bytes(serialization.Encoding.DER, spki)
+    now = datetime.now(UTC)
+    return same and cert.not_valid_before_utc <= now and \
+        cert.not_valid_after_utc > now + timedelta(hours=hours)
 
 
 def stale_ca_urls(app: Appliance) -> list[str]:

@@ -318,6 +318,11 @@ def test_disabling_an_ra_cuts_it_and_every_ra_below(world: World) -> None:
         listed = {r["name"]: r for r in json.loads(world.server.cli("ra", "list",
                                                                     "--json").stdout)}
         assert listed["edge-1"]["state"] == "disabled"
+        table = world.server.cli("ra", "list").stdout
+        line = next(ln for ln in table.splitlines() if ln.startswith("edge-1 "))
+        assert "disabled" in line and listed["edge-1"]["credential_serial"] in line
+        assert json.loads(world.server.cli("provisioner", "show", "edge-1", "--json")
+                          .stdout)["disabled"] is True
         issued = world.server.issued_count()
         resp, _ = world.sign("edge-2", "cut.example.com", via="edge-1")
         assert resp.status_code == 403 and "edge-1 is disabled" in resp.json()["message"]
@@ -372,3 +377,25 @@ def test_any_disabled_provisioner_is_refused_at_authentication(world: World) -> 
         server.cli("provisioner", "update", "acme", "--enable")
     assert server.sign(csr, server.token("j.example.com")).status_code == 201
     assert server.get("/acme/acme/directory").status_code == 200
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/sign", b"not json"),
+    ("/sign", b"[]"),
+    ("/sign", b'{"assertion": "a.b.c"}'),
+    ("/sign", b'{"csr": "-----BEGIN CERTIFICATE REQUEST-----\\nAAAA\\n", "assertion": 1}'),
+    ("/renew", b'{"certificate": "nope", "assertion": "a.b.c"}'),
+    ("/revoke", b'{"serial": "zz", "assertion": "a.b.c"}'),
+    ("/revoke", b'{"serial": "ab", "reasonCode": 99, "assertion": "a.b.c"}'),
+    ("/register", b'{"csr": 5}'),
+    ("/credential/renew", b"{}"),
+])
+def test_bad_input_is_a_clear_4xx_naming_the_hop(world: World, path: str, body: bytes) -> None:
+    resp = requests.post(world.server.api + "/1.0/ra" + path, data=body,
+                         headers={"Content-Type": "application/json"},
+                         cert=(str(world.ras["edge-3"].cert_file),
+                               str(world.ras["edge-3"].key_file)),
+                         verify=str(world.server.roots), timeout=30)
+    assert 400 <= resp.status_code < 500, resp.text
+    doc = resp.json()
+    assert doc["hop"] == "CA" and doc["message"], doc

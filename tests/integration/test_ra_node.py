@@ -29,6 +29,7 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
 from tests.acme_client import Client, b64
@@ -52,6 +53,7 @@ class Pair:
     root_pem: str
     tmp: Path
     http01: int
+    edge2: Server
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,19 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         (tmp / "edge-1.pem").write_text(added.stdout)
         run_cli("--dir", str(ra_dir), "ra", "import", str(tmp / "edge-1.pem"), check=True)
         with serving(ra_dir) as ra:
-            yield Pair(ca, ra, root_pem, tmp, http01)
+            # edge-2 below edge-1: registered through edge-1 (which forwards the
+            # registration), its requests forwarded by edge-1.
+            e2_dir = tmp / "edge-2"
+            init2 = run_cli("ra", "init", "--dir", str(e2_dir), "--upstream", ra.api,
+                            "--upstream-root", str(tmp / "root.pem"), "--name", "edge-2",
+                            check=True)
+            (tmp / "edge-2.csr").write_text(init2.stdout)
+            added2 = ra.cli("provisioner", "add", "edge-2", "--type", "ra", "--csr",
+                            str(tmp / "edge-2.csr"))
+            (tmp / "edge-2.pem").write_text(added2.stdout)
+            run_cli("--dir", str(e2_dir), "ra", "import", str(tmp / "edge-2.pem"), check=True)
+            with serving(e2_dir) as edge2:
+                yield Pair(ca, ra, root_pem, tmp, http01, edge2)
 
 
 def test_sign_through_the_ra_is_the_cas_certificate(pair: Pair) -> None:
@@ -101,6 +115,22 @@ def test_sign_through_the_ra_is_the_cas_certificate(pair: Pair) -> None:
     hops = [e for e in ra.events("ra.forwarded") if e["object_ids"].get("serial") == serial]
     assert hops and hops[0]["outcome"] == "success"
     assert hops[0]["details"]["decision"] == "forwarded"
+
+
+def test_a_chained_ra_forwards_through_its_parent(pair: Pair) -> None:
+    e2, ra, ca = pair.edge2, pair.ra, pair.ca
+    csr = make_csr(pair.tmp, "DNS:deep.example.test", cn="deep.example.test")
+    resp = e2.sign(csr, e2.token("deep.example.test"))
+    assert resp.status_code == 201, resp.text
+    doc = resp.json()
+    assert verify_chain(pair.tmp, pair.root_pem, doc["certChain"][1:],
+                        doc["crt"]).returncode == 0
+    assert doc.get("raPath", ["edge-2", "edge-1"]) == ["edge-2", "edge-1"]
+    serial = doc["serial"]
+    assert ca.certificate_rows()[serial]["status"] == "issued"
+    assert e2.certificate_rows()[serial]["status"] == "issued"
+    middle = [e for e in ra.events("ra.forwarded") if e["object_ids"].get("serial") == serial]
+    assert middle and middle[0]["details"]["child"] == "edge-2"
 
 
 def test_the_ras_api_certificate_comes_from_the_ca(pair: Pair) -> None:
@@ -196,6 +226,30 @@ def test_revoke_at_the_ra_revokes_at_the_ca(pair: Pair) -> None:
     assert other.status_code == 404, other.text
 
 
+def test_ocsp_and_crls_at_the_ra_are_the_cas(pair: Pair) -> None:
+    ra, ca = pair.ra, pair.ca
+    _, _, doc = _holder(pair, "status.example.test")
+    leaf, issuer = load_pem(doc["crt"]), load_pem(doc["ca"])
+    req = ocsp.OCSPRequestBuilder().add_certificate(leaf, issuer, hashes.SHA1()).build()
+    der = req.public_bytes(serialization.Encoding.DER)
+    resp = requests.post(ra.http + "/ocsp", data=der, timeout=30,
+                         headers={"Content-Type": "application/ocsp-request"})
+    assert resp.status_code == 200, resp.text
+    answer = ocsp.load_der_ocsp_response(resp.content)
+    assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+    assert answer.serial_number == leaf.serial_number
+    assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
+    direct = requests.post(ca.http + "/ocsp", data=der, timeout=30,
+                           headers={"Content-Type": "application/ocsp-request"})
+    assert resp.content == direct.content  # the CA's bytes, never re-signed
+    dp = leaf.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    path = "/crl/" + str(dp[0].full_name[0].value).rsplit("/crl/", 1)[1]  # type: ignore[index]
+    ca.cli("crl", "publish", "--authority", "issuing")
+    crl = requests.get(ra.http + path, timeout=30)
+    assert crl.status_code == 200, path
+    assert crl.content == requests.get(ca.http + path, timeout=30).content
+
+
 def test_the_credential_is_renewed_in_the_background(pair: Pair) -> None:
     ra = pair.ra
     first = load_pem((pair.tmp / "edge-1.pem").read_text())
@@ -233,11 +287,22 @@ def test_upstream_down_is_503_and_nothing_is_issued(pair: Pair) -> None:
     resp = ra.sign(csr, ra.token("down.example.test"))
     assert resp.status_code == 503, resp.text
     assert resp.json()["error"] == "upstream_unavailable"
+    assert resp.json()["hop"] == "edge-1"  # the node that could not reach its upstream
+    # edge-2 below: edge-1 answers it the same, and edge-2 passes edge-1's hop down.
+    e2 = pair.edge2
+    deep = e2.sign(make_csr(pair.tmp, "DNS:deep-down.example.test", cn="deep-down.example.test"),
+                   e2.token("deep-down.example.test"))
+    assert deep.status_code == 503, deep.text
+    assert deep.json()["error"] == "upstream_unavailable"
+    assert deep.json()["hop"] == "edge-1"
     assert int(resp.headers["Retry-After"]) >= 1
     assert ra.issued_count() == before
     down = ra.events("ra.forwarded")[-1]
     assert down["outcome"] == "failure"
     assert down["details"]["decision"] == "upstream unavailable"
+    # The RA restarts while the CA is away: it serves with the API certificate it had.
+    ra.stop()
+    ra = _restart(ra)
     # ...and finalized while it is away stays processing, then completes when it is back.
     key = ec.generate_private_key(ec.SECP256R1())
     acme_csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
@@ -270,6 +335,7 @@ def test_upstream_down_is_503_and_nothing_is_issued(pair: Pair) -> None:
             assert verified.returncode == 0, verified.stdout + verified.stderr
     finally:
         again.stop()
+        ra.stop()
 
 
 def _restart(server: Server) -> Server:

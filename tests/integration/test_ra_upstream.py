@@ -363,3 +363,41 @@ def test_a_request_is_sent_again_only_if_none_of_it_was_sent(ra: Ra,
         up.post("/1.0/ra/swallow", {"csr": "..."})
     assert _SEEN == ["/1.0/ra/refused", "/1.0/ra/swallow"]
     up.close()
+
+
+def test_from_app_reads_the_ra_block_and_the_token_profile(server: Server, ra: Ra,
+                                                           tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from appliance import config
+    from appliance.runtime import Appliance
+
+    # The CA's own configuration names no upstream.
+    with pytest.raises(ConfigError, match=r"ra\.upstream_url is not set"):
+        Upstream.from_app(Appliance(config.load(server.data_dir / "appliance.yaml")))
+    # An RA node's: paths relative to its folder, the defaults of the RA spec otherwise.
+    # (A stand-in for the ``ra:`` block until config.py carries it.)
+    (tmp_path / "ra").mkdir()
+    (tmp_path / "ra" / "credential.pem").write_bytes(ra.cert_file.read_bytes())
+    (tmp_path / "ra" / "upstream-root.pem").write_bytes(server.roots.read_bytes())
+    ra_block = SimpleNamespace(upstream_url=server.api, upstream_root=None,
+                               credential_cert=None, credential_label=None,
+                               upstream_timeout_seconds=5.0)
+    app = SimpleNamespace(settings=SimpleNamespace(config=SimpleNamespace(ra=ra_block),
+                                                   base_dir=tmp_path),
+                          hsm_profile=ra.token.profile())
+    up = Upstream.from_app(app)  # type: ignore[arg-type]
+    assert (up.root_file, up.cert_file, up.key_label, up.timeout) == (
+        tmp_path / "ra" / "upstream-root.pem", tmp_path / "ra" / "credential.pem",
+        "ra-credential", 5.0)
+    assert up.probe().status == 200
+    up.close()
+
+
+def test_a_narrowed_tls_table_is_what_the_client_offers(server: Server, ra: Ra) -> None:
+    from appliance.x509 import algorithms
+
+    with algorithms.using(algorithms.FIPS):  # AES-GCM suites, NIST groups only
+        up = ra.upstream(server)
+        assert up.probe().status == 200  # libcurl took the table's suite and group names
+        up.close()

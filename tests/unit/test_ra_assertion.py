@@ -83,7 +83,7 @@ def test_a_token_signed_assertion_verifies_with_the_ra_key(ra_keys: RaKeys) -> N
     header = _unb64(token.split(".")[0])
     der = cert.public_bytes(serialization.Encoding.DER)
     assert header["alg"] == "ES256" and header["typ"] == "ra-hop+jwt"
-    assert header["x5t#S256"] == base64.urlsafe_b64encode(
+    assert header["x5t#S256"] == assertion.x5t_of(cert) == base64.urlsafe_b64encode(
         hashlib.sha256(der).digest()).rstrip(b"=").decode()
     hop = assertion.verify(token, key.public_key(), iss="edge-1", op="sign",
                            subject_sha256=SUBJECT)
