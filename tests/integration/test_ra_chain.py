@@ -182,10 +182,11 @@ def verify(topo: Topology, leaf: Path, issuer: Path) -> None:
     assert proc.returncode == 0 and ": OK" in proc.stdout, proc.stdout + proc.stderr
 
 
-def ocsp_status(topo: Topology, leaf: Path, issuer: Path) -> str:
-    """The CA's own OCSP responder (never an RA's), response checked against the root."""
+def ocsp_status(topo: Topology, leaf: Path, issuer: Path, via: Node | None = None) -> str:
+    """The CA's OCSP answer, from the CA's responder or relayed by an RA (``via``); either
+    way the response is checked against the CA's root (signed by the CA, never an RA)."""
     proc = openssl("ocsp", "-issuer", str(issuer), "-cert", str(leaf), "-url",
-                   topo.ca.http + "/ocsp", "-CAfile", str(topo.root), "-no_nonce")
+                   (via or topo.ca).http + "/ocsp", "-CAfile", str(topo.root), "-no_nonce")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     m = re.search(rf"{re.escape(str(leaf))}: (\w+)", proc.stdout)
     assert m, proc.stdout
@@ -319,7 +320,10 @@ def test_revoke_through_edge2_shows_in_ca_ocsp(topo: Topology, tmp_path: Path) -
     assert done.status_code == 200, done.text
     assert done.json()["reason"] == "keyCompromise"
     assert ocsp_status(topo, leaf, issuer) == "revoked"
+    # edge-2's own private network asks edge-2, which relays the CA's signed answer.
+    assert ocsp_status(topo, leaf, issuer, via=topo.edge2) == "revoked"
     assert cert_show(topo.ca, serial)["status"] == "revoked"
+    assert cert_show(topo.edge2, serial)["status"] == "revoked"  # its copy follows
     assert any(e["object_ids"].get("serial") == serial
                for e in topo.ca.events("certificate.revoked"))
 
