@@ -293,6 +293,36 @@ def test_sign_with_edge3_jwk_token(topo: Topology, tmp_path: Path) -> None:
     assert local["status"] == "issued" and local["ra_path"] == ["edge-3"], local
 
 
+def test_renew_by_mtls_through_two_hops(topo: Topology, tmp_path: Path) -> None:
+    """The holder renews at edge-2 with its certificate (mTLS); the CA renews it, along
+    the same path, and every hop keeps the renewed copy."""
+    name = f"renew.{DOMAIN}"
+    key = ec.generate_private_key(ec.SECP256R1())
+    srv = topo.edge2.srv
+    r = srv.session.post(topo.edge2.api + "/1.0/sign", verify=str(topo.root), timeout=90,
+                         json={"csr": csr_pem(name, key=key), "ott": srv.token(name)})
+    assert r.status_code == 201, r.text
+    old = r.json()
+    crt, pem_key = tmp_path / "holder.crt", tmp_path / "holder.key"
+    crt.write_text(old["crt"] + old["ca"])
+    pem_key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    r = requests.post(topo.edge2.api + "/1.0/renew", cert=(str(crt), str(pem_key)),
+                      verify=str(topo.root), timeout=90)
+    assert r.status_code == 201, r.text
+    new = r.json()
+    leaf, issuer = split("".join(new["certChain"]), tmp_path)
+    verify(topo, leaf, issuer)
+    cert = x509.load_pem_x509_certificate(leaf.read_bytes())
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+    assert new["serial"] != old["serial"] and san_values(cert) == [name]
+    shown = cert_show(topo.ca, new["serial"])
+    assert shown["renewed_from"] == old["serial"], shown
+    assert shown["ra_path"] == ["edge-2", "edge-1"], shown
+    assert cert_show(topo.edge2, new["serial"])["status"] == "issued"
+
+
 def test_name_edge1_refuses_is_refused_naming_edge1(topo: Topology) -> None:
     before = set(topo.ca.offline().certificate_rows())
     name = "db.elsewhere.test"  # edge-2 has no policy of its own: it would allow this
