@@ -253,9 +253,13 @@ def test_certbot_through_two_hops(topo: Topology, tmp_path: Path) -> None:
     assert ra_path(topo, serial) == ["edge-2", "edge-1"]
     shown = topo.ca.cli("cert", "show", serial).stdout
     assert "edge-2 → edge-1 → CA" in shown, shown
-    # Every hop audited the forwarding, with the CA's answer (the serial).
+    # Every hop audited the forwarding, with the CA's answer (the serial); the CA audited
+    # the issuance with the path.
     for node in (topo.edge2, topo.edge1):
         assert any(serial in json.dumps(e) for e in node.events("ra.forwarded")), node.name
+    assert any(e["object_ids"]["serial"] == serial
+               and e["details"].get("ra_path") == ["edge-2", "edge-1"]
+               for e in topo.ca.events("certificate.issued"))
 
 
 def test_lego_through_two_hops(topo: Topology, tmp_path: Path) -> None:
