@@ -17,11 +17,21 @@ command -v curl         >/dev/null 2>&1 || need_pkgs+=(curl)
 # ACME clients the tests run against the server (Debian's certbot 2.1 and lego 4.9).
 command -v certbot      >/dev/null 2>&1 || need_pkgs+=(certbot)
 command -v lego         >/dev/null 2>&1 || need_pkgs+=(lego)
+# The RA's upstream client (issue 15) is pycurl built against Debian's libcurl/OpenSSL, so
+# OpenSSL's pkcs11 engine (libp11) can hold the mTLS client key in the token.
+command -v gcc          >/dev/null 2>&1 || need_pkgs+=(gcc)
+for pkg in libcurl4-openssl-dev libssl-dev libengine-pkcs11-openssl; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+    || need_pkgs+=("$pkg")
+done
 PY=${PYTHON:-python3}
 if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
   need_pkgs+=(python3 python3-venv python3-dev)
-elif ! "$PY" -m venv --help >/dev/null 2>&1; then
-  need_pkgs+=(python3-venv)
+else
+  "$PY" -m venv --help >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+  # pycurl is compiled here: it needs Python's headers.
+  "$PY" -c 'import os, sysconfig; assert os.path.exists(os.path.join(
+      sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null || need_pkgs+=(python3-dev)
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_pkgs[*]}"
@@ -34,7 +44,18 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+# --no-binary pycurl: a PyPI wheel bundles its own libcurl and OpenSSL, which cannot load
+# Debian's pkcs11 engine; built here it links the system's (checked below).
+.venv/bin/python -m pip install -q --no-binary pycurl -e '.[test]'
+if ! .venv/bin/python - <<'PYCHECK' >/dev/null 2>&1
+import os, pycurl
+assert "OpenSSL/3" in pycurl.version
+assert not os.path.isdir(os.path.join(os.path.dirname(os.path.dirname(pycurl.__file__)),
+                                      "pycurl.libs"))
+PYCHECK
+then
+  .venv/bin/python -m pip install -q --force-reinstall --no-deps --no-binary pycurl pycurl
+fi
 # Bytecode for the (editable) package, written once: with PYTHONDONTWRITEBYTECODE set (as
 # in the systemd units, and on some machines) every process would otherwise compile it.
 .venv/bin/python -m compileall -q appliance >/dev/null

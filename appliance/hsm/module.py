@@ -134,7 +134,7 @@ class ThreadSafeModule(_Pkcs11Lib):
         if rv == CKR_CRYPTOKI_ALREADY_INITIALIZED:
             log.warning("PKCS#11 module was already initialised by other code in this "
                         "process; it may not be running with OS locking",
-                        extra={"module": self.so})
+                        extra={"pkcs11_module": self.so})
         elif rv != CKR_OK:
             raise HsmError(f"C_Initialize of {self.so} failed: CKR 0x{rv:08x}")
         self._init_pid = os.getpid()

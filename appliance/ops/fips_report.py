@@ -166,7 +166,7 @@ def _table(table: algorithms.Table) -> dict[str, Any]:
             "csr_curves": list(table.csr_keys.curves),
             "csr_rsa_bits": list(table.csr_keys.rsa_bits or []),
             "account_curves": list(table.account_keys.curves),
-            "jws": {p: list(getattr(table.jws, p)) for p in ("ott", "x5c", "acme", "eab")}}
+            "jws": {p: list(getattr(table.jws, p)) for p in ("ott", "x5c", "acme", "eab", "ra")}}
 
 
 def _tls(table: algorithms.Table) -> dict[str, Any]:

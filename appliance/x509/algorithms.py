@@ -72,8 +72,9 @@ ALL_MECHANISMS: tuple[Mechanism, ...] = (
 )
 
 # Who presents a JWS: a JWK provisioner's one-time token, an x5c (or renewal) token, an ACME
-# request, an ACME external account binding (a MAC).
-JwsPurpose = Literal["ott", "x5c", "acme", "eab"]
+# request, an ACME external account binding (a MAC), a registration authority's hop
+# assertion (signed by its credential key in its token, appliance/ra/assertion.py).
+JwsPurpose = Literal["ott", "x5c", "acme", "eab", "ra"]
 # RFC 7518 §3.4: each ECDSA JWS algorithm names its curve.
 JWS_ALG_OF_CURVE: dict[str, str] = {"secp256r1": "ES256", "secp384r1": "ES384",
                                     "secp521r1": "ES512"}
@@ -172,6 +173,7 @@ class JwsAlgs:
     x5c: tuple[str, ...]
     acme: tuple[str, ...]
     eab: tuple[str, ...]
+    ra: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,8 @@ class Table:
 
 _RSA_JWS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 _EC_JWS = ("ES256", "ES384", "ES512")
+# An RA credential key is P-256 or P-384 (ECDSA in the token); ES512 is not needed.
+_RA_JWS = ("ES256", "ES384")
 _CURVES = ("secp256r1", "secp384r1", "secp521r1")
 
 DEFAULT = Table(
@@ -247,7 +251,7 @@ DEFAULT = Table(
     account_keys=SubjectKeys(rsa_bits=(2048, 8192), rsa_bits_multiple=1, rsa_exponents=None,
                              curves=_CURVES),
     jws=JwsAlgs(ott=("ES256",), x5c=_EC_JWS + _RSA_JWS, acme=_RSA_JWS + _EC_JWS,
-                eab=tuple(HMAC_HASH)),
+                eab=tuple(HMAC_HASH), ra=_RA_JWS),
     tls=Tls(min_version="TLSv1.2", ciphers12=None, suites13=None, groups=None),
 )
 
@@ -284,6 +288,8 @@ FIPS = DEFAULT.narrowed(
     tls=Tls(min_version="TLSv1.2", ciphers12=FIPS_TLS12_CIPHERS, suites13=FIPS_TLS13_SUITES,
             groups=FIPS_GROUPS),
     strength_112_until=STRENGTH_112_UNTIL,
+    # RA hop assertions: ECDSA P-256/P-384 with SHA-2 (FIPS 186-5), as in the default mode.
+    jws=replace(DEFAULT.jws, ra=_RA_JWS),
     mode="FIPS",
 )
 

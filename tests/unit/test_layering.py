@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("layer 13 (web front)", ("web",)),
     ("layer 12 (admin)", ("ops",)),
     ("layer 11 (protocols)", ("acme",)),
+    ("layer 10.5 (registration authorities)", ("ra",)),
     ("layer 10 (credentials)", ("provisioners",)),
     ("layer 9 (pipeline, revocation, ceremonies)", ("issuance", "revocation", "ceremony")),
     ("layer 8 (core rules)", ("ocsp", "templates", "policy", "inventory")),
