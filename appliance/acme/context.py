@@ -79,8 +79,12 @@ def context(app: Appliance, name: str, base: str) -> Ctx:
         row = db.execute(_PROVISIONER_BY_NAME, {"b_name": name}).first()
     if row is None or row.type != "acme":
         raise AcmeProblem("malformed", f"no ACME provisioner named {name!r}", status=404)
+    settings = settings_of(row.config)
+    if settings.disabled:  # `provisioner update NAME --disable`: at once, every resource
+        raise AcmeProblem("unauthorized", f"ACME provisioner {name!r} is disabled",
+                          status=403)
     return Ctx(provisioner_context_of(app, row.id, row.name, row.type, row.config,
-                                      row.authority_id), settings_of(row.config), base)
+                                      row.authority_id), settings, base)
 
 
 def directory(ctx: Ctx, caa_identities: tuple[str, ...]) -> Reply:

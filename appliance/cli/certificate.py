@@ -121,6 +121,7 @@ def show_cmd(ctx: CliContext, serial: str, as_json: bool, as_pem: bool) -> None:
         ("authority", info["authority"]),
         ("provisioner", info["provisioner"]),
         ("requester", info["requester"]),
+        ("path", " → ".join([*info["ra_path"], "CA"]) if info.get("ra_path") else "-"),
         ("template", info["template"]),
         ("inventory record", "-" if info["inventory_record_id"] is None else
          f"{info['inventory_record_id']}"

@@ -39,6 +39,7 @@ _COMMANDS = {
     "cert": ("appliance.cli.certificate", "cert"),
     "acme": ("appliance.cli.acme", "acme"),
     "fips": ("appliance.cli.fips", "fips"),
+    "ra": ("appliance.cli.ra", "ra"),
 }
 
 

@@ -29,6 +29,7 @@ from appliance.cli.officers import operator_option
 from appliance.ops import fips as fips_ops
 from appliance.ops import policies as policy_ops
 from appliance.ops import provisioners as prov_ops
+from appliance.ops import ra as ra_ops
 from appliance.provisioners import sealed, tokens
 from appliance.provisioners.settings import (
     Claims,
@@ -96,7 +97,10 @@ def provisioner() -> None:
 
 @provisioner.command("add")
 @click.argument("name")
-@click.option("--type", "ptype", type=click.Choice(["jwk", "x5c", "acme"]), required=True)
+@click.option("--type", "ptype", type=click.Choice(["jwk", "x5c", "acme", "ra"]), required=True)
+@click.option("--csr", "csr_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="ra: the RA's credential CSR (from `appliance ra init`); the credential "
+                   "certificate chain is printed on stdout.")
 @click.option("--root", "root_pem", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="x5c: PEM file of the roots whose certificates may authenticate.")
 @click.option("--authority", default=None,
@@ -117,15 +121,21 @@ def provisioner() -> None:
 @operator_option
 @location_options
 @pass_ctx
-def add_cmd(ctx: CliContext, /, name: str, ptype: str, root_pem: Path | None,
-            authority: str | None, policy_file: Path | None, public_key: Path | None,
-            password_file: Path | None, generate_password: bool, operator_spec: str | None,
-            **kw: Any) -> None:
+def add_cmd(ctx: CliContext, /, name: str, ptype: str, csr_file: Path | None,
+            root_pem: Path | None, authority: str | None, policy_file: Path | None,
+            public_key: Path | None, password_file: Path | None, generate_password: bool,
+            operator_spec: str | None, **kw: Any) -> None:
     """Add a provisioner. A jwk one either takes the owner's --public-key, or gets a key
     sealed under a password (--password-file, --generate-password, or asked for) in
-    DATA/secrets/provisioner-NAME.jwe."""
+    DATA/secrets/provisioner-NAME.jwe. An ra one registers a registration authority from
+    its --csr and prints its credential certificate chain (PEM) on stdout."""
     actor = fips_ops.require_operator(ctx.app(), "provisioner add", operator_spec)
     changes = _settings_changes(kw)
+    if (ptype == "ra") != (csr_file is not None):
+        raise click.UsageError("--csr is for (and required by) --type ra")
+    if ptype == "ra":
+        _add_ra(ctx, name, csr_file, changes, policy_file, authority, root_pem, actor)
+        return
     _check_claims(ctx, changes.get("claims", {}))
     settings = ProvisionerSettings.model_validate(
         {**changes, "claims": Claims.model_validate(changes.get("claims", {}))})
@@ -152,6 +162,26 @@ def add_cmd(ctx: CliContext, /, name: str, ptype: str, root_pem: Path | None,
                        "keep it apart from the key")
     elif custody is not None:
         click.echo("  owner-held key: the appliance stores only its public key")
+
+
+def _add_ra(ctx: CliContext, name: str, csr_file: Path | None, changes: dict[str, Any],
+            policy_file: Path | None, authority: str | None, root_pem: Path | None,
+            actor: Any) -> None:
+    """``--type ra``: only --max-duration and --policy apply (an RA's requests are issued
+    under its parent's template and claims, narrowed by its own)."""
+    assert csr_file is not None
+    claims = changes.pop("claims", {})
+    extra = sorted(set(changes) | (set(claims) - {"max_duration"}))
+    if extra or root_pem is not None:
+        raise click.UsageError("--type ra takes --csr, --policy and --max-duration only")
+    _check_claims(ctx, claims)
+    policy_text = policy_file.read_text(encoding="utf-8") if policy_file else None
+    data = csr_file.read_bytes()[:ra_ops.MAX_POLICY_BYTES + 1]
+    chain = ra_ops.add(ctx.app(), name, data, actor, max_duration=claims.get("max_duration"),
+                       policy_text=policy_text, authority=authority)
+    click.echo("".join(chain), nl=False)
+    click.echo(f"provisioner {name!r} (ra) added; its credential certificate is above",
+               err=True)
 
 
 def _custody(ptype: str, public_key: Path | None, password_file: Path | None,
@@ -282,14 +312,25 @@ def show_cmd(ctx: CliContext, name: str, as_json: bool) -> None:
 @provisioner.command("update")
 @click.argument("name")
 @claim_options
+@click.option("--disable/--enable", "disable", default=None,
+              help="Refuse (or accept again) every request under this provisioner, at once; "
+                   "for an ra one also every RA chained below it.")
 @operator_option
 @location_options
 @pass_ctx
-def update_cmd(ctx: CliContext, /, name: str, operator_spec: str | None, **kw: Any) -> None:
+def update_cmd(ctx: CliContext, /, name: str, disable: bool | None, operator_spec: str | None,
+               **kw: Any) -> None:
     actor = fips_ops.require_operator(ctx.app(), "provisioner update", operator_spec)
     changes = _settings_changes(kw)
-    if not changes:
+    if not changes and disable is None:
         raise click.UsageError("nothing to change")
+    if not changes:
+        assert disable is not None
+        ra_ops.set_enabled(ctx.app(), name, not disable, actor)
+        click.echo(f"provisioner {name!r} {'disabled' if disable else 'enabled'}")
+        return
+    if disable is not None:
+        changes["disabled"] = disable
     if "claims" in changes:
         with ctx.app().db.sessions() as db:
             stored = ProvisionerSettings.model_validate_json(prov_ops.get(db, name).config)

@@ -1,6 +1,6 @@
 """The issuance pipeline: every certificate the CA issues goes through ``Issuer.issue``.
 
-REST sign, renew (and later ACME finalize and RA forwarding) all call this one
+REST sign, renew, ACME finalize and RA requests (``web/ra.py``) all call this one
 function, so the order below cannot be skipped by a new entry point:
 
 1. the CSR: signature, key type and size;
@@ -419,6 +419,7 @@ class Issuer:
                 requester=req.requester[:256], template=template,
                 inventory_record_id=inventory_id, status="reserved",
                 renewed_from=req.renewal_of, reserved_at=datetime.now(UTC),
+                ra_path=json.dumps(req.ra_path) if req.ra_path is not None else None,
                 request_context=json.dumps({"token": req.token_claims,
                                             "data": req.template_data or {}}, default=str)))
             key = result.inserted_primary_key
@@ -452,7 +453,8 @@ class Issuer:
                          "not_after": cert.not_valid_after_utc.isoformat(),
                          "fingerprint_sha256": fingerprint,
                          "renewal_of": req.renewal_of,
-                         "renewed_after_expiry": req.after_expiry})
+                         "renewed_after_expiry": req.after_expiry,
+                         **_ra_detail(req)})
             if ocsp is not None:
                 # Signed for "issued", which this transaction set just above under its write
                 # lock (rowcount checked): the status it was signed for is the row's status,
@@ -471,7 +473,8 @@ class Issuer:
                 db, "certificate.failed", actor, outcome="failure",
                 object_ids={"serial": row.serial_hex if row else None,
                             "provisioner": req.provisioner.name},
-                details={"error": type(exc).__name__, "message": str(exc)[:500]})
+                details={"error": type(exc).__name__, "message": str(exc)[:500],
+                         **_ra_detail(req)})
 
     def _audit_refusal(self, req: SignRequest, actor: Actor, exc: ApplianceError) -> None:
         with self.app.db.transaction() as db:
@@ -480,7 +483,13 @@ class Issuer:
                 object_ids={"provisioner": req.provisioner.name},
                 details={"error": exc.code, "message": str(exc)[:1000],
                          "csr_subject": req.csr.subject.rfc4514_string(),
-                         "renewal_of": req.renewal_of})
+                         "renewal_of": req.renewal_of, **_ra_detail(req)})
+
+
+def _ra_detail(req: SignRequest) -> dict[str, Any]:
+    """``ra_path`` in an audit record of a request that came through RAs (absent otherwise,
+    so records of direct requests read as before)."""
+    return {"ra_path": list(req.ra_path)} if req.ra_path is not None else {}
 
 
 def reservation_timeout(cfg: ApplianceConfig) -> int:

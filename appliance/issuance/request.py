@@ -1,7 +1,7 @@
 """What the issuance pipeline takes: its input contract, defined beside it.
 
 Every entry point (REST sign and renew, ACME finalize, the API's own TLS certificate,
-later an RA forward) turns its credential into a ``ProvisionerContext`` and a
+an RA forward) turns its credential into a ``ProvisionerContext`` and a
 ``SignRequest``; the pipeline reads nothing of the provisioner layer beyond these.
 """
 
@@ -71,3 +71,6 @@ class SignRequest:
     # Name-policy levels checked before the provisioner's and the authority's (ACME: the
     # EAB key's policy), as (label, policy) pairs.
     extra_policy_levels: list[tuple[str, policy.Policy | None]] = field(default_factory=list)
+    # The registration authorities the request came through, bottom hop first (the CA's
+    # view, ``ra.path``): stored with the certificate and in its audit record.
+    ra_path: list[str] | None = None

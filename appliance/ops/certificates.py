@@ -113,7 +113,7 @@ def show(app: Appliance, serial: str, *, now: datetime | None = None) -> dict[st
     serial_hex = normalise_serial(serial)
     now = now or datetime.now(UTC)
     stmt: _Stmt = (
-        select(*_COLUMNS, _C.der, InventoryRecord.name.label("inventory_record"))
+        select(*_COLUMNS, _C.der, _C.ra_path, InventoryRecord.name.label("inventory_record"))
         .join(Authority, Authority.id == _C.authority_id)
         .outerjoin(InventoryRecord, InventoryRecord.id == _C.inventory_record_id)
         .where(_C.serial_hex == serial_hex))
@@ -123,6 +123,9 @@ def show(app: Appliance, serial: str, *, now: datetime | None = None) -> dict[st
         raise NotFound(f"no certificate with serial {serial_hex}")
     out = _view(row, now)
     out["inventory_record"] = row.inventory_record
+    # The registration authorities it came through, bottom first (None: asked for here).
+    ra_path = json.loads(row.ra_path) if row.ra_path else None
+    out["ra_path"] = [str(n) for n in ra_path] if isinstance(ra_path, list) else None
     out["pem"] = (x509.load_der_x509_certificate(row.der).public_bytes(
         serialization.Encoding.PEM).decode() if row.der is not None else None)
     return out

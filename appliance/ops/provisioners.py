@@ -253,7 +253,7 @@ def describe(app: Appliance, db: Session, row: Provisioner, *, public: bool = Fa
         out["require_eab"] = settings.require_eab
         out["challenges"] = list(settings.challenges)
     if not public:
-        out.update({"template": settings.template,
+        out.update({"disabled": settings.disabled, "template": settings.template,
                     "require_inventory": settings.require_inventory,
                     "allow_template_data": settings.allow_template_data,
                     "created_at": row.created_at.isoformat(),

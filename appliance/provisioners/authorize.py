@@ -62,6 +62,21 @@ def settings_of(config: str) -> ProvisionerSettings:
     return ProvisionerSettings.model_validate_json(config)  # frozen: safe to share
 
 
+class ProvisionerDisabled(tokens.TokenError):
+    """The credential names a provisioner an operator disabled (``provisioner update NAME
+    --disable``): refused like an unknown one, 403, and audited as a failed login."""
+
+    code = "forbidden"
+    status = 403
+    acme_type = "unauthorized"
+
+
+def require_enabled(config: str, name: str) -> None:
+    """Refuse a disabled provisioner (its stored settings JSON ``config``)."""
+    if settings_of(config).disabled:
+        raise ProvisionerDisabled(f"provisioner {name} is disabled")
+
+
 def audit_failure(app: Appliance, what: str, claimed: str, exc: Exception) -> None:
     """A refused credential is a failed login: audited (never the credential itself)."""
     with app.db.transaction() as db:
@@ -100,6 +115,8 @@ def _one_time_token(app: Appliance, ott: str, path: str
         claims = tokens.verify(ott, json.loads(credential), provisioner=name, audience=audience)
     else:
         claims = x5c.verify(ott, credential, provisioner=name, audience=audience)
+    # After the signature: only the provisioner's own key holder learns it is disabled.
+    require_enabled(row.config, row.name)
     try:
         # Spent before anything is issued; the primary key refuses a replay in every worker
         # and node sharing the database (Core: one INSERT).

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from appliance import rfc3339
 from appliance.errors import ApplianceError
 from appliance.issuance.request import ProvisionerContext, SignRequest
-from appliance.provisioners.authorize import audit_failure, context
+from appliance.provisioners.authorize import audit_failure, context, settings_of
 from appliance.provisioners.settings import sign_audience
 from appliance.provisioners.tokens import LEEWAY, TokenError, check_times
 from appliance.provisioners.x5c import header_chain
@@ -111,6 +111,8 @@ def _authenticate(app: Appliance, *, peer_der: bytes | None, bearer: str | None
         prov = db.get(Provisioner, row.provisioner_id) if row.provisioner_id else None
         if prov is None:
             raise RenewalRefused(f"provisioner {row.provisioner_name} no longer exists")
+        if settings_of(prov.config).disabled:
+            raise RenewalRefused(f"provisioner {prov.name} is disabled")
         ctx = context(app, prov)
         stored = json.loads(row.request_context or "{}")
         row_id, serial = row.id, row.serial_hex

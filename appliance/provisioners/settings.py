@@ -10,10 +10,11 @@ from appliance import durations
 from appliance.config import ClaimsConfig
 from appliance.issuance.request import EffectiveClaims
 
-ProvisionerType = Literal["jwk", "x5c", "acme"]
+ProvisionerType = Literal["jwk", "x5c", "acme", "ra"]
 AcmeChallengeType = Literal["http-01", "dns-01", "tls-alpn-01"]
 ALL_CHALLENGES: tuple[AcmeChallengeType, ...] = ("http-01", "dns-01", "tls-alpn-01")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+RA_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"  # the hop assertion's ``iss``
 
 
 class Claims(BaseModel):
@@ -46,6 +47,13 @@ class ProvisionerSettings(BaseModel):
     require_eab: bool = False
     challenges: tuple[AcmeChallengeType, ...] = Field(default=ALL_CHALLENGES, min_length=1,
                                                      max_length=3)
+    # Any type: a disabled provisioner is refused at authentication (audited), at once in
+    # every worker (the row is read on every request). A disabled ``ra`` also cuts every RA
+    # registered below it.
+    disabled: bool = False
+    # ra only: the registered RA this one was registered through (its parent on the path),
+    # None for an RA that reports to this node directly.
+    ra_parent: str | None = Field(default=None, pattern=RA_NAME_PATTERN)
 
 
 def effective(claims: Claims, authority: ClaimsConfig) -> EffectiveClaims:

@@ -233,6 +233,23 @@ class Certificate(Base):
     issued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revocation_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The registration authorities it came through, bottom hop first (JSON list of names),
+    # or NULL when asked for at this node directly (migration 0009).
+    ra_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class RaContact(Base):
+    """When a registered RA (a provisioner of type ``ra``) last called, and for what.
+
+    Kept apart from the provisioner row: written at most every few seconds by the RA's
+    requests, it never rewrites (or races with an operator's change of) its settings."""
+
+    __tablename__ = "ra_contacts"
+
+    provisioner_id: Mapped[int] = mapped_column(
+        ForeignKey("provisioners.id", ondelete="CASCADE"), primary_key=True)
+    last_contact_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_op: Mapped[str] = mapped_column(String(32))
 
 
 class UsedToken(Base):

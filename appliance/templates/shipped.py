@@ -30,6 +30,11 @@ administrator can copy and adapt:
     CN = the inventory record's ``metadata.device_id``, else the request's
     CN (refused without either); serialNumber = ``metadata.serial_number``,
     else the device id; EKU clientAuth; KU digitalSignature.
+``ra-credential``
+    A registration authority's mTLS credential: CN = the RA's name and SAN URI
+    ``urn:appliance:ra:<name>``, both from ``token.ra_credential.name`` (set by the
+    CA when it registers the RA, never taken from the CSR); EKU clientAuth; KU
+    digitalSignature.
 
 All of them: basicConstraints cA=FALSE, the authority's policies, CRL and
 AIA URLs; validity left to the pipeline.

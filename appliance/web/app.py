@@ -16,7 +16,7 @@ from appliance.fips.selftest import FipsError
 from appliance.issuance.pipeline import Issuer
 from appliance.issuance.sweeper import ReservationSweeper
 from appliance.runtime import Appliance
-from appliance.web import acme, api, errors, hostcheck
+from appliance.web import acme, api, errors, hostcheck, ra
 from appliance.web.errors import ApiError
 from appliance.web.health import ServiceHealth
 
@@ -103,6 +103,7 @@ def create_app(appliance: Appliance) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(api.ops_bp)
     app.register_blueprint(acme.bp)
+    app.register_blueprint(ra.bp)
     return app
 
 

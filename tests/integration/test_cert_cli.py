@@ -242,7 +242,8 @@ def test_list_table(issued: Issued) -> None:
 def test_show_json_matches_the_certificate(issued: Issued) -> None:
     cert = issued.certs["alpha"]
     info = _json(issued, "cert", "show", issued.serial("alpha"))
-    assert set(info) == LIST_KEYS | {"inventory_record", "pem"}
+    assert set(info) == LIST_KEYS | {"inventory_record", "pem", "ra_path"}
+    assert info["ra_path"] is None  # asked for here, not through a registration authority
     assert info["serial"] == f"{cert.serial_number:x}"
     assert info["status"] == "issued"
     assert info["subject"] == cert.subject.rfc4514_string()

@@ -164,7 +164,8 @@ def minimal(**fields: Any) -> str:
 
 def test_builtin_templates_are_the_six_documented() -> None:
     assert set(builtin_templates()) == {"tls-server", "tls-client", "mtls-service",
-                                        "smime-email", "code-signing", "iot-device"}
+                                        "smime-email", "code-signing", "iot-device",
+                                        "ra-credential"}
     for name, source in builtin_templates().items():
         tr.check_template(name, source)
 
