@@ -8,7 +8,13 @@ echo "== ruff";  .venv/bin/ruff check appliance tests bench
 echo "== mypy --strict appliance"; .venv/bin/mypy appliance
 echo "== pytest"
 set +e
-.venv/bin/python -m pytest -p no:cacheprovider -q "$@"
+# Two processes (pytest-xdist), a test file each at a time: most integration tests wait on
+# real servers and clients, so two files share the two cores well; a file's module-scoped
+# nodes are made once. APPLIANCE_TEST_WORKERS=0 runs in one process.
+workers=${APPLIANCE_TEST_WORKERS:-2}
+dist=()
+if [ "$workers" != "0" ]; then dist=(-n "$workers" --dist loadfile); fi
+.venv/bin/python -m pytest -p no:cacheprovider -q "${dist[@]}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi

@@ -199,8 +199,8 @@ def store_authorities(app: Appliance, db: Any, chain: list[x509.Certificate],
             continue
         lowest = i == len(cas) - 1
         name = issuing if lowest else ("upstream-root" if i == 0 else f"upstream-ca{i}")
-        if lowest and i == 0:
-            name = issuing  # the root signed the credential directly
+        if db.scalars(select(Authority.id).where(Authority.name == name)).first():
+            name = f"{name}-{authz.fingerprint(cert)[:8]}"  # a new CA of the upstream's
         parent = authz.register(db, name=name, kind="external-root" if i == 0 else
                                 "external-ca", cert=cert, key=None, parent=parent,
                                 ceremony=ceremony)
