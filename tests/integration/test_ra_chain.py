@@ -135,6 +135,10 @@ def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         finally:
             for node in reversed(started):
                 node.stop()
+    unclean = [n for n in started if not all(n.stopped_cleanly)]
+    assert not unclean, "\n".join(  # every serve exited 0 on SIGTERM, nothing left behind
+        f"{n.name}: {n.stopped_cleanly}\n" + (n.data_dir / f"serve-{n.starts}.log").read_text(
+            errors="replace")[-3000:] for n in unclean)
 
 
 # -- helpers --------------------------------------------------------------------------------
