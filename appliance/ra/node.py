@@ -208,6 +208,11 @@ class Forwarder:
                 body["notAfter"] = _rfc3339(end)
             elif req.lifetime is not None or req.provisioner.id is not None:
                 body["lifetime"] = lifetime
+                if req.lifetime is None:
+                    # Nobody asked: this node's default is a ceiling, not a demand, so a
+                    # tighter cap above clips it (as the CA's own default is) rather than
+                    # refusing a request that asked for nothing.
+                    body["lifetimeIsDefault"] = True
             # else: the appliance's own TLS certificate, the upstream's default lifetime
             if req.template_data and req.provisioner.allow_template_data:
                 body["templateData"] = req.template_data
@@ -372,7 +377,7 @@ def forward_child(app: Appliance, op: str, body: dict[str, Any], child: ChildHop
     actor = Actor(f"ra:{row.name}", "service")
     ctx = context_of(app, row.id, row.name, "ra", row.config, row.authority_id)
     try:
-        _child_checks(app, op, body, hop, ctx)
+        body = _child_checks(app, op, body, hop, ctx)
     except LOCAL_REFUSALS as exc:
         node.audit_alone(actor, op=op, subject_sha256=hop.subject_sha256, decision="refused",
                          error=exc, provisioner=row.name)
@@ -380,7 +385,8 @@ def forward_child(app: Appliance, op: str, body: dict[str, Any], child: ChildHop
     token = node.sign_hop(
         op=op, subject_sha256=hop.subject_sha256, names=list(hop.names),
         requester=row.name, provisioner={"name": row.name, "type": "ra"},
-        not_before=hop.not_before, not_after=hop.not_after, lifetime=hop.lifetime,
+        not_before=hop.not_before, not_after=hop.not_after,
+        lifetime=body.get("lifetime") if op == "sign" else hop.lifetime,
         reason=hop.reason, register=hop.register, below=body.get("assertion"))
     try:
         status, reply = node.post(PATHS[op], {**body, "assertion": token})
@@ -401,10 +407,11 @@ def forward_child(app: Appliance, op: str, body: dict[str, Any], child: ChildHop
 
 
 def _child_checks(app: Appliance, op: str, body: dict[str, Any], hop: assertion.Hop,
-                  ctx: ProvisionerContext) -> None:
-    """This hop's own rules for what a child asks (the upstream applies its own again)."""
+                  ctx: ProvisionerContext) -> dict[str, Any]:
+    """This hop's own rules for what a child asks (the upstream applies its own again);
+    returns the body to forward (a default lifetime clipped to this hop's cap)."""
     if op not in ("sign", "renew"):
-        return  # revoke, register, credential renewal: decided upstream, on the path
+        return body  # revoke, register, credential renewal: decided upstream, on the path
     field = "csr" if op == "sign" else "certificate"
     text = body.get(field)
     if not isinstance(text, str):
@@ -425,10 +432,17 @@ def _child_checks(app: Appliance, op: str, body: dict[str, Any], hop: assertion.
     if op == "sign":
         now = int(datetime.now(UTC).timestamp())
         start = max(hop.not_before or now, now)
-        end = hop.not_after or (now + (hop.lifetime or ctx.claims.default_duration))
+        lifetime = hop.lifetime or ctx.claims.default_duration
+        if (body.get("lifetimeIsDefault") is True and hop.not_after is None
+                and lifetime > ctx.claims.max_duration):
+            # The child's default, not a demand: clipped to what this hop allows.
+            lifetime = ctx.claims.max_duration
+            body = {**body, "lifetime": lifetime}
+        end = hop.not_after or (now + lifetime)
         if end - start > ctx.claims.max_duration:
             raise IssuanceError(f"requested duration {end - start}s exceeds the maximum of "
                                 f"{ctx.claims.max_duration}s")
+    return body
 
 
 def register_child(app: Appliance, name: str, csr: x509.CertificateSigningRequest,

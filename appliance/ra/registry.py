@@ -202,9 +202,13 @@ def credential_state_of(db: Session | Any, cert: x509.Certificate,
 
 
 def state(db: Session | Any, entry: RaEntry, now: datetime | None = None) -> str:
-    """What ``ra list`` shows: ``disabled``, ``revoked``, ``expired`` or ``enabled``."""
+    """What ``ra list`` shows: ``disabled``, ``cut off (RA X above it is disabled)``,
+    ``revoked``, ``expired`` or ``enabled``: as the path check would decide now."""
     if entry.disabled:
         return "disabled"
+    above = next((e for e in lineage(db, entry) if e.disabled and e.id != entry.id), None)
+    if above is not None:
+        return f"cut off (RA {above.name} above it is disabled)"
     cred = credential_state(db, entry, now)
     if cred in ("revoked", "expired"):
         return cred

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, current_app, jsonify
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
@@ -48,7 +48,7 @@ def install(app: Flask) -> None:
         doc = body(status, exc.code, str(exc) if exc.public_detail else FAULT_MESSAGE)
         if isinstance(exc, InputError):
             doc["field"] = exc.field
-        hop = getattr(exc, "hop", None)
+        hop = getattr(exc, "hop", None) or _this_ra()
         if isinstance(hop, str) and hop:
             doc["hop"] = hop  # which node of an RA path refused (appliance/ra/)
         return jsonify(doc), status
@@ -73,3 +73,14 @@ def install(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Any:
         log.exception("unexpected error")
         return jsonify(body(500, "internal_error", "internal error; nothing was issued")), 500
+
+
+def _this_ra() -> str | None:
+    """On an RA node every refusal names the node (its own checks, before anything is
+    forwarded); on the CA only errors that came along an RA path carry a hop."""
+    app = current_app.extensions.get("appliance")
+    cfg = getattr(getattr(app, "settings", None), "config", None)
+    if cfg is None or cfg.role != "ra":
+        return None
+    name = cfg.ra.name
+    return name if isinstance(name, str) else None

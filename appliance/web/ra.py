@@ -263,11 +263,17 @@ def _sign(path: RaPath, data: dict[str, Any], csr: x509.CertificateSigningReques
           ) -> tuple[int, dict[str, Any], str]:
     app = appliance()
     _same_names(path, csr, "CSR")
+    ctx = _provisioner(app, path)
+    not_after, lifetime = _time(data, "notAfter"), _lifetime(data)
+    if data.get("lifetimeIsDefault") is True and not_after is None and lifetime is not None:
+        # An RA's default (nobody asked for it): a ceiling, clipped to this CA's cap as
+        # the CA's own default is; never lengthened.
+        lifetime = min(lifetime, ctx.claims.max_duration)
     return _issued(issuer().issue(SignRequest(
-        csr=csr, provisioner=_provisioner(app, path), requester=_requester(path),
+        csr=csr, provisioner=ctx, requester=_requester(path),
         credential_names=list(path.bottom.names), token_claims=_claims(path),
-        not_before=_time(data, "notBefore"), not_after=_time(data, "notAfter"),
-        lifetime=_lifetime(data), template_data=_template_data(data),
+        not_before=_time(data, "notBefore"), not_after=not_after,
+        lifetime=lifetime, template_data=_template_data(data),
         extra_policy_levels=_hop_levels(app, path), ra_path=path.names)), path)
 
 

@@ -184,7 +184,7 @@ def test_a_disabled_parent_cuts_its_children(ca: Ca) -> None:
         assert edge2 is not None
         with pytest.raises(reg.RaRefused, match="edge-2 is cut off: RA edge-1 above it"):
             reg.require_enabled(db, edge2)
-        assert reg.state(db, edge2) == "enabled" and reg.state(
+        assert reg.state(db, edge2) == "cut off (RA edge-1 above it is disabled)" and reg.state(
             db, reg.by_name(db, "edge-1")) == "disabled"  # type: ignore[arg-type]
     assert any("edge-1 is disabled" in str(d["reason"]) for d in ca.denied())
     # Enabled again, the parent passes, but a disabled child below it is refused.
