@@ -164,7 +164,9 @@ def ra_init(base: Path, name: str, upstream: Node, ca: Node, **ra: Any) -> tuple
     m = PEM_CSR.search(proc.stdout)
     if m is None:
         raise AssertionError(f"ra init printed no CSR:\n{proc.stdout}\n{proc.stderr}")
-    api, http = _ports(d)
+    # One worker per listener: an RA node's work is forwarding (threads wait on the
+    # upstream), and the suite's CPU on two cores is what it can least spare.
+    api, http = _ports(d, workers=1, http_workers=1)
     if ra:
         configure(d, "ra", **ra)
     return Node(name, d, api, http, upstream=upstream), m.group(0)

@@ -82,7 +82,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
                        str(tmp / "edge-1.csr"))
         (tmp / "edge-1.pem").write_text(added.stdout)
         run_cli("--dir", str(ra_dir), "ra", "import", str(tmp / "edge-1.pem"), check=True)
-        with serving(ra_dir) as ra:
+        with serving(ra_dir, workers=1, http_workers=1) as ra:
             # edge-2 below edge-1: registered through edge-1 (which forwards the
             # registration), its requests forwarded by edge-1.
             e2_dir = tmp / "edge-2"
@@ -94,7 +94,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
                             str(tmp / "edge-2.csr"))
             (tmp / "edge-2.pem").write_text(added2.stdout)
             run_cli("--dir", str(e2_dir), "ra", "import", str(tmp / "edge-2.pem"), check=True)
-            with serving(e2_dir) as edge2:
+            with serving(e2_dir, workers=1, http_workers=1) as edge2:
                 yield Pair(ca, ra, root_pem, tmp, http01, edge2)
 
 
