@@ -118,6 +118,7 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
         selftest.require(app.pool)
     files = tls.issue_api_certificate(app) if only != "public" else None
     config_path = str(app.settings.path)
+    database_url = app.settings.database_url
     app.close()  # nothing token- or database-bound crosses into the workers
     env = dict(os.environ, APPLIANCE_CONFIG=config_path)
     env.pop("SOFTHSM2_CONF", None)
@@ -152,6 +153,12 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
         except ConfigError as exc:
             click.echo(f"reload refused, still serving with the running configuration: {exc}",
                        err=True)
+            return
+        if fresh.database_url != database_url:
+            # The schema was brought up to date at start, on this database only.
+            click.echo("reload refused, still serving with the running configuration: "
+                       "database.url changed; a new database takes a restart (`appliance "
+                       "serve` upgrades its schema first)", err=True)
             return
         if fresh.config.fips.enabled != fips_on:
             # The mode was checked at start; new workers must not come up in another one.

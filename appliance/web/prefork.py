@@ -21,7 +21,10 @@ One supervisor and ``--workers`` worker processes, each a uvloop event loop runn
   failure instead of a restart loop. A worker whose supervisor is gone stops by itself.
 * SIGTERM / SIGINT: stop accepting, answer what is in flight, close idle keep-alive
   connections, exit within ``--graceful-timeout``. SIGHUP: start a new set of workers
-  (they read the configuration and the files anew) and stop the old ones gracefully.
+  (they read the configuration and the files anew); the old ones are asked to stop
+  gracefully only once every new one serves. A new worker that fails to boot ends the
+  reload, not the service: the old workers keep serving and the failure is logged (a
+  reload never leaves the listener with fewer workers, nor with none).
 
 The API listener (:mod:`appliance.web.api_server`) runs under the same supervisor with
 its own worker function.
@@ -220,6 +223,10 @@ class Supervisor:
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, started)
         self.booting: dict[int, int] = {}  # pid -> read end of its ready pipe, until it serves
         self.retiring: set[int] = set()  # old workers stopping after a SIGHUP
+        # A reload in progress: the new workers still booting, and the old ones that
+        # serve until every new one does.
+        self.incoming: set[int] = set()
+        self.outgoing: set[int] = set()
         self.stopping = False
         self.reload = False
 
@@ -266,6 +273,13 @@ class Supervisor:
             if got == b"1":
                 os.close(fd)
                 del self.booting[pid]
+        if (self.incoming or self.outgoing) and not self.incoming & self.booting.keys():
+            for pid in self.outgoing:
+                self.retiring.add(pid)
+                _signal(pid, signal.SIGTERM)
+            log.warning("reloaded: the new workers serve, the old ones are stopping",
+                        extra={"new": len(self.incoming), "old": len(self.outgoing)})
+            self.incoming, self.outgoing = set(), set()
 
     def _booted(self, pid: int) -> bool:
         """Whether ``pid`` (just reaped) had told us it serves; forgets its pipe."""
@@ -286,17 +300,31 @@ class Supervisor:
         self.reload = True
 
     def _replace_all(self) -> None:
-        """New workers first (on the same sockets: nothing queued is lost), then the old
-        ones are asked to finish what they have and go."""
+        """New workers first, on the same sockets (nothing queued is lost); the old ones
+        go when all the new ones serve (:meth:`_check_booted`)."""
+        if self.incoming or self.outgoing:
+            return  # one reload at a time; this one starts when the current one ends
         self.reload = False
-        old = [pid for pid in self.children if pid not in self.retiring]
-        for pid in old:
-            self.retiring.add(pid)
+        old = {pid for pid in self.children if pid not in self.retiring}
+        self.outgoing = old
+        for pid in sorted(old):
+            before = set(self.children)
             self.spawn(self.children[pid][0])
-        for pid in old:
-            _signal(pid, signal.SIGTERM)
-        log.warning("reloading: new workers started, old ones stopping",
-                    extra={"old": len(old)})
+            self.incoming |= set(self.children) - before
+        log.warning("reloading: new workers starting", extra={"old": len(old)})
+
+    def _reload_failed(self, pid: int, status: int) -> None:
+        """A new worker died before it served: the reload ends, the old workers stay."""
+        log.error("reload failed: a new worker did not boot; the running workers go on "
+                  "serving with the configuration they have", extra={"pid": pid, "status": status})
+        for other in self.incoming - {pid}:
+            self.retiring.add(other)
+            _signal(other, signal.SIGTERM)
+        serving = {self.children[p][0] for p in self.children if p not in self.retiring}
+        self.incoming, self.outgoing = set(), set()
+        for index in range(len(self.sockets)):
+            if index not in serving:  # an old worker of that socket died meanwhile
+                self.spawn(index)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
@@ -316,6 +344,14 @@ class Supervisor:
                     break
                 if pid in self.retiring:
                     self.retiring.discard(pid)
+                    continue
+                if pid in self.incoming and not booted:
+                    self._reload_failed(pid, status)
+                    continue
+                self.incoming.discard(pid)
+                if pid in self.outgoing:
+                    # An old worker died during a reload: its new one is on its way.
+                    self.outgoing.discard(pid)
                     continue
                 if not booted:
                     log.error("listener worker failed to boot; stopping",
