@@ -11,7 +11,7 @@ set +e
 # Two processes (pytest-xdist), a test file each at a time: most integration tests wait on
 # real servers and clients, so two files share the two cores well; a file's module-scoped
 # nodes are made once. APPLIANCE_TEST_WORKERS=0 runs in one process.
-workers=${APPLIANCE_TEST_WORKERS:-2}
+workers=${APPLIANCE_TEST_WORKERS:-3}
 dist=()
 if [ "$workers" != "0" ]; then dist=(-n "$workers" --dist loadfile); fi
 .venv/bin/python -m pytest -p no:cacheprovider -q "${dist[@]}" "$@"

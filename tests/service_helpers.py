@@ -8,6 +8,7 @@ group whatever is left.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -255,7 +256,13 @@ def stop_process(proc: subprocess.Popen[bytes]) -> bool:
 
 @contextmanager
 def serving(data_dir: Path, **service: Any) -> Iterator[Server]:
-    """Run ``appliance --dir DIR serve`` on free ports until the block ends."""
+    """Run ``appliance --dir DIR serve`` on free ports until the block ends.
+
+    One API worker and one public-listener worker unless asked: each worker costs the
+    suite a second or so of CPU at every start, and two cores are all it has. Modules
+    that test behaviour across workers ask for two (``serving_two_workers``)."""
+    service.setdefault("workers", 1)
+    service.setdefault("http_workers", 1)
     api, http = configure_service(data_dir, **service)
     env = dict(os.environ)
     env.pop("SOFTHSM2_CONF", None)  # the data directory's profile names its own store
@@ -272,6 +279,14 @@ def serving(data_dir: Path, **service: Any) -> Iterator[Server]:
     finally:
         server.session.close()
         server.stragglers = stop_process(proc)
+
+
+def serving_two_workers(data_dir: Path,
+                        **service: Any) -> contextlib.AbstractContextManager[Server]:
+    """:func:`serving` with two API and two public-listener workers (unless asked)."""
+    service.setdefault("workers", 2)
+    service.setdefault("http_workers", 2)
+    return serving(data_dir, **service)
 
 
 # -- CSRs and certificates ----------------------------------------------------------------

@@ -27,7 +27,7 @@ import yaml
 
 from tests.ceremony_helpers import clone_data_dir
 from tests.conftest import run_cli
-from tests.service_helpers import Server, make_csr, serving
+from tests.service_helpers import Server, make_csr, serving_two_workers
 
 RESERVATION_TIMEOUT = 5
 SWEEP_PERIOD = RESERVATION_TIMEOUT / 2  # min(30 s, half the timeout)
@@ -47,7 +47,7 @@ def server(base: Path, tmp_path: Path) -> Iterator[Server]:
     doc = yaml.safe_load(cfg.read_text())
     doc["database"]["busy_timeout_seconds"] = 2  # a locked database refuses within 2 s
     cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
-    with serving(data, rate_limit_per_minute=0, threads=8,
+    with serving_two_workers(data, rate_limit_per_minute=0, threads=8,
                  reservation_timeout_seconds=RESERVATION_TIMEOUT) as s:
         yield s
 

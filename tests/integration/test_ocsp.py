@@ -36,7 +36,7 @@ from appliance.ocsp.certid import cert_id_hashes
 from appliance.runtime import Appliance
 from tests.ceremony_helpers import clone_data_dir, openssl
 from tests.conftest import run_cli
-from tests.service_helpers import Server, configure, load_pem, make_csr, serving
+from tests.service_helpers import Server, configure, load_pem, make_csr, serving_two_workers
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 OCSP_TYPE = "application/ocsp-response"
@@ -72,7 +72,7 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
     prefix = f"test-ocsp-{secrets.token_hex(6)}:"
     if REDIS:
         configure(d, "ocsp", redis_url=REDIS_URL, redis_prefix=prefix)
-    with serving(d) as srv:
+    with serving_two_workers(d) as srv:
         r = requests.get(srv.http + "/ca/root.pem", timeout=10)
         root = d.parent / "root.pem"
         root.write_text(r.text)
@@ -439,7 +439,7 @@ def test_a_stale_good_row_is_not_served_even_without_the_announcement(ctx: Ctx,
 def test_the_other_listeners_answer_the_same(ctx: Ctx, tmp_path: Path, server_kind: str) -> None:
     """``service.http_server: gthread`` (the WSGI app under gunicorn's threaded worker) and
     ``uvicorn`` (the ASGI app under its uvicorn worker); the default is ``httptools``."""
-    with serving(ctx.spare, http_server=server_kind, http_workers=1) as srv:
+    with serving_two_workers(ctx.spare, http_server=server_kind, http_workers=1) as srv:
         other = Ctx(srv, ctx.root, ctx.issuing, ctx.cafile, ctx.prefix, ctx.spare)
         leaf = issue(other, tmp_path)
         proc = ocsp_cli(other, leaf.pem)

@@ -21,7 +21,7 @@ import yaml
 
 from tests.ceremony_helpers import clone_data_dir
 from tests.conftest import run_cli
-from tests.service_helpers import Server, make_csr, serving
+from tests.service_helpers import Server, make_csr, serving_two_workers
 
 RESERVATION_TIMEOUT = 5
 SWEEP_PERIOD = RESERVATION_TIMEOUT / 2
@@ -37,7 +37,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def server(base: Path, tmp_path: Path) -> Iterator[Server]:
     data = clone_data_dir(base, tmp_path / "data")
-    with serving(data, rate_limit_per_minute=0,
+    with serving_two_workers(data, rate_limit_per_minute=0,
                  reservation_timeout_seconds=RESERVATION_TIMEOUT) as s:
         yield s
 
@@ -186,8 +186,8 @@ def test_two_nodes_on_postgresql_end_each_reservation_once(
         doc = yaml.safe_load(cfg.read_text())
         doc["node_id"] = "node-2"
         cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
-        with serving(one, reservation_timeout_seconds=RESERVATION_TIMEOUT) as first, \
-                serving(two, reservation_timeout_seconds=RESERVATION_TIMEOUT):
+        with serving_two_workers(one, reservation_timeout_seconds=RESERVATION_TIMEOUT) as first, \
+                serving_two_workers(two, reservation_timeout_seconds=RESERVATION_TIMEOUT):
             model = _issue_one(first, tmp_path, "model.example.com")
             # Enough for several batches (RECONCILE_BATCH) that take a while each: the
             # sweepers that wake meanwhile read rows another one is ending.

@@ -33,7 +33,7 @@ from tests.service_helpers import (
     load_pem,
     make_csr,
     san_values,
-    serving,
+    serving_two_workers,
     verify_chain,
 )
 
@@ -42,7 +42,7 @@ from tests.service_helpers import (
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     d = tmp_path_factory.mktemp("service") / "data"
     run_cli("quickstart", "--dir", str(d), check=True)
-    with serving(d) as srv:
+    with serving_two_workers(d) as srv:
         yield srv
     # SIGTERM stops serve cleanly: exit 0, no gunicorn process left behind.
     assert srv.proc.returncode == 0, srv.log.read_text()

@@ -28,7 +28,7 @@ import requests
 
 from tests.ceremony_helpers import clone_data_dir
 from tests.conftest import run_cli
-from tests.service_helpers import Server, configure, make_csr, serving
+from tests.service_helpers import Server, configure, make_csr, serving_two_workers
 
 WORKERS = 2
 
@@ -44,7 +44,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(base: Path, tmp_path: Path) -> Iterator[Server]:
     data = clone_data_dir(base, tmp_path / "data")
     configure(data, "hsm", probe_interval_seconds=1.0)
-    with serving(data, rate_limit_per_minute=0, workers=WORKERS) as s:
+    with serving_two_workers(data, rate_limit_per_minute=0, workers=WORKERS) as s:
         yield s
 
 
