@@ -8,8 +8,8 @@ echo "== ruff";  .venv/bin/ruff check appliance tests bench
 echo "== mypy --strict appliance"; .venv/bin/mypy appliance
 echo "== pytest"
 set +e
-# Two processes (pytest-xdist), a test file each at a time: most integration tests wait on
-# real servers and clients, so two files share the two cores well; a file's module-scoped
+# Three processes (pytest-xdist), a test file each at a time: most integration tests wait on
+# real servers and clients, so three files share the two cores well; a file's module-scoped
 # nodes are made once. APPLIANCE_TEST_WORKERS=0 runs in one process.
 workers=${APPLIANCE_TEST_WORKERS:-3}
 dist=()

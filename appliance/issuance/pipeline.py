@@ -12,7 +12,8 @@ function, so the order below cannot be skipped by a new entry point:
 7. a serial from the token RNG is reserved in the database (committed) before signing,
    so a crash can never leave a signed certificate the CA does not know of;
 8. pkilint on a trial signature by a throw-away key; then the token signs the same TBS,
-   the TBS bytes are compared and the signature verified;
+   the TBS bytes are compared (the token key's wrapper verified the signature before it
+   released it);
 9. the certificate is stored and audited in one transaction, with its pre-signed OCSP
    response ("good", signed just before; if the OCSP signing fails the issuance stands and
    the pre-signer batch signs it).
@@ -228,7 +229,10 @@ class Issuer:
             cert = builder.sign(signer.key, _hash(signer))
             if cert.tbs_certificate_bytes != trial.tbs_certificate_bytes:
                 raise SignatureCheckError("signed TBS differs from the linted one")
-            cert.verify_directly_issued_by(signer.cert)
+            # The signature was verified once already, by the token key's wrapper before it
+            # released it (with the public key find_key matched to this CA's certificate),
+            # over these TBS bytes, whose issuer is this CA's subject: a second
+            # verify_directly_issued_by would check the same signature again.
             ocsp = self._sign_ocsp(row_id, signer, serial_hex)
             self._store(req, actor, row_id, cert, signer, template_name, found, ocsp)
         except BaseException as exc:
