@@ -24,6 +24,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The shape every URL put into a certificate must have (the x509 vocabulary's rule: a dotted
+# host name or an IP literal, an optional port): checked here too, so that a base URL no
+# certificate could carry is refused when the file is read, not at the first issuance.
+_CERT_URL = re.compile(
+    r"^https?://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?(/\S{0,400})?$")
+
+
+def _check_public_base_url(url: str) -> None:
+    m = _CERT_URL.match(url)
+    port = m.group(3) if m else None
+    if m is None or (port is not None and not 1 <= int(port[1:]) <= 65_535):
+        raise ValueError(
+            f"service.public_base_url {url[:100]!r}: it goes into every certificate's CRL, "
+            "OCSP and CA-issuer URLs, so it must be http(s)://HOST[:PORT][/PATH] with a "
+            "dotted host name or an IP address and a port from 1 to 65535")
+
+
 class DatabaseConfig(_Strict):
     # sqlite:///FILE (relative: to this file's folder) or postgresql://user@host/db (several
     # nodes sharing one CA); APPLIANCE_DATABASE_URL overrides it.
@@ -185,6 +202,7 @@ class ServiceConfig(_Strict):
                             else f"[{self.api_hostname}]")
         except hosts.HostError as exc:
             raise ValueError(f"service: {exc}") from None
+        _check_public_base_url(self.public_base_url)
         return self
 
     def external_base_url(self) -> str:

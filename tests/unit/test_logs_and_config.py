@@ -63,6 +63,10 @@ def test_config_is_located_by_flag_env_or_dir(tmp_path: Path,
     ("a: 1\n---\nb: 2\n", "exactly one YAML mapping"),
     ("[1, 2]\n", "exactly one YAML mapping"),
     ("key: [unclosed\n", "not valid YAML"),
+    # A base URL no certificate could carry: refused when read, not at the first issuance.
+    ("service: {public_base_url: 'http://127.0.0.1:118080'}\n", "port from 1 to 65535"),
+    ("service: {public_base_url: 'http://localhost:8080'}\n", "dotted host name"),
+    ("service: {public_base_url: 'ftp://ca.example.com'}\n", "public_base_url"),
 ])
 def test_bad_configuration_is_refused_with_a_clear_message(
     tmp_path: Path, body: str, message: str
@@ -83,3 +87,11 @@ def test_relative_sqlite_url_resolves_against_the_config_folder(tmp_path: Path,
     assert settings.database_url == f"sqlite:///{tmp_path.resolve() / 'state/app.db'}"
     monkeypatch.setenv("APPLIANCE_DATABASE_URL", "postgresql://u@h/db")
     assert settings.database_url == "postgresql://u@h/db"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "https://pki.example.com/base",
+                                 "http://[::1]:65535", "http://ca.example.com"])
+def test_public_base_urls_a_certificate_can_carry_load(tmp_path: Path, url: str) -> None:
+    path = tmp_path / "appliance.yaml"
+    path.write_text(f"service: {{public_base_url: '{url}'}}\n")
+    assert config.load(path).config.service.public_base_url == url
