@@ -28,7 +28,10 @@ Server CPU is user + system time from /proc of every process in the server's pro
 group (appliance: ``serve``, both listeners' supervisors and their workers; pebble: its one
 process), reaped children included, read before and after the timed orders and divided
 by the certificates issued. The script prints numbers and never fails on them: the goal
-(appliance CPU per certificate at most pebble's) is reported, not asserted.
+(issue 16: appliance CPU per certificate at most 2x pebble's, with the appliance's real
+validation against pebble's none) is reported, not asserted.
+
+Needs Debian's pebble: ``scripts/bench-peers.sh`` installs it (and the other peers).
 
     .venv/bin/python bench/acme.py [--clients 4] [--orders 200] [--keep DIR]
 """
@@ -77,7 +80,8 @@ SIGN_SECONDS = 8.0
 SIGN_WARMUP = 1.0
 VERIFY_SAMPLE = 8
 IDLE_SECONDS = 3.0  # the server's CPU with no requests, read before the timed orders
-GOAL = "appliance CPU/cert <= pebble CPU/cert"
+GOAL_RATIO = 2.0  # issue 16: ACME server CPU per certificate <= 2x pebble's, same run
+GOAL = f"ACME server CPU per cert <= {GOAL_RATIO:g}x pebble"
 
 
 def b64(data: bytes) -> str:
@@ -88,35 +92,10 @@ def _tail(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-# -- server CPU ----------------------------------------------------------------------------
+# -- server CPU: bench/issuance.py's process-group readings --------------------------------
 
-
-def group_pids(pgid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:
-                out.append(int(entry))
-    return sorted(out)
-
-
-def group_cpu(pgid: int) -> dict[int, float]:
-    """CPU seconds (user + system, reaped children's included) of each process in a group."""
-    hz = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for pid in group_pids(pgid):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            out[pid] = (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) / hz
-    return out
-
-
-def cpu_delta(a: dict[int, float], b: dict[int, float], pids: set[int] | None = None) -> float:
-    keys = (set(a) | set(b)) if pids is None else pids
-    return sum(b.get(k, 0.0) - a.get(k, 0.0) for k in keys)
+group_cpu = base.group_cpu
+cpu_delta = base.cpu_delta
 
 
 # -- the ACME client -------------------------------------------------------------------------
@@ -742,8 +721,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                if sign.ok and sign.server_cpu is not None else None)
     delta = {k: counts_after.get(k, 0) - counts_before.get(k, 0)
              for k in sorted(set(counts_after) | set(counts_before))}
-    met = (app.cpu_ms_per_cert is not None and peb.cpu_ms_per_cert is not None
-           and app.cpu_ms_per_cert <= peb.cpu_ms_per_cert)
+    ratio = (app.cpu_ms_per_cert / peb.cpu_ms_per_cert
+             if app.cpu_ms_per_cert is not None and peb.cpu_ms_per_cert else None)
+    met = None if ratio is None else ratio <= GOAL_RATIO
     out.update({
         "data_dir": str(data_dir) if args.keep is not None else None,
         "data_dir_reused": not made,
@@ -763,7 +743,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_exit_code": rc, "pebble_exit_code": pebble_rc,
         "server_log": str(log_path), "server_log_findings": len(findings),
         "server_log_examples": findings[:10],
-        "goal": GOAL, "goal_met": met,
+        "cpu_ratio_to_pebble": base._r(ratio, 2),
+        "goal": GOAL, "goal_ratio": GOAL_RATIO, "goal_met": met,
     })
     return out
 
@@ -847,8 +828,11 @@ def print_table(report: dict[str, Any]) -> None:
         if report[what] not in (0, None):
             print(f"{what.replace('_', ' ')}: {report[what]}")
     a, p = (r["server_cpu_ms_per_cert"] for r in report["results"])
-    verdict = "met" if report["goal_met"] else "NOT met"
-    print(f"goal: {GOAL}: {_fmt(a, '.1f')} ms vs {_fmt(p, '.1f')} ms - {verdict}")
+    ratio = report["cpu_ratio_to_pebble"]
+    print(f"appliance/pebble: ACME server CPU per cert {_fmt(a, '.1f')} ms vs "
+          f"{_fmt(p, '.1f')} ms = {_fmt(ratio, '.1f')}x")
+    verdict = {None: "", True: " (meets)", False: " (misses)"}[report["goal_met"]]
+    print(f"goal: {GOAL}: {_fmt(ratio, '.1f')}x{verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -874,7 +858,7 @@ def main(argv: list[str] | None = None) -> int:
             or args.sign_seconds <= 0:
         ap.error("counts must be >= 1 and --sign-seconds > 0")
     if not os.access(PEBBLE, os.X_OK):
-        ap.error(f"{PEBBLE} not found (Debian package pebble)")
+        ap.error(f"{PEBBLE} not found: run scripts/bench-peers.sh (Debian package pebble)")
     try:
         report = run(args)
     except KeyboardInterrupt:

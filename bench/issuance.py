@@ -18,10 +18,13 @@ sizes the batch), then runs for ``--warmup`` + ``--seconds``; only responses tha
 arrive after the warm-up count. The primary comparison is against raw with as
 many processes as the server has workers.
 
-It prints numbers and never fails on them: the goal (the service reaches at
-least 25% of the raw rate) is reported, not asserted.
+It prints numbers and never fails on them. The old goal (the service reaches at
+least 25% of the raw rate) is withdrawn (issue 16) and the ratio is shown for
+information only; ``--vs-cfssl`` (bench/vs_cfssl.py) measures against the peer
+the goals now name: ``cfssl serve`` on the same machine in the same run.
 
     .venv/bin/python bench/issuance.py [--clients 1 4 16] [--seconds 10] [--keep DIR]
+    .venv/bin/python bench/issuance.py --vs-cfssl [--clients 4 16] [--seconds 5] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -69,15 +72,20 @@ def appliance_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "appliance", *args]
 
 
-def child_env() -> dict[str, str]:
+def child_env(database_url: str | None = None) -> dict[str, str]:
+    """The environment for ``appliance`` children: this shell's database URL never leaks in;
+    ``database_url`` (a PostgreSQL run) is passed as ``APPLIANCE_DATABASE_URL``."""
     env = dict(os.environ)
     env.pop("SOFTHSM2_CONF", None)  # each process sets it from the HSM profile
     env.pop("APPLIANCE_CONFIG", None)
     env.pop("APPLIANCE_DATABASE_URL", None)
+    if database_url is not None:
+        env["APPLIANCE_DATABASE_URL"] = database_url
     return env
 
 
-def prepare_dir(keep: Path | None, tmp: Path) -> tuple[Path, bool]:
+def prepare_dir(keep: Path | None, tmp: Path,
+                database_url: str | None = None) -> tuple[Path, bool]:
     """The data directory to use, and whether this run made it."""
     directory = keep if keep is not None else tmp / "data"
     if (directory / "appliance.yaml").is_file():
@@ -86,7 +94,8 @@ def prepare_dir(keep: Path | None, tmp: Path) -> tuple[Path, bool]:
         raise SystemExit(f"error: {directory} exists but holds no appliance.yaml; give --keep an "
                          "empty or missing folder, or an appliance data directory")
     proc = subprocess.run(appliance_cmd("quickstart", "--dir", str(directory)),
-                          capture_output=True, text=True, env=child_env(), check=False)
+                          capture_output=True, text=True, env=child_env(database_url),
+                          check=False)
     if proc.returncode != 0:
         raise SystemExit(f"error: appliance quickstart failed (exit code {proc.returncode}):\n"
                          + _tail(proc.stdout + proc.stderr, 30))
@@ -149,7 +158,7 @@ class Authority:
     certificate_der: bytes
 
 
-def issuing_authority(config_path: Path) -> Authority:
+def issuing_authority(config_path: Path, database_url: str | None = None) -> Authority:
     from sqlalchemy import select
 
     from appliance import config
@@ -158,7 +167,7 @@ def issuing_authority(config_path: Path) -> Authority:
     from appliance.store.models import HsmKey, Provisioner
 
     settings = config.load(config_path)
-    db = Database(settings.database_url)
+    db = Database(database_url or settings.database_url)
     try:
         with db.sessions() as s:
             prov = s.scalars(select(Provisioner)
@@ -175,7 +184,7 @@ def issuing_authority(config_path: Path) -> Authority:
         db.dispose()
 
 
-def certificate_counts(config_path: Path) -> dict[str, int]:
+def certificate_counts(config_path: Path, database_url: str | None = None) -> dict[str, int]:
     """Certificates by status and spent tokens, straight from the database."""
     from sqlalchemy import func, select
 
@@ -184,7 +193,7 @@ def certificate_counts(config_path: Path) -> dict[str, int]:
     from appliance.store.models import Certificate, UsedToken
 
     settings = config.load(config_path)
-    db = Database(settings.database_url)
+    db = Database(database_url or settings.database_url)
     try:
         with db.sessions() as s:
             rows = s.execute(select(Certificate.status, func.count())
@@ -394,8 +403,10 @@ class ServerError(Exception):
 class Server:
     """``appliance --dir D serve`` in its own session; its output goes to ``log_path``."""
 
-    def __init__(self, data_dir: Path, log_path: Path, workers: int, threads: int) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, workers: int, threads: int,
+                 database_url: str | None = None) -> None:
         self.data_dir = data_dir
+        self.database_url = database_url  # None: the one in appliance.yaml (SQLite)
         self.config_path = data_dir / "appliance.yaml"
         self.original_config = self.config_path.read_text(encoding="utf-8")
         self.log_path = log_path
@@ -435,8 +446,8 @@ class Server:
                 log.flush()
                 self.proc = subprocess.Popen(
                     appliance_cmd("--dir", str(self.data_dir), "serve"), stdout=log,
-                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env(),
-                    start_new_session=True)
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=child_env(self.database_url), start_new_session=True)
             try:
                 self._wait_healthy(timeout)
                 return time.monotonic() - t0
@@ -533,6 +544,37 @@ def cpu_seconds(pids: list[int]) -> dict[int, float]:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             out[pid] = (int(fields[11]) + int(fields[12])) / hz
     return out
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Every process in process group ``pgid`` (a server started in a session of its own)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                out.append(int(entry))
+    return sorted(out)
+
+
+def group_cpu(pgid: int) -> dict[int, float]:
+    """CPU seconds (user + system, reaped children's included) of each process in a group."""
+    hz = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in group_pids(pgid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[pid] = (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) / hz
+    return out
+
+
+def cpu_delta(a: dict[int, float], b: dict[int, float], pids: set[int] | None = None) -> float:
+    """CPU seconds between two ``group_cpu`` readings. A process that ended in between counts
+    minus its first reading: its parent's reaped-children time now holds all of it."""
+    keys = (set(a) | set(b)) if pids is None else pids
+    return sum(b.get(k, 0.0) - a.get(k, 0.0) for k in keys)
 
 
 def _busy_share(a: tuple[float, float], b: tuple[float, float]) -> float | None:
@@ -968,6 +1010,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "best_service_clients": best.concurrency if best else None,
         "service_to_raw_percent": round(100.0 * best.rate / baseline, 2) if best else None,
         "goal_percent": GOAL_PERCENT,
+        "goal_withdrawn": True,  # issue 16: informational only; see --vs-cfssl
         "server_exit_code": rc,
         "server_log": str(log_path) if (findings or args.keep is not None) else None,
         "server_log_findings": len(findings),
@@ -1049,19 +1092,30 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"server exited with code {report['server_exit_code']}")
     pct = report["service_to_raw_percent"]
     if pct is None:
-        print(f"service/raw: not measured (goal >= {GOAL_PERCENT:g}%)")
+        print("service/raw: not measured (informational)")
         return
-    verdict = "meets the goal" if pct >= GOAL_PERCENT else "BELOW the goal"
-    print(f"service/raw: {pct:.1f}% (goal >= {GOAL_PERCENT:g}%) - {verdict}; best service "
-          f"rate ({report['best_service_clients']} client(s)) vs {report['baseline']}")
+    # Issue 16 withdrew the ">= 25% of raw" goal (raw build+sign is the wrong baseline); the
+    # goals now compare with a peer in the same run: --vs-cfssl, and bench/acme.py vs pebble.
+    print(f"service/raw: {pct:.1f}% (informational; the old >= {GOAL_PERCENT:g}% goal is "
+          f"withdrawn, see --vs-cfssl); best service rate ({report['best_service_clients']} "
+          f"client(s)) vs {report['baseline']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16],
-                    help="concurrent clients, one measurement each (default: 1 4 16)")
-    ap.add_argument("--seconds", type=float, default=10.0,
-                    help="per measurement (default 10)")
+    ap.add_argument("--vs-cfssl", action="store_true",
+                    help="instead of raw: /1.0/sign (SQLite, and PostgreSQL unless "
+                         "--no-postgres) against cfssl serve, alternating rounds, wrk clients, "
+                         "server CPU per certificate (bench/vs_cfssl.py)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="--vs-cfssl: rounds per client count (default 3)")
+    ap.add_argument("--no-postgres", action="store_true",
+                    help="--vs-cfssl: leave out the PostgreSQL row")
+    ap.add_argument("--clients", type=int, nargs="+", default=None,
+                    help="concurrent clients, one measurement each (default: 1 4 16; "
+                         "--vs-cfssl: 4 16)")
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="per measurement (default 10; --vs-cfssl: 5)")
     ap.add_argument("--warmup", type=float, default=1.0,
                     help="service: seconds of load before the window opens (default 1)")
     ap.add_argument("--workers", type=int, default=2, help="API workers (default 2)")
@@ -1077,6 +1131,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
     ap.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     args = ap.parse_args(argv)
+    if args.clients is None:
+        args.clients = [4, 16] if args.vs_cfssl else [1, 4, 16]
+    if args.seconds is None:
+        args.seconds = 5.0 if args.vs_cfssl else 10.0
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
+    if args.vs_cfssl:
+        import vs_cfssl  # bench/vs_cfssl.py, beside this file
+
+        return vs_cfssl.main(args)
     if (args.seconds <= 0 or args.warmup < 0 or min(args.clients) < 1 or args.workers < 1
             or args.threads < 1 or min(args.raw_processes) < 1):
         ap.error("--seconds must be > 0, --warmup >= 0, counts >= 1")
