@@ -39,10 +39,18 @@ the root, TBSCertificate or Extensions nodes (presence of SKI/AKI/KU, unique ext
 version, signature algorithm match, unique IDs) never sit inside a segment, and the
 cross-field ones that match inside an extension (SAN criticality vs an empty subject,
 KU vs the SPKI's key type, SKI vs the SPKI, EKU timestamping criticality, SCT vs poison,
-QC statements) keep their segment from being memoised. The decoding pass (every
-extension, name attribute, SPKI) always runs, so every validator sees the document pkilint
-would have built. ``is_ca`` is in the key because ``KeyUsageValidator``, the EE presence
-checks and two ``match`` predicates read it.
+QC statements) keep their segment from being memoised. ``is_ca`` is in the key because
+``KeyUsageValidator``, the EE presence checks and two ``match`` predicates read it.
+
+The decoding pass is pkilint's container too and is walked the same way, with one more
+rule: its findings for a memoised extension (they depend on the extension's bytes alone,
+and only the audited decoders of ``_LOCAL_DECODERS`` may have run) are replayed, and its
+effect, the decoded subtree under ``extnValue``, is deferred to the first access of
+``extnValue.children`` (``_defer_decoding``), where pkilint's own walk of the decoding
+container over that extension produces it. Every validator that looks into the value
+(``document.is_ca``, a cross-field check, a segment that is not memoised) therefore sees
+the tree pkilint would have built; an extension nobody looks into is never decoded. The
+issuer and everything outside the extensions are decoded as usual.
 
 The DER of a segment comes from a strict definite-length TLV walk of the input; if it finds
 anything unexpected (or a count that disagrees with pkilint's tree), nothing is memoised
@@ -138,6 +146,16 @@ _SEGMENT_LOCAL: Final = frozenset({
     ("pkilint.pkix.time", "TimeCorrectEncodingValidator"),
 })
 
+# Decoders whose effect and findings depend only on their own node's subtree: they decode
+# a value found under the matched node (ValueDecoder's type_path/value_path are relative) and
+# append it there. (SPKI decoders are not here: SubjectPublicKeyDecoder overrides decoding.)
+_LOCAL_DECODERS: Final = frozenset({
+    ("pkilint.pkix.extension", "ExtensionsDecodingValidator"),
+    ("pkilint.pkix.name", "NameDecodingValidator"),
+    ("pkilint.validation", "DecodingValidator"),
+    ("pkilint.pkix.certificate.certificate_transparency", "SctListExtensionDecodingValidator"),
+})
+
 # ``match`` implementations that read only the node's path, pdu type, own subtree (extnID)
 # and, for the EKU criticality validator, ``document.is_ca`` (qualified names).
 _AUDITED_MATCH: Final = frozenset({
@@ -204,7 +222,7 @@ class ShapeCache:
             raise ValueError("max_entries must be at least 1")
         self._max = max_entries
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[int, str, bytes, bool], tuple[Finding, ...]] = (
+        self._entries: OrderedDict[tuple[int, str, bytes, bool | None], tuple[Finding, ...]] = (
             OrderedDict())
         self._hits = 0
         self._misses = 0
@@ -212,6 +230,7 @@ class ShapeCache:
         # segment-local? Computed once per object, read without the lock (a race computes
         # the same answer twice).
         self._walkable: dict[int, bool] = {}
+        self._decoding: dict[int, bool] = {}
         self._local: dict[int, bool] = {}
         self._container_ids: dict[int, int] = {}
         self._kept: list[Any] = []  # keeps the validators behind those ids alive
@@ -227,7 +246,7 @@ class ShapeCache:
             self._entries.clear()
             self._hits = self._misses = 0
 
-    def _get(self, key: tuple[int, str, bytes, bool]) -> tuple[Finding, ...] | None:
+    def _get(self, key: tuple[int, str, bytes, bool | None]) -> tuple[Finding, ...] | None:
         with self._lock:
             found = self._entries.get(key)
             if found is None:
@@ -237,7 +256,7 @@ class ShapeCache:
             self._hits += 1
             return found
 
-    def _put(self, key: tuple[int, str, bytes, bool], value: tuple[Finding, ...]) -> None:
+    def _put(self, key: tuple[int, str, bytes, bool | None], value: tuple[Finding, ...]) -> None:
         with self._lock:
             self._entries[key] = value
             self._entries.move_to_end(key)
@@ -271,7 +290,6 @@ class ShapeCache:
         cls = type(v)
         ok = (
             isinstance(v, ValidatorContainer)
-            and not _decodes(v)
             and cls.validate is ValidatorContainer.validate
             and cls._validate_rec is ValidatorContainer._validate_rec
             and cls.validate_wrapper is Validator.validate_wrapper
@@ -281,6 +299,7 @@ class ShapeCache:
         with self._lock:
             self._kept.append(v)
             self._walkable[id(v)] = ok
+            self._decoding[id(v)] = ok and _decodes(v)
             if ok:
                 self._container_ids.setdefault(id(v), len(self._container_ids))
         return ok
@@ -290,7 +309,9 @@ class ShapeCache:
         if known is not None:
             return known
         cls = type(v)
-        ok = (cls.__module__, cls.__name__) in _SEGMENT_LOCAL and _match_audited(v)
+        name = (cls.__module__, cls.__name__)
+        ok = _match_audited(v) and (name in _SEGMENT_LOCAL or (
+            name in _LOCAL_DECODERS and _plain_value_decoder(getattr(v, "decode_func", None))))
         with self._lock:
             self._kept.append(v)
             self._local[id(v)] = ok
@@ -298,13 +319,19 @@ class ShapeCache:
 
     def _walk(self, container: Any, node: Any, out: list[Finding], state: _State) -> None:
         """``ValidatorContainer._validate_rec`` for a walkable container, memoising segments."""
-        key: tuple[int, str, bytes, bool] | None = None
+        key: tuple[int, str, bytes, bool | None] | None = None
         raw = state.segments.get(node.path)
-        if raw is not None:
-            key = (self._container_ids[id(container)], node.path, raw, state.is_ca)
+        decoding = self._decoding[id(container)]
+        if raw is not None and not (decoding and node.path == _ISSUER_PATH):
+            # A decoder's result depends on the bytes alone (no is_ca: reading it here
+            # would decode basicConstraints ahead of the pass).
+            key = (self._container_ids[id(container)], node.path, raw,
+                   None if decoding else state.is_ca)
             hit = self._get(key)
             if hit is not None:
                 out.extend(hit)
+                if decoding:
+                    _defer_decoding(container, node)
                 return
         start, taint = len(out), state.taint
 
@@ -343,6 +370,63 @@ class ShapeCache:
             state.taint += 1
             sub = [Finding(_CODE_UNHANDLED, "FATAL", str(e), str(node.path))]
         out.extend(sub)
+
+
+def _plain_value_decoder(decode_func: Any) -> bool:
+    from pkilint.document import ValueDecoder
+
+    # SctListExtensionDecodingValidator has no decode_func: it decodes its own node's octets.
+    return decode_func is None or type(decode_func) is ValueDecoder
+
+
+_lazy_class: Any = None
+
+
+def _lazy_node_class() -> Any:
+    """A PDUNode whose ``children`` run a deferred decoding on first access."""
+    global _lazy_class
+    if _lazy_class is None:
+        from pkilint.document import PDUNode
+
+        class _DeferredDecodingNode(PDUNode):  # type: ignore[misc]
+            @property
+            def children(self) -> Any:
+                pending = self.__dict__.pop("_shape_cache_pending", None)
+                if pending is not None:
+                    pending()
+                return self.__dict__["children"]
+
+            @children.setter
+            def children(self, value: Any) -> None:
+                self.__dict__["children"] = value
+
+        _lazy_class = _DeferredDecodingNode
+    return _lazy_class
+
+
+def _defer_decoding(container: Any, extension: Any) -> None:
+    """Decode an Extension's value when someone first looks into it, not now.
+
+    The decoding pass's findings for this extension came from the memo (they depend on its
+    bytes alone), and its one effect, the decoded subtree under ``extnValue``, is produced
+    on the first access to ``extnValue.children`` (any path to the subtree goes through
+    it): by pkilint's own ``_validate_rec`` of the decoding container over the extension,
+    exactly what the pass would have run. A reader (``document.is_ca``, a cross-field
+    validator, a segment that is not memoised) therefore sees the same tree; when every
+    container's segment for the extension is memoised, nobody reads it and the decoding
+    is saved.
+    """
+    from pkilint.validation import ValidatorContainer
+
+    value = extension.children.get("extnValue")
+    if value is None or value.__dict__.get("children"):
+        return
+
+    def decode() -> None:
+        ValidatorContainer._validate_rec(container, extension, [])
+
+    value.__class__ = _lazy_node_class()
+    value.__dict__["_shape_cache_pending"] = decode
 
 
 def _decodes(container: Any) -> bool:

@@ -345,9 +345,33 @@ def test_the_installed_pkilint_tree_is_walked_with_memo() -> None:
     not_walked = [getattr(v, "_path", None) for v in top.validators
                   if hasattr(v, "validators") and not cache._is_walkable(v)]
     assert cache._is_walkable(top)
-    assert not_walked == ["certificate"]  # only the decoding pass, which always runs
+    assert not_walked == []
     unaudited = [type(v).__name__ for v in _leaves(top) if not shape_cache._match_audited(v)]
     assert unaudited == []
+
+
+@pytest.mark.parametrize("shape", ["ec-dns-ip", "ca-true-leaf", "bad-crl-uri", "email"])
+def test_a_deferred_decoding_gives_pkilint_the_same_tree(shape: str) -> None:
+    """Every extension's decoding deferred before pkilint's own full walk (which reads every
+    extnValue, so each deferral fires, some from inside document.is_ca): the findings are
+    those of the plain lint."""
+    from pkilint import loader
+
+    from appliance.lint import pkilint_gate, shape_cache
+
+    der = SHAPES[shape](1)
+    top = pkilint_gate._cached(("pkix-certificate",), pkilint_gate._pkix_certificate_validator)
+    decoding = top.validators[0]
+    doc = loader.load_der_certificate(der, "lint")
+    extensions = doc.root.navigate("tbsCertificate.extensions").children.values()
+    for ext in extensions:
+        shape_cache._defer_decoding(decoding, ext)
+    assert all("_shape_cache_pending" in e.children["extnValue"].__dict__ for e in extensions)
+    findings = (pkilint_gate._findings(top.validate(doc.root))
+                + pkilint_gate._appliance_findings(doc, "leaf"))
+    assert findings == lint.lint_certificate(der, "leaf")
+    assert not any("_shape_cache_pending" in e.children["extnValue"].__dict__
+                   for e in extensions)
 
 
 def _leaves(v: Any) -> list[Any]:
