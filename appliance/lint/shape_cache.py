@@ -70,6 +70,7 @@ from appliance.lint.pkilint_gate import (
     _appliance_findings,
     _cached,
     _checked_der,
+    _findings,
     _load,
     _pkix_certificate_validator,
 )
@@ -202,9 +203,10 @@ class _State:
 
     @property
     def is_ca(self) -> bool:
-        """``document.is_ca``, read at the first segment: by then the decoding pass (the
-        root's first validator) has run, and the property is cached on the document, so
-        reading it changes nothing a validator would see."""
+        """``document.is_ca``, read at the first segment outside the decoding pass (which is
+        over by then: it is the root's first validator). The property is cached on the
+        document and decodes basicConstraints as the pass would (a deferred one on first
+        access, see ``_defer_decoding``), so reading it changes nothing a validator sees."""
         if self._is_ca is None:
             self._is_ca = bool(self._doc.is_ca)
         return self._is_ca
@@ -275,7 +277,7 @@ class ShapeCache:
         segments = _segments(data, doc)
         if not segments or not self._is_walkable(validator):
             # Nothing to memoise: exactly lint_certificate's path.
-            return _to_findings(validator.validate(doc.root)) + _appliance_findings(doc, "leaf")
+            return _findings(validator.validate(doc.root)) + _appliance_findings(doc, "leaf")
         out: list[Finding] = []
         self._walk(validator, doc.root, out, _State(segments, doc))
         return out + _appliance_findings(doc, "leaf")
@@ -297,11 +299,12 @@ class ShapeCache:
             and all(_match_audited(c) for c in v.validators)
         )
         with self._lock:
+            # Published last: a reader that sees it (without the lock) finds the others.
             self._kept.append(v)
-            self._walkable[id(v)] = ok
             self._decoding[id(v)] = ok and _decodes(v)
             if ok:
                 self._container_ids.setdefault(id(v), len(self._container_ids))
+            self._walkable[id(v)] = ok
         return ok
 
     def _is_local(self, v: Any) -> bool:
@@ -346,7 +349,7 @@ class ShapeCache:
             for r in results:
                 if not self._is_local(r.validator):
                     state.taint += 1
-            found = _to_findings(results)
+            found = _findings(results)
             if any(f.code == _CODE_UNHANDLED for f in found):
                 state.taint += 1
             out.extend(found)
@@ -446,20 +449,6 @@ def _match_audited(v: Any) -> bool:
         return False
     predicate = getattr(v, "_predicate", None)
     return predicate is None or getattr(predicate, "__qualname__", None) in _AUDITED_PREDICATES
-
-
-def _to_findings(results: list[Any]) -> list[Finding]:
-    # As pkilint_gate._findings (kept in step by the equality tests).
-    return [
-        Finding(
-            code=str(fd.finding.code),
-            severity=str(fd.finding.severity.name),
-            message=None if fd.message is None else str(fd.message),
-            node=str(result.node.path),
-        )
-        for result in results
-        for fd in result.finding_descriptions
-    ]
 
 
 # --- where the segments are (a strict TLV walk of the input) --------------------------------
