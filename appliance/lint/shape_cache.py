@@ -325,7 +325,7 @@ class ShapeCache:
         key: tuple[int, str, bytes, bool | None] | None = None
         raw = state.segments.get(node.path)
         decoding = self._decoding[id(container)]
-        if raw is not None and not (decoding and node.path == _ISSUER_PATH):
+        if raw is not None and not (decoding and not _undecoded_extension(node)):
             # A decoder's result depends on the bytes alone (no is_ca: reading it here
             # would decode basicConstraints ahead of the pass).
             key = (self._container_ids[id(container)], node.path, raw,
@@ -407,6 +407,14 @@ def _lazy_node_class() -> Any:
     return _lazy_class
 
 
+def _undecoded_extension(node: Any) -> bool:
+    """An Extension whose value nobody has decoded yet: the one case where the decoding
+    pass's work on it can be replayed (and deferred). Anything else (the issuer, an
+    extension some property already decoded) is decoded by the pass as usual."""
+    value = node.children.get("extnValue") if "extnID" in node.children else None
+    return value is not None and not value.__dict__.get("children")
+
+
 def _defer_decoding(container: Any, extension: Any) -> None:
     """Decode an Extension's value when someone first looks into it, not now.
 
@@ -421,9 +429,7 @@ def _defer_decoding(container: Any, extension: Any) -> None:
     """
     from pkilint.validation import ValidatorContainer
 
-    value = extension.children.get("extnValue")
-    if value is None or value.__dict__.get("children"):
-        return
+    value = extension.children["extnValue"]
 
     def decode() -> None:
         ValidatorContainer._validate_rec(container, extension, [])
