@@ -204,6 +204,93 @@ def test_the_corpus_has_the_findings_it_is_meant_to_have(
     assert "pkix.duplicate_certificate_policy_oids" in codes["duplicate-policies"]
 
 
+def _exotic(i: int, *, ca: bool, variant: int) -> bytes:
+    """Extensions the shipped templates do not make but a custom template (or an extension
+    given as raw DER) can: the validators behind them read is_ca, other extensions or
+    nested names, so they exercise the audit and the deferred decoding."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    dir_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example"),
+                          x509.NameAttribute(NameOID.EMAIL_ADDRESS, "pki@example.com")])
+    b = (x509.CertificateBuilder()
+         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _n(i))]))
+         .issuer_name(ISSUER).public_key(key.public_key())
+         .serial_number(x509.random_serial_number())
+         .not_valid_before(NOW).not_valid_after(NOW + dt.timedelta(days=30))
+         .add_extension(x509.SubjectAlternativeName([x509.DNSName(_n(i))]), critical=False)
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+         .add_extension(_ku("digital_signature", "key_cert_sign", "crl_sign"), critical=True)
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                        critical=False)
+         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+             CA_KEY.public_key()), critical=False)
+         .add_extension(x509.IssuerAlternativeName([
+             x509.DirectoryName(dir_name), x509.RFC822Name("pki@example.com"),
+             x509.OtherName(x509.ObjectIdentifier("1.3.6.1.5.5.7.8.9"),
+                            b"\x0c\x0fpki@example.com")]), critical=variant == 1)
+         .add_extension(x509.CertificatePolicies([x509.PolicyInformation(
+             x509.ObjectIdentifier("2.5.29.32.0"),
+             ["https://pki.example.com/cps", x509.UserNotice(
+                 x509.NoticeReference("Example", [1]), "explicit text")])]), critical=False)
+         .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+             None, None, None, [x509.DirectoryName(dir_name)])]), critical=False))
+    if variant == 0:
+        b = (b.add_extension(x509.NameConstraints(
+                permitted_subtrees=[x509.DNSName("example.com"),
+                                    x509.IPAddress(ipaddress.ip_network("10.0.0.0/8"))],
+                excluded_subtrees=None), critical=True)
+             .add_extension(x509.PolicyConstraints(require_explicit_policy=0,
+                                                   inhibit_policy_mapping=None), critical=True)
+             .add_extension(x509.InhibitAnyPolicy(0), critical=True)
+             .add_extension(x509.UnrecognizedExtension(  # policyMappings 99.1 -> 99.2
+                 x509.ObjectIdentifier("2.5.29.33"),
+                 b"\x30\x14\x30\x12\x06\x07\x2b\x06\x01\x04\x01\x63\x01"
+                 b"\x06\x07\x2b\x06\x01\x04\x01\x63\x02"), critical=True))
+    elif variant == 1:
+        # CT poison and an (empty) SCT list together; EKU timeStamping, not critical.
+        b = (b.add_extension(x509.PrecertPoison(), critical=True)
+             .add_extension(x509.UnrecognizedExtension(
+                 x509.ObjectIdentifier("1.3.6.1.4.1.11129.2.4.2"), b"\x04\x02\x00\x00"),
+                 critical=False)
+             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]),
+                            critical=False))
+    else:
+        # RFC 3739 QC statements with the obsolete pkixQCSyntax-v1 (pkilint's RFC 5280 profile
+        # does not decode qcStatements: an unknown extension to it); a broken value.
+        qc = b"\x30\x0c\x30\x0a\x06\x08\x2b\x06\x01\x05\x05\x07\x0b\x01"
+        b = (b.add_extension(x509.UnrecognizedExtension(
+                x509.ObjectIdentifier("1.3.6.1.5.5.7.1.3"), qc), critical=False)
+             .add_extension(x509.UnrecognizedExtension(
+                 x509.ObjectIdentifier("2.5.29.36"), b"\x30\x03\x80\x01"), critical=True))
+    return bytes(b.sign(CA_KEY, hashes.SHA256()).public_bytes(DER))
+
+
+def test_exotic_extensions_in_ee_and_ca_certificates_equal_pkilint() -> None:
+    """The same extension bytes in end-entity and CA certificates (is_ca in the key), nested
+    names inside memoised extensions (deferred decoding of directoryName and otherName), and
+    the cross-field validators behind CT poison + SCT list and EKU timestamping, a value that
+    does not decode, all on hits."""
+    items = [_exotic(i, ca=ca, variant=v) for i in range(3) for ca in (False, True)
+             for v in range(3)]
+    random.Random(5).shuffle(items)
+    expected = {der: lint.lint_certificate(der, "leaf") for der in items}
+    cache = ShapeCache()
+    for _ in range(2):
+        for der in items:
+            assert cache.lint_leaf(der) == expected[der]
+    assert cache.info().hits > 0
+    codes = {f.code for der in items for f in expected[der]}
+    for code in ("pkix.name_constraints_in_ee_certificate",
+                 "pkix.end_entity_policy_constraints_extension_present",
+                 "pkix.ct_precert_poison_and_sctlist_extensions_present",
+                 "pkix.sct_list_empty",
+                 "pkix.extended_key_usage_extension_with_timestamping_not_critical",
+                 "pkix.issuer_alt_name_extension_critical",
+                 "pkix.certificate_policies_usernotice_has_noticeref",
+                 "pkix.end_entity_policy_mappings_extension_present",
+                 "itu.invalid_asn1_syntax"):
+        assert code in codes, code
+
+
 def _warm(cache: ShapeCache, **fixed: Any) -> None:
     """Lint two clean certificates of a shape so its fixed segments are memoised."""
     for i in range(2):
