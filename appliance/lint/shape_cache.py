@@ -80,6 +80,12 @@ DEFAULT_MAX_ENTRIES: Final = 4096
 so this holds hundreds of (template, authority, key type) shapes; each entry is a few
 findings and the key bytes (an extension rarely exceeds a few hundred bytes)."""
 
+AUDITED_PKILINT: Final = "0.13.3"
+"""The pkilint release whose validators were read for ``_SEGMENT_LOCAL``, ``_LOCAL_DECODERS``
+and the audited matches. Under any other release nothing is memoised (every call is
+``lint_certificate``'s plain walk) until the audit is redone: a validator that starts to
+read another part of the certificate must not be replayed on a stale classification."""
+
 MAX_SEGMENT_BYTES: Final = 8192
 """A larger subtree is linted each time rather than kept as a key."""
 
@@ -274,7 +280,7 @@ class ShapeCache:
         if doc is None:
             return fatal
         validator = _cached(("pkix-certificate",), _pkix_certificate_validator)
-        segments = _segments(data, doc)
+        segments = _segments(data, doc) if _audited_release() else {}
         if not segments or not self._is_walkable(validator):
             # Nothing to memoise: exactly lint_certificate's path.
             return _findings(validator.validate(doc.root)) + _appliance_findings(doc, "leaf")
@@ -373,6 +379,21 @@ class ShapeCache:
             state.taint += 1
             sub = [Finding(_CODE_UNHANDLED, "FATAL", str(e), str(node.path))]
         out.extend(sub)
+
+
+_release_ok: bool | None = None
+
+
+def _audited_release() -> bool:
+    global _release_ok
+    if _release_ok is None:
+        from importlib import metadata
+
+        try:
+            _release_ok = metadata.version("pkilint") == AUDITED_PKILINT
+        except metadata.PackageNotFoundError:
+            _release_ok = False
+    return _release_ok
 
 
 def _plain_value_decoder(decode_func: Any) -> bool:

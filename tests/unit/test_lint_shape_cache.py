@@ -421,6 +421,17 @@ def test_refused_before_decoding_like_lint_certificate() -> None:
         lint_leaf(b"\x30" * (lint.MAX_DER_BYTES + 1))
 
 
+def test_the_installed_pkilint_is_the_audited_release() -> None:
+    """Under another pkilint release lint_leaf memoises nothing (correct, slower): a pkilint
+    upgrade fails here so that shape_cache's audit of the validators is redone with it."""
+    from importlib import metadata
+
+    from appliance.lint import shape_cache
+
+    assert metadata.version("pkilint") == shape_cache.AUDITED_PKILINT
+    assert shape_cache._audited_release()
+
+
 def test_the_installed_pkilint_tree_is_walked_with_memo() -> None:
     """If a pkilint upgrade adds an unaudited match, the container falls back to pkilint's
     own walk (correct, but slower): this says which, so the audit gets redone."""
