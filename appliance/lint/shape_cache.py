@@ -12,7 +12,7 @@ before, and only where that result provably cannot differ.
 How pkilint runs (pkilint 0.13, ``validation.ValidatorContainer``): a container walks the
 decoded tree depth first; at every node it asks each of its validators ``match(node)`` and
 runs the matching ones; nested containers walk their own subtree the same way. This module
-walks the same tree in the same order with the same validators (``_Walker._walk`` mirrors
+walks the same tree in the same order with the same validators (``ShapeCache._walk`` mirrors
 ``ValidatorContainer._validate_rec`` and ``Validator.validate_wrapper``), so findings come
 out in the same order. The one difference: when a container's walk reaches a *segment root*
 (the issuer name, or one whole Extension), the findings the container produces for that
@@ -54,7 +54,10 @@ issuer and everything outside the extensions are decoded as usual.
 
 The DER of a segment comes from a strict definite-length TLV walk of the input; if it finds
 anything unexpected (or a count that disagrees with pkilint's tree), nothing is memoised
-for that certificate and the plain walk gives pkilint's answer.
+for that certificate and the plain walk gives pkilint's answer. subjectAltName and
+subjectKeyIdentifier are never segment roots (they differ per request by construction), and
+the audit holds for one pkilint release (``AUDITED_PKILINT``): under another one nothing is
+memoised.
 """
 
 from __future__ import annotations
@@ -350,6 +353,8 @@ class ShapeCache:
             if self._is_walkable(v):
                 self._nested(v, node, out, state)
                 continue
+            if hasattr(v, "validators"):
+                state.taint += 1  # a container pkilint runs itself: its matches are unaudited
             result = v.validate_wrapper(node)
             results = result if isinstance(result, list) else [result]
             for r in results:
