@@ -479,6 +479,11 @@ def _match_audited(v: Any) -> bool:
     match = getattr(type(v), "match", None)
     if getattr(match, "__qualname__", None) not in _AUDITED_MATCH:
         return False
+    # TypeMatchingValidator.match navigates type_path from the node: audited only while
+    # that stays inside the node ("extnID"), not from the root (":") or a parent ("^").
+    type_path = getattr(v, "type_path", None)
+    if type_path is not None and (":" in type_path or "^" in type_path):
+        return False
     predicate = getattr(v, "_predicate", None)
     return predicate is None or getattr(predicate, "__qualname__", None) in _AUDITED_PREDICATES
 
