@@ -211,8 +211,7 @@ class Issuer:
         # length, validity nesting, policies, EKU): never sign what the chain forbids.
         signer.path.check(trial, "the requested certificate")
         findings = [
-            f for f in lint.lint_certificate(
-                trial.public_bytes(serialization.Encoding.DER), "leaf")
+            f for f in lint.lint_leaf(trial.public_bytes(serialization.Encoding.DER))
             # pkilint only knows a few URI schemes (no spiffe:, urn:); SAN URIs were already
             # checked by the template model, so that one finding there is not a defect.
             if not (f.code == "pkix.invalid_uri_syntax" and "subjectAltName" in f.node)

@@ -1,7 +1,9 @@
 """pkilint as a gate: nothing is signed by a CA key until its to-be-issued form lints clean.
 
 This module is the package's one face: callers write ``from appliance import lint`` and use
-``lint.lint_certificate``, ``lint.require_clean``, ... ; ``pkilint_gate`` defines them.
+``lint.lint_certificate``, ``lint.require_clean``, ... ; ``pkilint_gate`` defines them, and
+``shape_cache`` defines ``lint.lint_leaf`` (the same findings as ``lint_certificate(der,
+"leaf")``, memoised per fixed part, for the issuance pipeline).
 """
 
 # ``X as X`` marks each name as exported (mypy --strict), so the face is these lines alone.
@@ -17,3 +19,4 @@ from appliance.lint.pkilint_gate import lint_crl as lint_crl
 from appliance.lint.pkilint_gate import lint_ocsp_response as lint_ocsp_response
 from appliance.lint.pkilint_gate import require_clean as require_clean
 from appliance.lint.pkilint_gate import warm as warm
+from appliance.lint.shape_cache import lint_leaf as lint_leaf
