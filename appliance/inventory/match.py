@@ -27,9 +27,21 @@ class InventoryError(ApplianceError):
 
 
 @dataclass(frozen=True)
+class Record:
+    """What issuance reads of an inventory record: plain values, not an ORM object, so a
+    match can be cached and shared by threads (``appliance.store.epochs``)."""
+
+    id: int
+    name: str
+    kind: str
+    owner: str
+    metadata_json: str
+
+
+@dataclass(frozen=True)
 class Match:
-    record: InventoryRecord
-    unmatched: list[tuple[str, str]]
+    record: Record
+    unmatched: tuple[tuple[str, str], ...]
 
     def template_view(self) -> dict[str, Any]:
         return {"name": self.record.name, "kind": self.record.kind, "owner": self.record.owner,
@@ -50,14 +62,23 @@ def normalise(kind: str, value: str) -> str:
     return value
 
 
+def keys_of(names: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The names as they are stored (normalised): what ``find_keys`` looks up."""
+    return tuple((k, normalise(k, v)) for k, v in names)
+
+
 def find(db: Session, names: list[tuple[str, str]]) -> Match | None:
     """The one record the names point to (None if none does); names of two records refuse."""
-    keys = [(k, normalise(k, v)) for k, v in names]
+    return find_keys(db, keys_of(names))
+
+
+def find_keys(db: Session, keys: tuple[tuple[str, str], ...]) -> Match | None:
+    """``find`` of names already normalised (``keys_of``)."""
     if not keys:
         return None
     rows = db.execute(
         select(InventoryIdentifier.type, InventoryIdentifier.value, InventoryIdentifier.record_id)
-        .where(tuple_(InventoryIdentifier.type, InventoryIdentifier.value).in_(keys))
+        .where(tuple_(InventoryIdentifier.type, InventoryIdentifier.value).in_(list(keys)))
     ).all()
     records = {r.record_id for r in rows}
     if not records:
@@ -65,10 +86,11 @@ def find(db: Session, names: list[tuple[str, str]]) -> Match | None:
     if len(records) > 1:
         raise InventoryError("the requested names belong to more than one inventory record")
     matched = {(r.type, r.value) for r in rows}
-    record = db.get(InventoryRecord, records.pop())
-    assert record is not None
-    return Match(record, [k for k in keys if k not in matched
-                          and not (k[0] == "cn" and _cn_repeats_a_match(k[1], matched))])
+    row = db.get(InventoryRecord, records.pop())
+    assert row is not None
+    record = Record(row.id, row.name, row.kind, row.owner, row.metadata_json)
+    return Match(record, tuple(k for k in keys if k not in matched
+                               and not (k[0] == "cn" and _cn_repeats_a_match(k[1], matched))))
 
 
 def _cn_repeats_a_match(cn: str, matched: set[tuple[str, str]]) -> bool:
