@@ -380,12 +380,69 @@ def _stored_with_ocsp(data_dir: Path, tmp_path: Path) -> None:
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def _pg_operator_sql(statement: str, *params: Any) -> None:
+    """An operator's SQL on the PostgreSQL database, from another process (psql-like)."""
+    url = os.environ["APPLIANCE_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    code = ("import psycopg, sys, json\n"
+            "with psycopg.connect(sys.argv[1]) as db:\n"
+            "    db.execute(sys.argv[2], json.loads(sys.argv[3]))\n")
+    subprocess.run([sys.executable, "-c", code, url, statement, json.dumps(list(params))],
+                   check=True, timeout=60)
+
+
+def _postgresql_changes(data_dir: Path, tmp_path: Path) -> None:
+    """Two workers on one PostgreSQL database (two nodes alike): the statement triggers
+    count an operator's SQL and the CLI's writes on the very next request in both."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(os.environ["APPLIANCE_DATABASE_URL"])
+
+    def record(serial: str) -> Any:
+        with engine.connect() as db:
+            return db.execute(text("SELECT inventory_record_id FROM certificates "
+                                   "WHERE serial_hex = :s AND status = 'issued'"),
+                              {"s": serial}).scalar_one()
+
+    workers = _workers(data_dir)
+    for i, (app, client) in enumerate(workers):  # everything cached in both
+        assert _client_auth(_sign(app, client, data_dir, f"pg{i}.example.com"))
+    _pg_operator_sql("UPDATE authorities SET status = 'revoked' WHERE name = 'issuing'")
+    try:
+        for i, (app, client) in enumerate(workers):
+            r = _sign(app, client, data_dir, f"pga{i}.example.com")
+            assert r.status_code == 503 and r.get_json()["error"] == "authority_unavailable"
+    finally:
+        _pg_operator_sql("UPDATE authorities SET status = 'active' WHERE name = 'issuing'")
+    server_only = builtin_templates()["tls-server"].replace(
+        '["server_auth", "client_auth"]', '["server_auth"]')
+    _pg_operator_sql("INSERT INTO templates (name, source, updated_at) "
+                     "VALUES ('tls-server', %s, now())", server_only)
+    for i, (app, client) in enumerate(workers):
+        assert not _client_auth(_sign(app, client, data_dir, f"pgb{i}.example.com"))
+    _pg_operator_sql("DELETE FROM templates WHERE name = 'tls-server'")
+    for i, (app, client) in enumerate(workers):
+        assert _client_auth(_sign(app, client, data_dir, f"pgc{i}.example.com"))
+    name = "pg-inv.example.com"
+    assert [record(_sign(a, c, data_dir, name).get_json()["serial"])
+            for a, c in workers] == [None, None]
+    _cli(data_dir, "inventory", "add", "pg-host", "--dns", name)
+    with engine.connect() as db:
+        rid = db.execute(text("SELECT id FROM inventory_records WHERE name = 'pg-host'")
+                         ).scalar_one()
+    assert [record(_sign(a, c, data_dir, name).get_json()["serial"])
+            for a, c in workers] == [rid, rid]
+    _pg_operator_sql("DELETE FROM inventory_identifiers WHERE record_id = %s", rid)
+    assert [record(_sign(a, c, data_dir, name).get_json()["serial"])
+            for a, c in workers] == [None, None]
+    engine.dispose()
+
+
 SCENARIOS: dict[str, Callable[[Path, Path], None]] = {
     "claims": _claims_change, "policy": _policy_change, "acme": _acme_change,
     "replay": _token_replay, "stored": _stored_with_ocsp, "template": _template_change,
     "inventory": _inventory_change, "authority": _authority_change,
     "provisioner-sql": _provisioner_sql_change, "refusal": _refusal_spends,
-    "concurrent": _concurrent_signs,
+    "concurrent": _concurrent_signs, "postgresql": _postgresql_changes,
 }
 
 
@@ -438,3 +495,19 @@ def test_a_refused_request_spends_its_token(data_dir: Path, tmp_path: Path) -> N
 def test_concurrent_signs_get_distinct_serials_and_durable_rows(data_dir: Path,
                                                                 tmp_path: Path) -> None:
     _run("concurrent", data_dir, tmp_path)
+
+
+@pytest.mark.postgres
+def test_changes_on_postgresql_count_at_once_in_every_worker(
+        tmp_path: Path, pg_available: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import create_pg_database, drop_pg_database, require_pg
+
+    require_pg(pg_available)
+    url = create_pg_database()
+    try:
+        monkeypatch.setenv("APPLIANCE_DATABASE_URL", url)  # quickstart, the CLI, the workers
+        data = tmp_path / "pg"
+        run_cli("quickstart", "--dir", str(data), check=True)
+        _run("postgresql", data, tmp_path)
+    finally:
+        drop_pg_database(url)
