@@ -51,11 +51,7 @@ from appliance.errors import ApplianceError, DatabaseError, ServerFault, Signatu
 from appliance.hsm import keys, rng
 from appliance.hsm.signer import TokenPrivateKey, token_private_key
 from appliance.inventory import match as inventory
-from appliance.issuance.request import (
-    MAX_CERT_LIFETIME,
-    ProvisionerContext,
-    SignRequest,
-)
+from appliance.issuance.request import MAX_CERT_LIFETIME, ProvisionerContext, SignRequest
 from appliance.issuance.spend import replay_refused, spend
 from appliance.ocsp import presign as ocsp_presign
 from appliance.ocsp.signer import CertStatus, SignedResponse
