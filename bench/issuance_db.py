@@ -8,9 +8,10 @@ certificates through the real path of ``POST /1.0/sign`` minus HTTP: the one-tim
 verified, then ``Issuer.issue`` (CSR, template, policy, pkilint, token signature, OCSP,
 store and audit). Two modes take turns in rounds (order reversed every other round):
 
-* ``before``: the order of PR 16's predecessor: the token spent in a transaction of its own
-  (``authorize.one_time_token``), and every read made afresh on every request (the
-  issuance epochs withheld, the provisioner row re-read): three durable commits;
+* ``before``: the order before issue 16's database work, statement for statement: the
+  provisioner row read, the token verified and spent in a transaction of its own (as
+  ``authorize`` did it then), and every pipeline read made afresh (the issuance epochs
+  withheld): three durable commits;
 * ``after``: the token spent in the serial reservation's transaction, the reads cached
   behind the issuance epochs (``appliance.store.epochs``): two durable commits.
 
@@ -35,8 +36,9 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("APPLIANCE_TEST_PG_URL",
@@ -64,10 +66,12 @@ class Probe:
     """Driver-level timing of one engine's statements and transaction ends."""
 
     seconds: float = 0.0
+    commit_seconds: float = 0.0
     statements: int = 0
     commits: int = 0
     write_commits: int = 0
-    _started: dict[int, float] = field(default_factory=dict)
+    by_statement: dict[str, list[float]] = field(default_factory=dict)  # key: [seconds, n]
+    _started: dict[int, tuple[float, str]] = field(default_factory=dict)
     _wrote: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -85,7 +89,9 @@ class Probe:
                 commit(dbapi_conn)
             finally:
                 with self._lock:
-                    self.seconds += time.perf_counter() - start
+                    took = time.perf_counter() - start
+                    self.seconds += took
+                    self.commit_seconds += took
                     self.commits += 1
                     if id(dbapi_conn) in self._wrote:
                         self._wrote.discard(id(dbapi_conn))
@@ -104,21 +110,28 @@ class Probe:
         dialect.do_rollback = do_rollback
 
     def _before(self, conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        self._started[id(cursor)] = time.perf_counter()
+        words = statement.split()
+        key = " ".join(words[:3]) if words else "?"
+        self._started[id(cursor)] = (time.perf_counter(), key[:48])
         if statement.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
             with self._lock:
                 self._wrote.add(id(conn.connection))  # what do_commit is given
 
     def _after(self, conn: Any, cursor: Any, *_: Any) -> None:
-        start = self._started.pop(id(cursor), None)
-        if start is not None:
+        started = self._started.pop(id(cursor), None)
+        if started is not None:
+            took = time.perf_counter() - started[0]
             with self._lock:
-                self.seconds += time.perf_counter() - start
+                self.seconds += took
                 self.statements += 1
+                entry = self.by_statement.setdefault(started[1], [0.0, 0])
+                entry[0] += took
+                entry[1] += 1
 
-    def snapshot(self) -> tuple[float, int, int, int]:
+    def snapshot(self) -> tuple[float, int, int, int, float]:
         with self._lock:
-            return self.seconds, self.statements, self.commits, self.write_commits
+            return (self.seconds, self.statements, self.commits, self.write_commits,
+                    self.commit_seconds)
 
 
 def child(data_dir: Path, certs: int, rounds: int) -> dict[str, Any]:
@@ -126,13 +139,16 @@ def child(data_dir: Path, certs: int, rounds: int) -> dict[str, Any]:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
+    from sqlalchemy import Table, bindparam, select
 
     from appliance import config
+    from appliance.issuance import spend as spending
     from appliance.issuance.pipeline import Issuer
-    from appliance.issuance.request import SignRequest
+    from appliance.issuance.request import SignRequest, TokenSpend
     from appliance.provisioners import authorize, sealed, tokens
     from appliance.provisioners.settings import sign_audience
     from appliance.runtime import Appliance
+    from appliance.store.models import Provisioner
 
     app = Appliance(config.load(data_dir / "appliance.yaml"))
     issuer = Issuer(app)
@@ -159,12 +175,31 @@ def child(data_dir: Path, certs: int, rounds: int) -> dict[str, Any]:
                                          audience=audience, sans=[name], lifetime=1800)))
         return out
 
-    rows = app.epoch_cache("provisioner", "provisioner-rows", authorize.PROVISIONER_CACHE)
+    provisioners = cast(Table, Provisioner.__table__)
+    by_name = select(*(provisioners.c[k] for k in (
+        "id", "name", "type", "config", "credential", "authority_id"))).where(
+        provisioners.c.name == bindparam("b_name"))
+
+    def spent_before(ott: str) -> tuple[Any, Any]:
+        """The token as ``authorize`` checked it before: the row read on every request,
+        then verified, then spent in a transaction of its own."""
+        name = tokens.unverified_issuer(ott)
+        with app.db.read() as db:
+            row = db.execute(by_name, {"b_name": name}).first()
+        assert row is not None
+        ctx = authorize.context_of(app, row.id, row.name, row.type, row.config,
+                                   row.authority_id)
+        claims = tokens.verify(ott, json.loads(row.credential), provisioner=name,
+                               audience=audience)
+        authorize.require_enabled(row.config, row.name)
+        with spending.replay_refused(), app.db.write() as db:
+            spending.spend(db, TokenSpend(f"{name}:{claims.jti}", row.id,
+                                          datetime.fromtimestamp(claims.expires_at, UTC)))
+        return ctx, claims
 
     def one(mode: str, csr: x509.CertificateSigningRequest, ott: str) -> None:
         if mode == "before":
-            rows.clear()  # the provisioner row read on every request, as before
-            ctx, claims = authorize.one_time_token(app, ott)  # spent in its own commit
+            ctx, claims = spent_before(ott)
             issuer.issue(SignRequest(csr=csr, provisioner=ctx, requester="bench:db",
                                      credential_names=list(claims.sans), epochs={}))
             return
@@ -176,10 +211,13 @@ def child(data_dir: Path, certs: int, rounds: int) -> dict[str, Any]:
     for mode in MODES:
         for csr, ott in items(WARMUP):
             one(mode, csr, ott)
-    totals = {m: [0.0, 0.0, 0, 0, 0, 0] for m in MODES}  # wall, db, stmts, commits, writes, n
+    # wall, db, statements, commits, durable commits, commit time, certificates
+    totals = {m: [0.0, 0.0, 0, 0, 0, 0.0, 0] for m in MODES}
+    per_statement: dict[str, dict[str, list[float]]] = {m: {} for m in MODES}
     for r in range(rounds):
         for mode in (MODES if r % 2 == 0 else MODES[::-1]):
             batch = items(certs)
+            probe.by_statement = per_statement[mode]
             before = probe.snapshot()
             start = time.perf_counter()
             for csr, ott in batch:
@@ -188,13 +226,17 @@ def child(data_dir: Path, certs: int, rounds: int) -> dict[str, Any]:
             after = probe.snapshot()
             t = totals[mode]
             t[0] += wall
-            for i in range(4):
+            for i in range(5):
                 t[1 + i] += after[i] - before[i]
-            t[5] += len(batch)
+            t[6] += len(batch)
     app.close()
-    return {"dialect": app.db.dialect, "modes": {
-        m: {"certs": t[5], "wall_ms": 1000 * t[0] / t[5], "db_ms": 1000 * t[1] / t[5],
-            "statements": t[2] / t[5], "commits": t[3] / t[5], "write_commits": t[4] / t[5]}
+    return {"dialect": app.db.dialect, "statements": {
+        m: {k: {"ms": round(1000 * v[0] / totals[m][6], 3), "per_cert": v[1] / totals[m][6]}
+            for k, v in sorted(st.items(), key=lambda kv: -kv[1][0])}
+        for m, st in per_statement.items()}, "modes": {
+        m: {"certs": t[6], "wall_ms": 1000 * t[0] / t[6], "db_ms": 1000 * t[1] / t[6],
+            "commit_ms": 1000 * t[5] / t[6], "statements": t[2] / t[6],
+            "commits": t[3] / t[6], "write_commits": t[4] / t[6]}
         for m, t in totals.items()}}
 
 
@@ -257,6 +299,8 @@ def main() -> None:
     parser.add_argument("--pg-url", default=PG_ADMIN_URL,
                         help="a PostgreSQL server to make a throw-away database on")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--statements", action="store_true",
+                        help="also print the time per statement kind (first three words)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -283,18 +327,27 @@ def main() -> None:
     print(f"database per certificate, in-process (/1.0/sign minus HTTP), {args.rounds} rounds "
           f"x {args.certs} certificates per mode; {os.cpu_count()} CPU(s)")
     print(f"{'backend':<11} {'mode':<7} {'durable':>7} {'commits':>7} {'stmts':>6} "
-          f"{'db ms':>7} {'total ms':>8}")
+          f"{'db ms':>7} {'commit ms':>9} {'total ms':>8}")
     for label, res in results:
         for mode in MODES:
             m = res["modes"][mode]
             print(f"{label:<11} {mode:<7} {m['write_commits']:7.2f} {m['commits']:7.2f} "
-                  f"{m['statements']:6.1f} {m['db_ms']:7.2f} {m['wall_ms']:8.2f}")
+                  f"{m['statements']:6.1f} {m['db_ms']:7.2f} {m['commit_ms']:9.2f} "
+                  f"{m['wall_ms']:8.2f}")
         b, a = res["modes"]["before"], res["modes"]["after"]
         print(f"{label:<11} saved   {b['write_commits'] - a['write_commits']:7.2f} "
               f"{b['commits'] - a['commits']:7.2f} {b['statements'] - a['statements']:6.1f} "
-              f"{b['db_ms'] - a['db_ms']:7.2f} {b['wall_ms'] - a['wall_ms']:8.2f}")
-    print("durable: commits of transactions that wrote; commits: all (reads too); "
-          "db ms: statements + commits + rollbacks at the driver; total: the whole request")
+              f"{b['db_ms'] - a['db_ms']:7.2f} {b['commit_ms'] - a['commit_ms']:9.2f} "
+              f"{b['wall_ms'] - a['wall_ms']:8.2f}")
+    if args.statements:
+        for label, res in results:
+            for mode in MODES:
+                print(f"\n{label} {mode}: ms per certificate by statement")
+                for k, v in res["statements"][mode].items():
+                    print(f"  {v['ms']:7.3f}  x{v['per_cert']:.2f}  {k}")
+    print("durable: commits of transactions that wrote; commits: all (reads too); db ms: "
+          "statements + commits + rollbacks at the driver (commit ms: the commits alone); "
+          "total: the whole request")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,15 +81,55 @@ def find_keys(db: Session, keys: tuple[tuple[str, str], ...]) -> Match | None:
         select(InventoryIdentifier.type, InventoryIdentifier.value, InventoryIdentifier.record_id)
         .where(tuple_(InventoryIdentifier.type, InventoryIdentifier.value).in_(list(keys)))
     ).all()
-    records = {r.record_id for r in rows}
+
+    def record_of(record_id: int) -> Record:
+        row = db.get(InventoryRecord, record_id)
+        assert row is not None
+        return Record(row.id, row.name, row.kind, row.owner, row.metadata_json)
+
+    return _decide(keys, {(r.type, r.value): r.record_id for r in rows}, record_of)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every identifier of an inventory small enough to hold (``snapshot``): the same
+    answers as ``find_keys``, with no query per request, for any names."""
+
+    identifiers: Mapping[tuple[str, str], int]  # (type, normalised value) -> record id
+    records: Mapping[int, Record]
+
+    def find(self, keys: tuple[tuple[str, str], ...]) -> Match | None:
+        if not keys:
+            return None
+        return _decide(keys, {k: self.identifiers[k] for k in keys if k in self.identifiers},
+                       self.records.__getitem__)
+
+
+def snapshot(db: Session, limit: int) -> Snapshot | None:
+    """The whole inventory's identifiers with their records, in one statement (one
+    consistent read), or None if it has more than ``limit`` identifiers."""
+    rows = db.execute(
+        select(InventoryIdentifier.type, InventoryIdentifier.value, InventoryRecord.id,
+               InventoryRecord.name, InventoryRecord.kind, InventoryRecord.owner,
+               InventoryRecord.metadata_json)
+        .join(InventoryRecord, InventoryRecord.id == InventoryIdentifier.record_id)
+        .limit(limit + 1)).all()
+    if len(rows) > limit:
+        return None
+    return Snapshot({(r[0], r[1]): r[2] for r in rows},
+                    {r[2]: Record(r[2], r[3], r[4], r[5], r[6]) for r in rows})
+
+
+def _decide(keys: tuple[tuple[str, str], ...], found: Mapping[tuple[str, str], int],
+            record_of: Callable[[int], Record]) -> Match | None:
+    """The match of ``keys`` given the record id of each one found."""
+    records = set(found.values())
     if not records:
         return None
     if len(records) > 1:
         raise InventoryError("the requested names belong to more than one inventory record")
-    matched = {(r.type, r.value) for r in rows}
-    row = db.get(InventoryRecord, records.pop())
-    assert row is not None
-    record = Record(row.id, row.name, row.kind, row.owner, row.metadata_json)
+    matched = set(found)
+    record = record_of(records.pop())
     return Match(record, tuple(k for k in keys if k not in matched
                                and not (k[0] == "cn" and _cn_repeats_a_match(k[1], matched))))
 

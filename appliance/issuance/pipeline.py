@@ -96,6 +96,10 @@ RECONCILE_BATCH = 500  # rows per transaction: a backlog never holds the write l
 TEMPLATE_CACHE = 256
 POLICY_CACHE = 1024
 INVENTORY_CACHE = 4096
+# An inventory of at most this many identifiers is held whole (one read per change), so
+# a request's names cost no query even when no request asked for them before; a larger
+# one is looked up by the request's names (cached by them).
+INVENTORY_SNAPSHOT = 2000
 _AUTHORITY_STATUS = select(cast(Table, Authority.__table__).c.status).where(
     cast(Table, Authority.__table__).c.id == bindparam("b_id"))
 
@@ -162,6 +166,9 @@ class Issuer:
             "policy", POLICY_CACHE)
         self._inventory: EpochCache[tuple[tuple[str, str], ...], inventory.Match | None] = (
             EpochCache("inventory", INVENTORY_CACHE))
+        self._inventory_whole: EpochCache[str, inventory.Snapshot | None] = EpochCache(
+            "inventory", 1)
+        self.inventory_snapshot = INVENTORY_SNAPSHOT
 
     # -- the pipeline ----------------------------------------------------------
 
@@ -190,7 +197,7 @@ class Issuer:
             epochs = req.epochs if req.epochs is not None else store_epochs.read(db)
             signer = self._signer(req.provisioner.authority_id, db, epochs)
             names = inventory.keys_of(_flat_names(csr_names))
-            found = self._inventory.get(epochs, names, lambda: inventory.find_keys(db, names))
+            found = self._find_inventory(db, epochs, names)
             if req.provisioner.require_inventory and (found is None or found.unmatched):
                 raise inventory.InventoryError(
                     "this provisioner requires every name to belong to one inventory record; "
@@ -385,6 +392,15 @@ class Issuer:
         except x509_path.PathError as exc:
             raise AuthorityUnavailable(f"authority {ca.name} cannot issue: its own chain does "
                                        f"not validate: {exc}") from exc
+
+    def _find_inventory(self, db: Any, epochs: Epochs, names: tuple[tuple[str, str], ...]
+                        ) -> inventory.Match | None:
+        if epochs.get("inventory") is not None:  # never a whole read on every request
+            whole = self._inventory_whole.get(
+                epochs, "", lambda: inventory.snapshot(db, self.inventory_snapshot))
+            if whole is not None:
+                return whole.find(names)
+        return self._inventory.get(epochs, names, lambda: inventory.find_keys(db, names))
 
     def _template(self, db: Any, prov: ProvisionerContext, epochs: Epochs | None = None
                   ) -> tuple[str, str]:

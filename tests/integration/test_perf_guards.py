@@ -204,6 +204,9 @@ def _template_change(data_dir: Path, tmp_path: Path) -> None:
 
 def _inventory_change(data_dir: Path, tmp_path: Path) -> None:
     workers = _workers(data_dir)
+    # The first worker holds the whole (small) inventory; the second looks names up one
+    # request at a time (as for an inventory too large to hold), cached by the names.
+    workers[1][1].application.extensions["issuer"].inventory_snapshot = 0
     name = "inv.example.com"  # the same names each time: the lookup cached by them
 
     def record_of(app: Appliance, client: FlaskClient) -> Any:
