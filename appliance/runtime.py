@@ -31,6 +31,7 @@ from appliance.hsm.pool import SessionPool
 from appliance.hsm.profile import HsmProfile, load_profile
 from appliance.hsm.signer import token_private_key
 from appliance.store.db import Database
+from appliance.store.epochs import EpochCache
 from appliance.x509 import algorithms
 
 log = logs.get("runtime")
@@ -67,6 +68,7 @@ class Appliance:
         self._service_log: AuditLog | None = None
         self._service_signer_retry = 0.0
         self._on_close: list[Callable[[], None]] = []
+        self._epoch_caches: dict[str, EpochCache[Any, Any]] = {}
         # FIPS mode: this process's error state (a failed self-test), and whether the
         # integrity test may pass before the first seal (set by init/quickstart/seal only).
         self.fips_state = fips_selftest.ErrorState(watch_rng=settings.config.fips.enabled)
@@ -161,6 +163,16 @@ class Appliance:
                     wait = min(wait, self.wait_seconds)
                 self._db = Database(self.settings.database_url, wait, cfg.pool_size)
             return self._db
+
+    def epoch_cache(self, scope: str, name: str, maxsize: int) -> EpochCache[Any, Any]:
+        """This process's cache ``name`` of issuance state of ``scope``, valid while that
+        scope's epoch is unchanged (``appliance.store.epochs``). One per ``Appliance``:
+        never shared by two databases (two apps in one process stand for two workers)."""
+        with self._lock:
+            cache = self._epoch_caches.get(name)
+            if cache is None:
+                cache = self._epoch_caches[name] = EpochCache(scope, maxsize)
+            return cache
 
     def enable_service_checkpoints(self) -> None:
         """The service's records checkpoint (and anchor) as they become due, so

@@ -10,7 +10,9 @@ function, so the order below cannot be skipped by a new entry point:
 5. the template renders the certificate description (sandboxed);
 6. name policy (authority, then provisioner) on the names the certificate will carry;
 7. a serial from the token RNG is reserved in the database (committed) before signing,
-   so a crash can never leave a signed certificate the CA does not know of;
+   so a crash can never leave a signed certificate the CA does not know of; the same
+   transaction spends the request's one-time token (``SignRequest.token_spend``), so a
+   replay reserves nothing;
 8. pkilint on a trial signature by a throw-away key; then the token signs the same TBS,
    the TBS bytes are compared (the token key's wrapper verified the signature before it
    released it);
@@ -18,8 +20,14 @@ function, so the order below cannot be skipped by a new entry point:
    response ("good", signed just before; if the OCSP signing fails the issuance stands and
    the pre-signer batch signs it).
 
-A refusal at any step is audited (``certificate.refused``) and changes nothing
-else; a failure after the reservation marks the reservation ``failed``.
+A refusal at any step is audited (``certificate.refused``, in the transaction that also
+spends the request's one-time token) and changes nothing else; a failure after the
+reservation marks the reservation ``failed``.
+
+What every request reads (the authority and its token key, the template, the name
+policies, the inventory match) is cached in this process behind the issuance epochs
+(``appliance.store.epochs``): read once per request, bumped by database triggers on any
+change, so a change made anywhere counts on the very next request in every worker and node.
 """
 
 from __future__ import annotations
@@ -45,9 +53,12 @@ from appliance.hsm import keys, rng
 from appliance.hsm.signer import TokenPrivateKey, token_private_key
 from appliance.inventory import match as inventory
 from appliance.issuance.request import MAX_CERT_LIFETIME, ProvisionerContext, SignRequest
+from appliance.issuance.spend import replay_refused, spend
 from appliance.ocsp import presign as ocsp_presign
 from appliance.ocsp.signer import CertStatus, SignedResponse
 from appliance.runtime import Appliance
+from appliance.store import epochs as store_epochs
+from appliance.store.epochs import EpochCache, Epochs
 from appliance.store.models import (
     Authority,
     Certificate,
@@ -82,6 +93,14 @@ _ABANDONED = (select(_CERTS.c.id, _CERTS.c.serial_hex, _CERTS.c.provisioner_name
 _ABANDON = (update(_CERTS).where(_CERTS.c.id == bindparam("b_id"), _CERTS.c.status == "reserved")
             .values(status="failed"))
 RECONCILE_BATCH = 500  # rows per transaction: a backlog never holds the write lock for long
+# Bounds of the per-process caches (entries); each is emptied whenever its epoch moves.
+TEMPLATE_CACHE = 256
+POLICY_CACHE = 1024
+INVENTORY_CACHE = 4096
+# An inventory of at most this many identifiers is held whole (one read per change), so
+# a request's names cost no query even when no request asked for them before; a larger
+# one is looked up by the request's names (cached by them).
+INVENTORY_SNAPSHOT = 2000
 _AUTHORITY_STATUS = select(cast(Table, Authority.__table__).c.status).where(
     cast(Table, Authority.__table__).c.id == bindparam("b_id"))
 
@@ -140,8 +159,17 @@ class Issuer:
 
     def __init__(self, app: Appliance) -> None:
         self.app = app
-        self._signers: dict[int, _Signer] = {}
+        # authority id -> (signer, the authority epoch it was last found active under)
+        self._signers: dict[int, tuple[_Signer, int | None]] = {}
         self._lock = threading.Lock()
+        self._templates: EpochCache[str, str | None] = EpochCache("template", TEMPLATE_CACHE)
+        self._policies: EpochCache[int | None, tuple[str | None, str | None]] = EpochCache(
+            "policy", POLICY_CACHE)
+        self._inventory: EpochCache[tuple[tuple[str, str], ...], inventory.Match | None] = (
+            EpochCache("inventory", INVENTORY_CACHE))
+        self._inventory_whole: EpochCache[str, inventory.Snapshot | None] = EpochCache(
+            "inventory", 1)
+        self.inventory_snapshot = INVENTORY_SNAPSHOT
 
     # -- the pipeline ----------------------------------------------------------
 
@@ -166,15 +194,19 @@ class Issuer:
         if req.credential_names is not None:
             _check_names_match(csr_names, req.credential_names)
         with self.app.db.sessions() as db:  # one session for this request's reads
-            signer = self._signer(req.provisioner.authority_id, db)
-            found = inventory.find(db, _flat_names(csr_names))
+            # First: whatever a cache miss below reads is never older than these.
+            epochs = req.epochs if req.epochs is not None else store_epochs.read(db)
+            signer = self._signer(req.provisioner.authority_id, db, epochs)
+            names = inventory.keys_of(_flat_names(csr_names))
+            found = self._find_inventory(db, epochs, names)
             if req.provisioner.require_inventory and (found is None or found.unmatched):
                 raise inventory.InventoryError(
                     "this provisioner requires every name to belong to one inventory record; "
                     + ("no record matches" if found is None else
                        "names without a record: " + ", ".join(v for _, v in found.unmatched)))
-            template_name, template_source = self._template(db, req.provisioner)
-            levels = [*req.extra_policy_levels, *self.policy_levels(db, req.provisioner)]
+            template_name, template_source = self._template(db, req.provisioner, epochs)
+            levels = [*req.extra_policy_levels,
+                      *self.policy_levels(db, req.provisioner, epochs)]
             inventory_id = found.record.id if found else None
             inventory_view = found.template_view() if found else None
         start, end = self._validity(req, signer.cert)
@@ -304,15 +336,21 @@ class Issuer:
                           "pre-signer batch will sign it", extra={"serial": serial_hex})
             return None
 
-    def _signer(self, authority_id: int, db: Any) -> _Signer:
+    def _signer(self, authority_id: int, db: Any, epochs: Epochs) -> _Signer:
+        epoch = epochs.get("authority")
         with self._lock:
             cached = self._signers.get(authority_id)
         if cached is not None:
-            # The status is read on every request: a CA taken out of service stops signing
-            # at once in every worker, not at their next restart.
+            signer, seen = cached
+            if epoch is not None and seen == epoch:
+                return signer  # no authority or key row changed since it was found active
+            # Something changed: the status is read again, so a CA taken out of service
+            # stops signing at once in every worker, not at their next restart.
             status = db.execute(_AUTHORITY_STATUS, {"b_id": authority_id}).scalar()
             if status == "active":
-                return cached
+                with self._lock:
+                    self._signers[authority_id] = (signer, epoch)
+                return signer
             with self._lock:
                 self._signers.pop(authority_id, None)
         with self.app.db.sessions() as db:
@@ -337,7 +375,7 @@ class Issuer:
         signer = _Signer(ca, cert, token_private_key(pool, info), [lk.cert for lk in links],
                          path)
         with self._lock:
-            self._signers[authority_id] = signer
+            self._signers[authority_id] = (signer, epoch)
         return signer
 
     def chain_constraints(self, authority_id: int) -> x509_path.Chain:
@@ -346,7 +384,7 @@ class Issuer:
         with self._lock:
             cached = self._signers.get(authority_id)
         if cached is not None:
-            return cached.path
+            return cached[0].path
         with self.app.db.sessions() as db:
             ca = db.get(Authority, authority_id)
             if ca is None:
@@ -358,9 +396,24 @@ class Issuer:
             raise AuthorityUnavailable(f"authority {ca.name} cannot issue: its own chain does "
                                        f"not validate: {exc}") from exc
 
-    def _template(self, db: Any, prov: ProvisionerContext) -> tuple[str, str]:
+    def _find_inventory(self, db: Any, epochs: Epochs, names: tuple[tuple[str, str], ...]
+                        ) -> inventory.Match | None:
+        if epochs.get("inventory") is not None:  # never a whole read on every request
+            whole = self._inventory_whole.get(
+                epochs, "", lambda: inventory.snapshot(db, self.inventory_snapshot))
+            if whole is not None:
+                return whole.find(names)
+        return self._inventory.get(epochs, names, lambda: inventory.find_keys(db, names))
+
+    def _template(self, db: Any, prov: ProvisionerContext, epochs: Epochs | None = None
+                  ) -> tuple[str, str]:
         name = prov.template or "tls-server"
-        source = db.execute(_TEMPLATE_SOURCE, {"b_name": name}).scalar()
+
+        def stored() -> str | None:
+            found = db.execute(_TEMPLATE_SOURCE, {"b_name": name}).scalar()
+            return None if found is None else str(found)
+
+        source = stored() if epochs is None else self._templates.get(epochs, name, stored)
         if source is not None:
             return name, str(source)
         builtin = builtin_templates()
@@ -369,18 +422,24 @@ class Issuer:
                                 "not exist")
         return name, builtin[name]
 
-    def policy_levels(self, db: Any, prov: ProvisionerContext
+    def policy_levels(self, db: Any, prov: ProvisionerContext, epochs: Epochs | None = None
                       ) -> list[tuple[str, policy.Policy | None]]:
-        """The authority's and the provisioner's name policies, in the order checked."""
-        # Read on every request; only the parsing is cached, keyed by the stored text.
-        rows = db.execute(_POLICIES, {"b_prov": prov.id}).all()
-        authority = next((r for r in rows if r.provisioner_id is None), None)
-        mine = next((r for r in rows if r.provisioner_id == prov.id), None)
+        """The authority's and the provisioner's name policies, in the order checked.
+        Read from ``db``, or with ``epochs`` (read earlier on this request) from this
+        process's cache while no policy changed; the parsing is cached by the text."""
+
+        def stored() -> tuple[str | None, str | None]:
+            rows = db.execute(_POLICIES, {"b_prov": prov.id}).all()
+            authority = next((r for r in rows if r.provisioner_id is None), None)
+            mine = next((r for r in rows if r.provisioner_id == prov.id), None)
+            return (authority.source if authority else None, mine.source if mine else None)
+
+        ours, theirs = stored() if epochs is None else self._policies.get(
+            epochs, prov.id, stored)
         return [
-            ("authority", _parse_policy(authority.source, "authority policy")
-             if authority else None),
-            (f"provisioner {prov.name}", _parse_policy(mine.source, f"{prov.name} policy")
-             if mine else None),
+            ("authority", _parse_policy(ours, "authority policy") if ours else None),
+            (f"provisioner {prov.name}", _parse_policy(theirs, f"{prov.name} policy")
+             if theirs else None),
         ]
 
     def _validity(self, req: SignRequest, issuer: x509.Certificate) -> tuple[datetime, datetime]:
@@ -414,8 +473,11 @@ class Issuer:
 
     def _reserve(self, req: SignRequest, signer: _Signer, serial_hex: str, template: str,
                  inventory_id: int | None) -> int:
-        # Committed before the token signs (Core: one INSERT, no unit of work).
-        with self.app.db.write() as db:
+        # Committed before the token signs (Core: an INSERT or two, no unit of work), with
+        # the one-time token's spend: a replay raises here and reserves nothing.
+        with replay_refused(), self.app.db.write() as db:
+            if req.token_spend is not None:
+                spend(db, req.token_spend)
             result = db.execute(_RESERVE, dict(
                 serial_hex=serial_hex, authority_id=signer.authority.id,
                 provisioner_id=req.provisioner.id, provisioner_name=req.provisioner.name,
@@ -480,7 +542,12 @@ class Issuer:
                          **_ra_detail(req)})
 
     def _audit_refusal(self, req: SignRequest, actor: Actor, exc: ApplianceError) -> None:
-        with self.app.db.transaction() as db:
+        # A refused request spends its token too (first, so a replay writes no refusal):
+        # a one-time token is good for one decision, whatever it is, as before the spend
+        # moved into the pipeline. A replay is answered as one (``TokenError``).
+        with replay_refused(), self.app.db.transaction() as db:
+            if req.token_spend is not None:
+                spend(db, req.token_spend)
             self.app.audit_log().append(
                 db, "certificate.refused", actor, outcome="denied",
                 object_ids={"provisioner": req.provisioner.name},

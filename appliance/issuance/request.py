@@ -7,6 +7,7 @@ an RA forward) turns its credential into a ``ProvisionerContext`` and a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,8 +15,36 @@ from typing import Any
 from cryptography import x509
 
 from appliance import durations, policy
+from appliance.errors import ApplianceError
 
 MAX_CERT_LIFETIME = 100 * 366 * 86400  # seconds; any provisioner's maximum is far below
+
+
+class TokenError(ApplianceError):
+    """A credential that does not authenticate (401). Defined here, beside the pipeline's
+    input, because the pipeline itself refuses a one-time token already spent: the spend is
+    written in the same transaction as the serial reservation (``TokenSpend``).
+    ``appliance.provisioners.tokens.TokenError`` is this class."""
+
+    code = "unauthorized"
+    status = 401
+    acme_type = "unauthorized"
+
+
+@dataclass(frozen=True)
+class TokenSpend:
+    """A verified one-time token still to be spent (``used_tokens``): by the transaction
+    that reserves the serial if the request gets that far, or by the one that audits the
+    refusal if the pipeline refuses it. Either way the first use that reaches a decision
+    spends it, and a second use is refused (``TokenError`` "token already used") in every
+    worker and node, reserving nothing."""
+
+    jti: str  # as stored: "<provisioner name>:<jti>"
+    provisioner_id: int
+    expires_at: datetime
+    # Now and then the spending transaction also forgets ids spent by tokens that expired
+    # before this (the provisioner layer decides when, and the margin).
+    prune_before: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -74,3 +103,9 @@ class SignRequest:
     # The registration authorities the request came through, bottom hop first (the CA's
     # view, ``ra.path``): stored with the certificate and in its audit record.
     ra_path: list[str] | None = None
+    # /1.0/sign: the one-time token this request spends (None: the entry point has its own
+    # replay protection: ACME nonces and order states, renewal, RA hop assertions).
+    token_spend: TokenSpend | None = None
+    # The issuance epochs (``appliance.store.epochs``) as read earlier on this request (the
+    # credential's check), so it reads them once; None: the pipeline reads them.
+    epochs: Mapping[str, int] | None = None

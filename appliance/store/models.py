@@ -447,3 +447,14 @@ class RaPendingOrder(Base):
     csr_der: Mapped[bytes] = mapped_column(LargeBinary)
     queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class IssuanceEpoch(Base):
+    """A change counter per kind of issuance state (migration 0011): bumped by database
+    triggers on every write to the tables of its scope, whoever writes. The pipeline's
+    per-process caches hold only while it is unchanged (``appliance.store.epochs``)."""
+
+    __tablename__ = "issuance_epochs"
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)

@@ -199,12 +199,21 @@ def provisioners() -> Any:
 @bp.post("/sign")
 def sign() -> Any:
     body = parse_sign_body(request.get_data(cache=False))
-    ctx, claims = authorize.one_time_token(appliance(), body.ott)
-    issued = issuer().issue(SignRequest(
-        csr=body.csr, provisioner=ctx, requester=f"{ctx.name}:{claims.subject}",
-        credential_names=list(claims.sans), token_claims=claims.raw,
-        not_before=body.not_before, not_after=body.not_after,
-        lifetime=token_lifetime(claims.raw), template_data=body.template_data))
+    app = appliance()
+    verified = authorize.verify_one_time_token(app, body.ott)
+    ctx, claims = verified.ctx, verified.claims
+    try:
+        # The token is spent by the pipeline, in the transaction that reserves the serial
+        # (or that audits a refusal): a replay is refused there, having reserved nothing.
+        issued = issuer().issue(SignRequest(
+            csr=body.csr, provisioner=ctx, requester=f"{ctx.name}:{claims.subject}",
+            credential_names=list(claims.sans), token_claims=claims.raw,
+            not_before=body.not_before, not_after=body.not_after,
+            lifetime=token_lifetime(claims.raw), template_data=body.template_data,
+            token_spend=verified.spend, epochs=verified.epochs))
+    except tokens.TokenError as exc:  # a replay, found by the spend
+        authorize.replayed(app, verified, exc)
+        raise
     return _issued(issued)
 
 

@@ -1,5 +1,10 @@
-"""The hot paths cache parsing, never decisions: what an operator changes counts on the very
+"""The hot paths cache, but never past a change: what an operator changes counts on the very
 next request in every worker.
+
+Issuance caches what it reads (authority, template, policies, inventory, provisioner rows)
+behind the issuance epochs that database triggers bump (``appliance.store.epochs``); so
+the changes here are made both by the CLI and by plain SQL from another process, as an
+operator's console would, which no code of ours sees.
 
 Two Flask apps on one data directory stand for two gunicorn workers (each has its own
 ``Appliance``, engine and caches); the operator changes things with the CLI, in another
@@ -18,17 +23,22 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask.testing import FlaskClient
 
 from appliance import config
-from appliance.provisioners import tokens
+from appliance.issuance.csr import load_csr
+from appliance.issuance.request import SignRequest, TokenError
+from appliance.provisioners import authorize, tokens
 from appliance.provisioners.settings import sign_audience
 from appliance.runtime import Appliance
+from appliance.templates.shipped import builtin_templates
 from appliance.web.app import create_app
 from tests.conftest import run_cli
 from tests.service_helpers import make_csr, provisioner_key
@@ -69,6 +79,32 @@ def _workers(data_dir: Path) -> Workers:
 
 def _cli(data_dir: Path, *args: str) -> None:
     run_cli("--dir", str(data_dir), *args, check=True)
+
+
+def _operator_sql(data_dir: Path, statement: str, *params: Any) -> None:
+    """An operator's SQL, from another process (no code of ours runs there)."""
+    code = ("import sqlite3, sys, json; db = sqlite3.connect(sys.argv[1]); "
+            "db.execute(sys.argv[2], json.loads(sys.argv[3])); db.commit(); db.close()")
+    subprocess.run([sys.executable, "-c", code, str(data_dir / "appliance.db"), statement,
+                    json.dumps(list(params))], check=True, timeout=60)
+
+
+def _query(data_dir: Path, statement: str, *params: Any) -> list[Any]:
+    with sqlite3.connect(data_dir / "appliance.db") as db:
+        return db.execute(statement, params).fetchall()
+
+
+def _row(data_dir: Path, serial: str) -> tuple[Any, ...]:
+    (row,) = _query(data_dir, "SELECT status, der IS NOT NULL, inventory_record_id "
+                    "FROM certificates WHERE serial_hex = ?", serial)
+    return tuple(row)
+
+
+def _client_auth(r: Any) -> bool:
+    assert r.status_code == 201, r.get_json()
+    cert = x509.load_pem_x509_certificate(r.get_json()["crt"].encode())
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    return x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH in eku
 
 
 def _key(data_dir: Path) -> ec.EllipticCurvePrivateKey:
@@ -141,17 +177,193 @@ def _acme_change(data_dir: Path, tmp_path: Path) -> None:
     assert [meta(c) for _, c in workers] == [False, False]
 
 
+def _template_change(data_dir: Path, tmp_path: Path) -> None:
+    workers = _workers(data_dir)
+    builtin = builtin_templates()["tls-server"]
+    for i, (app, client) in enumerate(workers):  # both have read "no stored template"
+        assert _client_auth(_sign(app, client, data_dir, f"t{i}.example.com"))
+    server_only = tmp_path / "server-only.json.j2"
+    server_only.write_text(builtin.replace('["server_auth", "client_auth"]', '["server_auth"]'))
+    _cli(data_dir, "template", "add", "tls-server", str(server_only))  # overrides the built-in
+    try:
+        for i, (app, client) in enumerate(workers):
+            assert not _client_auth(_sign(app, client, data_dir, f"u{i}.example.com"))
+        _operator_sql(data_dir, "UPDATE templates SET source = ? WHERE name = 'tls-server'",
+                      builtin)
+        for i, (app, client) in enumerate(workers):
+            assert _client_auth(_sign(app, client, data_dir, f"v{i}.example.com"))
+        _operator_sql(data_dir, "UPDATE templates SET source = ? WHERE name = 'tls-server'",
+                      server_only.read_text())
+        for i, (app, client) in enumerate(workers):
+            assert not _client_auth(_sign(app, client, data_dir, f"w{i}.example.com"))
+    finally:
+        _cli(data_dir, "template", "remove", "tls-server")
+    for i, (app, client) in enumerate(workers):
+        assert _client_auth(_sign(app, client, data_dir, f"x{i}.example.com"))
+
+
+def _inventory_change(data_dir: Path, tmp_path: Path) -> None:
+    workers = _workers(data_dir)
+    # The first worker holds the whole (small) inventory; the second looks names up one
+    # request at a time (as for an inventory too large to hold), cached by the names.
+    workers[1][1].application.extensions["issuer"].inventory_snapshot = 0
+    name = "inv.example.com"  # the same names each time: the lookup cached by them
+
+    def record_of(app: Appliance, client: FlaskClient) -> Any:
+        r = _sign(app, client, data_dir, name)
+        assert r.status_code == 201, r.get_json()
+        status, has_der, record = _row(data_dir, r.get_json()["serial"])
+        assert (status, has_der) == ("issued", 1)
+        return record
+
+    assert [record_of(a, c) for a, c in workers] == [None, None]
+    _cli(data_dir, "inventory", "add", "guard-host", "--dns", name)
+    try:
+        ((record_id,),) = _query(data_dir, "SELECT id FROM inventory_records "
+                                 "WHERE name = 'guard-host'")
+        assert [record_of(a, c) for a, c in workers] == [record_id, record_id]
+        _operator_sql(data_dir, "UPDATE inventory_identifiers SET value = "
+                      "'elsewhere.example.com' WHERE record_id = ?", record_id)
+        assert [record_of(a, c) for a, c in workers] == [None, None]
+        _operator_sql(data_dir, "UPDATE inventory_identifiers SET value = ? "
+                      "WHERE record_id = ?", name, record_id)
+        assert [record_of(a, c) for a, c in workers] == [record_id, record_id]
+    finally:
+        _cli(data_dir, "inventory", "remove", "guard-host")
+    assert [record_of(a, c) for a, c in workers] == [None, None]
+
+
+def _authority_change(data_dir: Path, tmp_path: Path) -> None:
+    workers = _workers(data_dir)
+    for i, (app, client) in enumerate(workers):  # both have the CA's signer cached
+        assert _sign(app, client, data_dir, f"ca{i}.example.com").status_code == 201
+    issued = _query(data_dir, "SELECT COUNT(*) FROM certificates WHERE status = 'issued'")
+    _operator_sql(data_dir, "UPDATE authorities SET status = 'revoked' WHERE name = 'issuing'")
+    try:
+        for i, (app, client) in enumerate(workers):
+            r = _sign(app, client, data_dir, f"cb{i}.example.com")
+            assert r.status_code == 503, r.get_json()
+            assert r.get_json()["error"] == "authority_unavailable"
+        assert _query(data_dir, "SELECT COUNT(*) FROM certificates "
+                      "WHERE status = 'issued'") == issued
+    finally:
+        _operator_sql(data_dir, "UPDATE authorities SET status = 'active' "
+                      "WHERE name = 'issuing'")
+    for i, (app, client) in enumerate(workers):
+        assert _sign(app, client, data_dir, f"cc{i}.example.com").status_code == 201
+
+
+def _provisioner_sql_change(data_dir: Path, tmp_path: Path) -> None:
+    workers = _workers(data_dir)
+    for i, (app, client) in enumerate(workers):  # both have the provisioner row cached
+        assert _sign(app, client, data_dir, f"pa{i}.example.com").status_code == 201
+    ((original,),) = _query(data_dir, "SELECT config FROM provisioners WHERE name = 'admin'")
+    disabled = json.dumps({**json.loads(original), "disabled": True})
+    _operator_sql(data_dir, "UPDATE provisioners SET config = ? WHERE name = 'admin'", disabled)
+    try:
+        for i, (app, client) in enumerate(workers):
+            r = _sign(app, client, data_dir, f"pb{i}.example.com")
+            assert r.status_code == 403 and "disabled" in r.get_json()["message"], r.get_json()
+    finally:
+        _operator_sql(data_dir, "UPDATE provisioners SET config = ? WHERE name = 'admin'",
+                      original)
+    for i, (app, client) in enumerate(workers):
+        assert _sign(app, client, data_dir, f"pc{i}.example.com").status_code == 201
+
+
+def _certificates() -> str:
+    return "SELECT COUNT(*) FROM certificates"
+
+
 def _token_replay(data_dir: Path, tmp_path: Path) -> None:
-    (app_a, a), (_, b) = _workers(data_dir)
+    (app_a, a), (app_b, b) = _workers(data_dir)
     svc = app_a.settings.config.service
-    ott = tokens.mint(_key(data_dir), provisioner="admin",
-                      audience=sign_audience(svc.api_hostname, svc.api_listen),
+    audience = sign_audience(svc.api_hostname, svc.api_listen)
+    ott = tokens.mint(_key(data_dir), provisioner="admin", audience=audience,
                       sans=["replay.example.com"])
     csr = make_csr(data_dir.parent / "csr", "DNS:replay.example.com")
     first = a.post("/1.0/sign", json={"csr": csr, "ott": ott}, base_url=BASE)
     assert first.status_code == 201, first.get_json()
+    rows = _query(data_dir, _certificates())
     again = b.post("/1.0/sign", json={"csr": csr, "ott": ott}, base_url=BASE)
     assert again.status_code == 401, again.get_json()
+    assert "already used" in again.get_json()["message"]
+    assert _query(data_dir, _certificates()) == rows  # nothing reserved
+    failed = [json.loads(d) for (d,) in _query(
+        data_dir, "SELECT details FROM audit_events WHERE event_type = 'auth.failed'")]
+    assert any("already used" in f["reason"] for f in failed)
+
+    # Both workers verify the same token before either spends it (a race): the one that
+    # reserves second finds it spent in its reservation's transaction and reserves nothing.
+    ott = tokens.mint(_key(data_dir), provisioner="admin", audience=audience,
+                      sans=["race.example.com"])
+    verified = [authorize.verify_one_time_token(app, ott) for app in (app_a, app_b)]
+    req = load_csr(make_csr(data_dir.parent / "csr", "DNS:race.example.com"))
+    issuers = [c.application.extensions["issuer"] for c in (a, b)]
+
+    def request(v: authorize.Verified) -> SignRequest:
+        return SignRequest(csr=req, provisioner=v.ctx, requester="admin:race",
+                           credential_names=list(v.claims.sans), token_spend=v.spend)
+
+    issuers[0].issue(request(verified[0]))
+    rows = _query(data_dir, _certificates())
+    refused = _query(data_dir, "SELECT COUNT(*) FROM audit_events "
+                     "WHERE event_type = 'certificate.refused'")
+    with pytest.raises(TokenError, match="token already used"):
+        issuers[1].issue(request(verified[1]))
+    assert _query(data_dir, _certificates()) == rows
+    assert _query(data_dir, "SELECT COUNT(*) FROM audit_events "
+                  "WHERE event_type = 'certificate.refused'") == refused
+
+
+def _refusal_spends(data_dir: Path, tmp_path: Path) -> None:
+    """A token is good for one decision: a request the pipeline refuses spends it too (as
+    when the spend came first), so the same token cannot come back, in any worker."""
+    (app_a, a), (_, b) = _workers(data_dir)
+    svc = app_a.settings.config.service
+    ott = tokens.mint(_key(data_dir), provisioner="admin",
+                      audience=sign_audience(svc.api_hostname, svc.api_listen),
+                      sans=["long.example.com"], cert_lifetime=48 * 3600)
+    csr = make_csr(data_dir.parent / "csr", "DNS:long.example.com")
+    rows = _query(data_dir, _certificates())
+    refusals = _query(data_dir, "SELECT COUNT(*) FROM audit_events "
+                      "WHERE event_type = 'certificate.refused'")[0][0]
+    first = a.post("/1.0/sign", json={"csr": csr, "ott": ott}, base_url=BASE)
+    assert first.status_code == 400 and "exceeds the maximum" in first.get_json()["message"]
+    for client in (a, b):
+        again = client.post("/1.0/sign", json={"csr": csr, "ott": ott}, base_url=BASE)
+        assert again.status_code == 401 and "already used" in again.get_json()["message"]
+    assert _query(data_dir, _certificates()) == rows
+    assert _query(data_dir, "SELECT COUNT(*) FROM audit_events "
+                  "WHERE event_type = 'certificate.refused'")[0][0] == refusals + 1
+
+
+def _concurrent_signs(data_dir: Path, tmp_path: Path) -> None:
+    """Threads of two workers at once: distinct serials, every row issued with its DER, its
+    OCSP response and its audit record, and the audit chain intact."""
+    workers = _workers(data_dir)
+    jobs = [(w, t, n) for w in range(2) for t in range(4) for n in range(3)]
+
+    def one(job: tuple[int, int, int]) -> str:
+        w, t, n = job
+        app, client = workers[w]
+        mine = client.application.test_client()  # a client per thread
+        r = _sign(app, mine, data_dir, f"c{w}-{t}-{n}.example.com")
+        assert r.status_code == 201, r.get_json()
+        return str(r.get_json()["serial"])
+
+    with ThreadPoolExecutor(8) as pool:
+        serials = list(pool.map(one, jobs))
+    assert len(set(serials)) == len(jobs)
+    for serial in serials:  # read back by a new connection: committed, not just returned
+        assert _row(data_dir, serial)[:2] == ("issued", 1)
+        assert _query(data_dir, "SELECT o.status FROM ocsp_responses o JOIN certificates c "
+                      "ON c.id = o.certificate_id WHERE c.serial_hex = ?", serial) == [("good",)]
+    audited = {json.loads(o).get("serial") for (o,) in _query(
+        data_dir, "SELECT object_ids FROM audit_events WHERE event_type = 'certificate.issued'")}
+    assert set(serials) <= audited
+    verify = run_cli("--dir", str(data_dir), "audit", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 def _stored_with_ocsp(data_dir: Path, tmp_path: Path) -> None:
@@ -171,9 +383,69 @@ def _stored_with_ocsp(data_dir: Path, tmp_path: Path) -> None:
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def _pg_operator_sql(statement: str, *params: Any) -> None:
+    """An operator's SQL on the PostgreSQL database, from another process (psql-like)."""
+    url = os.environ["APPLIANCE_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    code = ("import psycopg, sys, json\n"
+            "with psycopg.connect(sys.argv[1]) as db:\n"
+            "    db.execute(sys.argv[2], json.loads(sys.argv[3]))\n")
+    subprocess.run([sys.executable, "-c", code, url, statement, json.dumps(list(params))],
+                   check=True, timeout=60)
+
+
+def _postgresql_changes(data_dir: Path, tmp_path: Path) -> None:
+    """Two workers on one PostgreSQL database (two nodes alike): the statement triggers
+    count an operator's SQL and the CLI's writes on the very next request in both."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(os.environ["APPLIANCE_DATABASE_URL"])
+
+    def record(serial: str) -> Any:
+        with engine.connect() as db:
+            return db.execute(text("SELECT inventory_record_id FROM certificates "
+                                   "WHERE serial_hex = :s AND status = 'issued'"),
+                              {"s": serial}).scalar_one()
+
+    workers = _workers(data_dir)
+    for i, (app, client) in enumerate(workers):  # everything cached in both
+        assert _client_auth(_sign(app, client, data_dir, f"pg{i}.example.com"))
+    _pg_operator_sql("UPDATE authorities SET status = 'revoked' WHERE name = 'issuing'")
+    try:
+        for i, (app, client) in enumerate(workers):
+            r = _sign(app, client, data_dir, f"pga{i}.example.com")
+            assert r.status_code == 503 and r.get_json()["error"] == "authority_unavailable"
+    finally:
+        _pg_operator_sql("UPDATE authorities SET status = 'active' WHERE name = 'issuing'")
+    server_only = builtin_templates()["tls-server"].replace(
+        '["server_auth", "client_auth"]', '["server_auth"]')
+    _pg_operator_sql("INSERT INTO templates (name, source, updated_at) "
+                     "VALUES ('tls-server', %s, now())", server_only)
+    for i, (app, client) in enumerate(workers):
+        assert not _client_auth(_sign(app, client, data_dir, f"pgb{i}.example.com"))
+    _pg_operator_sql("DELETE FROM templates WHERE name = 'tls-server'")
+    for i, (app, client) in enumerate(workers):
+        assert _client_auth(_sign(app, client, data_dir, f"pgc{i}.example.com"))
+    name = "pg-inv.example.com"
+    assert [record(_sign(a, c, data_dir, name).get_json()["serial"])
+            for a, c in workers] == [None, None]
+    _cli(data_dir, "inventory", "add", "pg-host", "--dns", name)
+    with engine.connect() as db:
+        rid = db.execute(text("SELECT id FROM inventory_records WHERE name = 'pg-host'")
+                         ).scalar_one()
+    assert [record(_sign(a, c, data_dir, name).get_json()["serial"])
+            for a, c in workers] == [rid, rid]
+    _pg_operator_sql("DELETE FROM inventory_identifiers WHERE record_id = %s", rid)
+    assert [record(_sign(a, c, data_dir, name).get_json()["serial"])
+            for a, c in workers] == [None, None]
+    engine.dispose()
+
+
 SCENARIOS: dict[str, Callable[[Path, Path], None]] = {
     "claims": _claims_change, "policy": _policy_change, "acme": _acme_change,
-    "replay": _token_replay, "stored": _stored_with_ocsp,
+    "replay": _token_replay, "stored": _stored_with_ocsp, "template": _template_change,
+    "inventory": _inventory_change, "authority": _authority_change,
+    "provisioner-sql": _provisioner_sql_change, "refusal": _refusal_spends,
+    "concurrent": _concurrent_signs, "postgresql": _postgresql_changes,
 }
 
 
@@ -198,3 +470,47 @@ def test_replayed_token_refused_by_the_other_worker(data_dir: Path, tmp_path: Pa
 def test_issued_certificates_are_stored_with_ocsp_and_audited(
         data_dir: Path, tmp_path: Path) -> None:
     _run("stored", data_dir, tmp_path)
+
+
+def test_template_change_counts_at_once_in_every_worker(data_dir: Path, tmp_path: Path) -> None:
+    _run("template", data_dir, tmp_path)
+
+
+def test_inventory_change_counts_at_once_in_every_worker(data_dir: Path,
+                                                         tmp_path: Path) -> None:
+    _run("inventory", data_dir, tmp_path)
+
+
+def test_authority_status_change_counts_at_once_in_every_worker(data_dir: Path,
+                                                                tmp_path: Path) -> None:
+    _run("authority", data_dir, tmp_path)
+
+
+def test_provisioner_changed_by_sql_counts_at_once_in_every_worker(data_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    _run("provisioner-sql", data_dir, tmp_path)
+
+
+def test_a_refused_request_spends_its_token(data_dir: Path, tmp_path: Path) -> None:
+    _run("refusal", data_dir, tmp_path)
+
+
+def test_concurrent_signs_get_distinct_serials_and_durable_rows(data_dir: Path,
+                                                                tmp_path: Path) -> None:
+    _run("concurrent", data_dir, tmp_path)
+
+
+@pytest.mark.postgres
+def test_changes_on_postgresql_count_at_once_in_every_worker(
+        tmp_path: Path, pg_available: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import create_pg_database, drop_pg_database, require_pg
+
+    require_pg(pg_available)
+    url = create_pg_database()
+    try:
+        monkeypatch.setenv("APPLIANCE_DATABASE_URL", url)  # quickstart, the CLI, the workers
+        data = tmp_path / "pg"
+        run_cli("quickstart", "--dir", str(data), check=True)
+        _run("postgresql", data, tmp_path)
+    finally:
+        drop_pg_database(url)

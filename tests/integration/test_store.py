@@ -12,7 +12,7 @@ from appliance.store.db import Database
 TABLES = {"hsm_keys", "authorities", "audit_events", "audit_heads", "audit_checkpoints", "crls",
           "provisioners", "certificates", "used_tokens", "templates", "inventory_records",
           "ocsp_responses", "acme_secrets", "acme_used_nonces", "acme_eab_keys", "acme_accounts",
-          "acme_orders", "acme_authorizations", "acme_challenges"}
+          "acme_orders", "acme_authorizations", "acme_challenges", "issuance_epochs"}
 
 
 def test_upgrade_creates_the_schema_and_is_idempotent(db_url: str) -> None:
