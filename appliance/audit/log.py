@@ -12,6 +12,7 @@ from __future__ import annotations
 import time as _time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Table, bindparam, func, insert, select, update
@@ -197,7 +198,7 @@ class AuditLog:
             since = last[1] if last is not None else session.scalar(
                 _FIRST_RECORD_TIME, {"b_node": self.node_id})
             if since is not None:
-                age = _time.time() - datetime.strptime(since, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+                age = _time.time() - _timestamp(since)
                 return age >= self.checkpoint_interval_seconds
         return False
 
@@ -209,6 +210,14 @@ class AuditLog:
         except (ApplianceError, OSError) as exc:
             log.warning("automatic audit checkpoint failed; will retry on a later event",
                         extra={"fault": type(exc).__name__})
+
+
+@lru_cache(maxsize=64)
+def _timestamp(text: str) -> float:
+    """A record's or checkpoint's stored time as seconds: parsed once per distinct text
+    (``strptime`` is slow, and after every record of the service the same newest
+    checkpoint's time is asked for)."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
 
 
 def count_events(session: Session, node_id: str | None = None) -> int:

@@ -279,7 +279,8 @@ class Issuer:
         serial_hex = f"{serial:x}"
         row_id = self._reserve(req, signer, serial_hex, template_name, inventory_id)
         try:
-            cert = builder.sign(signer.key, _hash(signer))
+            # The token signs the trial's very TBS bytes (not a second encoding of them).
+            cert = signing.sign_as_trial(trial, signer.key, _hash(signer))
             if cert.tbs_certificate_bytes != trial.tbs_certificate_bytes:
                 raise SignatureCheckError("signed TBS differs from the linted one")
             # The signature was verified once already, by the token key's wrapper before it
