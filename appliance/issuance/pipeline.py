@@ -13,9 +13,9 @@ function, so the order below cannot be skipped by a new entry point:
    so a crash can never leave a signed certificate the CA does not know of; the same
    transaction spends the request's one-time token (``SignRequest.token_spend``), so a
    replay reserves nothing;
-8. pkilint on a trial signature by a throw-away key; then the token signs the same TBS,
-   the TBS bytes are compared (the token key's wrapper verified the signature before it
-   released it);
+8. pkilint on a trial signature by a throw-away key; then the token signs the trial's own
+   TBS bytes (``x509.signing.sign_as_trial``), the TBS bytes are compared (the token key's
+   wrapper verified the signature before it released it);
 9. the certificate is stored and audited in one transaction, with its pre-signed OCSP
    response ("good", signed just before; if the OCSP signing fails the issuance stands and
    the pre-signer batch signs it).
