@@ -12,6 +12,7 @@ from __future__ import annotations
 import time as _time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Table, bindparam, func, insert, select, update
@@ -46,6 +47,13 @@ _MOVE_HEAD = (update(_HEADS)
               .where(_HEADS.c.node_id == bindparam("b_node"), _HEADS.c.seq == bindparam("b_seq"),
                      _HEADS.c.hash == bindparam("b_hash"))
               .values(seq=bindparam("n_seq"), hash=bindparam("n_hash")))
+_CHECKPOINTS = cast(Table, AuditCheckpoint.__table__)
+# What ``_checkpoint_due`` asks after every record of the service (so on every certificate).
+_LAST_CHECKPOINT = (select(_CHECKPOINTS.c.seq, _CHECKPOINTS.c.time)
+                    .where(_CHECKPOINTS.c.node_id == bindparam("b_node"))
+                    .order_by(_CHECKPOINTS.c.seq.desc()).limit(1))
+_FIRST_RECORD_TIME = select(_EVENTS.c.time).where(_EVENTS.c.node_id == bindparam("b_node"),
+                                                 _EVENTS.c.seq == 1)
 
 
 @dataclass(frozen=True)
@@ -181,22 +189,16 @@ class AuditLog:
             session.expire(cached)
 
     def _checkpoint_due(self, session: Session, seq: int) -> bool:
-        last = session.execute(
-            select(AuditCheckpoint.seq, AuditCheckpoint.time)
-            .where(AuditCheckpoint.node_id == self.node_id)
-            .order_by(AuditCheckpoint.seq.desc()).limit(1)
-        ).first()
+        last = session.execute(_LAST_CHECKPOINT, {"b_node": self.node_id}).first()
         last_seq = last[0] if last else 0
         if self.checkpoint_every and seq - last_seq >= self.checkpoint_every:
             return True
         if self.checkpoint_interval_seconds:
             # before the first checkpoint, the unsigned stretch starts at the node's first record
             since = last[1] if last is not None else session.scalar(
-                select(AuditEvent.time)
-                .where(AuditEvent.node_id == self.node_id, AuditEvent.seq == 1)
-            )
+                _FIRST_RECORD_TIME, {"b_node": self.node_id})
             if since is not None:
-                age = _time.time() - datetime.strptime(since, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+                age = _time.time() - _timestamp(since)
                 return age >= self.checkpoint_interval_seconds
         return False
 
@@ -208,6 +210,14 @@ class AuditLog:
         except (ApplianceError, OSError) as exc:
             log.warning("automatic audit checkpoint failed; will retry on a later event",
                         extra={"fault": type(exc).__name__})
+
+
+@lru_cache(maxsize=64)
+def _timestamp(text: str) -> float:
+    """A record's or checkpoint's stored time as seconds: parsed once per distinct text
+    (``strptime`` is slow, and after every record of the service the same newest
+    checkpoint's time is asked for)."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
 
 
 def count_events(session: Session, node_id: str | None = None) -> int:

@@ -12,8 +12,12 @@ failure later.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from appliance import policy
 from appliance.errors import InputError
@@ -21,6 +25,7 @@ from appliance.templates import model as template_model
 
 MAX_CSR_BYTES = 10_000
 MAX_SANS = 100
+SIGNATURE_MEMO = 1024  # CSRs whose signature check is remembered (by their exact DER)
 # What a malformed CSR part raises in cryptography (none of them is a bug of ours).
 PARSE_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion,
                 x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
@@ -66,12 +71,36 @@ def _read(csr: x509.CertificateSigningRequest, field: str) -> None:
         for attr in csr.attributes:
             _ = attr.value
         part = "the signature"
-        _ = csr.is_signature_valid
+        signature_valid(csr)
         part = "the names"
         names = policy.Names.from_csr(csr)
     except PARSE_ERRORS as exc:
         raise InputError(field, f"{part} of the CSR cannot be read: {_why(exc)}") from None
     _check_sans(names, field)
+
+
+_verified: OrderedDict[bytes, bool] = OrderedDict()
+_verified_lock = threading.Lock()
+
+
+def signature_valid(csr: x509.CertificateSigningRequest) -> bool:
+    """``csr.is_signature_valid``, computed once per CSR: ``load_csr`` reads it (to refuse
+    a signature that cannot be parsed as the client's error) and the pipeline's
+    ``check_csr`` asks again; each would verify the same signature over the same bytes.
+    Remembered by the CSR's whole DER (what the answer is a function of, byte for byte:
+    another CSR, or the same one altered anywhere, is another key), bounded."""
+    der = csr.public_bytes(serialization.Encoding.DER)
+    with _verified_lock:
+        known = _verified.get(der)
+        if known is not None:
+            _verified.move_to_end(der)
+            return known
+    valid = csr.is_signature_valid
+    with _verified_lock:
+        _verified[der] = valid
+        while len(_verified) > SIGNATURE_MEMO:
+            _verified.popitem(last=False)
+    return valid
 
 
 def _check_sans(names: policy.Names, field: str) -> None:

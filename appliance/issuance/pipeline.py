@@ -13,9 +13,9 @@ function, so the order below cannot be skipped by a new entry point:
    so a crash can never leave a signed certificate the CA does not know of; the same
    transaction spends the request's one-time token (``SignRequest.token_spend``), so a
    replay reserves nothing;
-8. pkilint on a trial signature by a throw-away key; then the token signs the same TBS,
-   the TBS bytes are compared (the token key's wrapper verified the signature before it
-   released it);
+8. pkilint on a trial signature by a throw-away key; then the token signs the trial's own
+   TBS bytes (``x509.signing.sign_as_trial``), the TBS bytes are compared (the token key's
+   wrapper verified the signature before it released it);
 9. the certificate is stored and audited in one transaction, with its pre-signed OCSP
    response ("good", signed just before; if the OCSP signing fails the issuance stands and
    the pre-signer batch signs it).
@@ -52,6 +52,7 @@ from appliance.errors import ApplianceError, DatabaseError, ServerFault, Signatu
 from appliance.hsm import keys, rng
 from appliance.hsm.signer import TokenPrivateKey, token_private_key
 from appliance.inventory import match as inventory
+from appliance.issuance import csr as csr_module
 from appliance.issuance.request import MAX_CERT_LIFETIME, ProvisionerContext, SignRequest
 from appliance.issuance.spend import replay_refused, spend
 from appliance.ocsp import presign as ocsp_presign
@@ -137,21 +138,42 @@ class Issued:
     certificate: x509.Certificate
     chain: list[x509.Certificate]  # issuer first, up to the root
     serial_hex: str
+    # ``chain`` as PEM when the issuer already holds it (the pipeline's signer encodes its
+    # chain once, when it is found); None: encoded from ``chain`` on each call.
+    chain_pems: tuple[str, ...] | None = None
 
     def pem(self) -> str:
         return self.certificate.public_bytes(serialization.Encoding.PEM).decode()
 
     def chain_pem(self) -> list[str]:
-        return [c.public_bytes(serialization.Encoding.PEM).decode() for c in self.chain]
+        if self.chain_pems is not None:
+            return list(self.chain_pems)
+        return _pems(self.chain)
+
+
+def _pems(certs: list[x509.Certificate]) -> list[str]:
+    return [c.public_bytes(serialization.Encoding.PEM).decode() for c in certs]
 
 
 @dataclass
 class _Signer:
+    """One authority as this process signs with it. Everything derived from its
+    certificate and chain is computed here, once, when the signer is found (a changed
+    authority or chain is a new ``_Signer``: ``Issuer._signer``), not on every request."""
+
     authority: Authority
     cert: x509.Certificate
     key: TokenPrivateKey
     chain: list[x509.Certificate]
     path: x509_path.Chain  # the chain's constraints, checked once, for every new certificate
+    public_key: Any = None  # the CA certificate's key (signing.ca_public_key)
+    subject: str = ""  # the CA's subject, RFC 4514 (what templates see)
+    chain_pems: tuple[str, ...] = ()  # ``chain`` as PEM, as every response carries it
+
+    def __post_init__(self) -> None:
+        self.public_key = signing.ca_public_key(self.cert)
+        self.subject = self.cert.subject.rfc4514_string()
+        self.chain_pems = tuple(_pems(self.chain))
 
 
 class Issuer:
@@ -213,7 +235,7 @@ class Issuer:
         try:
             algorithms.check_strength(csr.public_key(), end, "the requested certificate")
             # ...and the issuing CA's signature on it is no stronger than the CA's key.
-            algorithms.check_strength(signing.ca_public_key(signer.cert), end,
+            algorithms.check_strength(signer.public_key, end,
                                       "the issuing CA's signature on the requested certificate")
         except algorithms.AlgorithmRefused as exc:
             raise _refused(exc) from None
@@ -224,7 +246,7 @@ class Issuer:
                 data=req.template_data if req.provisioner.allow_template_data else {},
                 provisioner={"name": req.provisioner.name, "type": req.provisioner.type},
                 authority={"name": signer.authority.name,
-                           "subject": signer.cert.subject.rfc4514_string()},
+                           "subject": signer.subject},
                 validity={"not_before": start.isoformat(), "not_after": end.isoformat()},
             ))
         base = self.app.settings.config.service.public_base_url.rstrip("/")
@@ -236,7 +258,7 @@ class Issuer:
         builder = template_build.to_builder(
             desc, public_key=csr.public_key(), issuer=signer.cert, serial=serial,
             not_before=start, not_after=end)
-        trial_key = signing.throwaway_key(signing.ca_public_key(signer.cert))
+        trial_key = signing.throwaway_key(signer.public_key)
         trial = builder.sign(trial_key, _hash(signer))
         policy.check(policy.Names.from_certificate(trial), levels)
         # As a relying party would see it under the whole chain (name constraints, path
@@ -257,7 +279,8 @@ class Issuer:
         serial_hex = f"{serial:x}"
         row_id = self._reserve(req, signer, serial_hex, template_name, inventory_id)
         try:
-            cert = builder.sign(signer.key, _hash(signer))
+            # The token signs the trial's very TBS bytes (not a second encoding of them).
+            cert = signing.sign_as_trial(trial, signer.key, _hash(signer))
             if cert.tbs_certificate_bytes != trial.tbs_certificate_bytes:
                 raise SignatureCheckError("signed TBS differs from the linted one")
             # The signature was verified once already, by the token key's wrapper before it
@@ -269,7 +292,7 @@ class Issuer:
         except BaseException as exc:
             self._fail(row_id, req, actor, exc)
             raise
-        return Issued(cert, signer.chain, serial_hex)
+        return Issued(cert, signer.chain, serial_hex, signer.chain_pems)
 
     # -- reservations whose request never finished -------------------------------
 
@@ -587,7 +610,7 @@ def check_csr(csr: x509.CertificateSigningRequest) -> None:
         algorithms.check_csr_signature(csr)
     except algorithms.AlgorithmRefused as exc:
         raise _refused(exc) from None
-    if not csr.is_signature_valid:
+    if not csr_module.signature_valid(csr):
         raise IssuanceError("the CSR signature does not verify")
 
 
@@ -650,4 +673,5 @@ def _san_list(cert: x509.Certificate) -> list[str]:
 
 
 def _hash(signer: _Signer) -> algorithms.CaHash:
-    return algorithms.ca_signature_hash(signing.ca_public_key(signer.cert))
+    # Asked of the table on every certificate (a mode may change it); the key is parsed once.
+    return algorithms.ca_signature_hash(signer.public_key)

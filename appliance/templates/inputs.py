@@ -286,14 +286,20 @@ class TemplateInput:
             "emails": by_type["email"],
             "uris": by_type["uri"],
             "csr": self.csr.plain(),
-            "token": plain(self.token, "token"),
-            "inventory": None if self.inventory is None else plain(self.inventory, "inventory"),
-            "data": plain(self.data, "data") if self.provisioner.allow_template_data else {},
+            # Copied here at the depth they have among the variables (1), so the nesting
+            # bound is the one ``checked_variables`` would apply to the whole.
+            "token": plain(self.token, "token", 1),
+            "inventory": None if self.inventory is None else plain(self.inventory,
+                                                                   "inventory", 1),
+            "data": plain(self.data, "data", 1) if self.provisioner.allow_template_data
+            else {},
             "provisioner": {"name": self.provisioner.name, "type": self.provisioner.type},
             "authority": self.authority.plain(),
             "validity": {"not_before": _iso(self.not_before), "not_after": _iso(self.not_after)},
         }
-        return checked_variables(out)
+        # Every value above is a fresh plain copy already (built here, or by ``plain``):
+        # only the size bound is left to check, not a second deep copy.
+        return _within_size(out)
 
 
 def plain(value: Any, path: str, depth: int = 0) -> Any:
@@ -322,9 +328,14 @@ def plain(value: Any, path: str, depth: int = 0) -> Any:
 def checked_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
     """Plain copies of ``variables``, refused if larger than ``MAX_INPUT_BYTES`` as JSON."""
     out = plain(variables, "variables")
+    assert isinstance(out, dict)
+    return _within_size(out)
+
+
+def _within_size(out: dict[str, Any]) -> dict[str, Any]:
+    """``out`` (plain values), refused if larger than ``MAX_INPUT_BYTES`` as JSON."""
     size = len(json.dumps(out, ensure_ascii=False).encode("utf-8"))
     if size > MAX_INPUT_BYTES:
         raise TemplateInputError(
             f"the template input is {size} bytes as JSON; at most {MAX_INPUT_BYTES}")
-    assert isinstance(out, dict)
     return out

@@ -273,6 +273,7 @@ def _issued_here_by(app: Appliance, serial: str, provisioner: str | None,
 
 
 def _issued(issued: Any) -> Any:
-    chain = issued.chain_pem()
-    return jsonify({"crt": issued.pem(), "ca": chain[0], "certChain": [issued.pem(), *chain],
+    chain = issued.chain_pem()  # the signer's, encoded once per signer (``Issued.chain_pems``)
+    crt = issued.pem()
+    return jsonify({"crt": crt, "ca": chain[0], "certChain": [crt, *chain],
                     "serial": issued.serial_hex}), 201

@@ -59,6 +59,59 @@ def sign_certificate(builder: x509.CertificateBuilder, signer: Any, algo: CaHash
     return cert
 
 
+def _der_header(der: bytes, at: int) -> tuple[int, int]:
+    """(offset of the contents, their length) of the DER element at ``at``."""
+    first = der[at + 1]
+    if first < 0x80:
+        return at + 2, first
+    n = first & 0x7F
+    if not 1 <= n <= 4:
+        raise SignatureCheckError("certificate DER with an unexpected length form")
+    return at + 2 + n, int.from_bytes(der[at + 2:at + 2 + n], "big")
+
+
+def _der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def sign_as_trial(trial: x509.Certificate, key: Any, algo: CaHash) -> x509.Certificate:
+    """``trial`` (linted, checked) signed again by ``key`` (the token's), over exactly its
+    TBS bytes: the certificate is the trial's TBS and signature algorithm with the token's
+    signature in place of the throw-away key's, so the builder does not encode the same
+    TBS a second time. Only for what the pipeline signs: an EC key (ECDSA with ``algo``)
+    or an RSA key with PKCS#1 v1.5 (no PSS), the trial signed by a throw-away key of the
+    same type (the signature algorithm identifier is the same). The token key's wrapper
+    verifies its signature before it returns it; the caller still compares the TBS."""
+    tbs = trial.tbs_certificate_bytes
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        signature = key.sign(tbs, ec.ECDSA(algo))
+    elif isinstance(key, rsa.RSAPrivateKey):
+        if isinstance(trial.signature_algorithm_parameters, padding.PSS):
+            raise SignatureCheckError("sign_as_trial: a PSS trial is not re-signed this way")
+        signature = key.sign(tbs, padding.PKCS1v15(), algo)
+    else:
+        raise KeyPolicyError(f"unsupported signing key {type(key).__name__}")
+    der = trial.public_bytes(Encoding.DER)
+    if der[0] != 0x30:
+        raise SignatureCheckError("certificate DER is not a SEQUENCE")
+    inner, _ = _der_header(der, 0)
+    if der[inner:inner + len(tbs)] != tbs:
+        raise SignatureCheckError("the trial's DER does not start with its TBS")
+    alg_at = inner + len(tbs)
+    alg_body, alg_len = _der_header(der, alg_at)
+    algorithm_id = der[alg_at:alg_body + alg_len]
+    bits = b"\x03" + _der_length(len(signature) + 1) + b"\x00" + signature
+    body = tbs + algorithm_id + bits
+    cert = x509.load_der_x509_certificate(b"\x30" + _der_length(len(body)) + body)
+    if cert.signature != signature or cert.signature_algorithm_oid != \
+            trial.signature_algorithm_oid:
+        raise SignatureCheckError("the re-signed certificate does not carry the signature")
+    return cert
+
+
 def sign_crl(builder: x509.CertificateRevocationListBuilder, signer: Any,
              algo: CaHash, pad: Any, issuer_public: PublicKey,
              skip_lints: Iterable[str], what: str) -> x509.CertificateRevocationList:
