@@ -127,7 +127,7 @@ class Orders:
                               "order")
 
     def get_order(self, ctx: Ctx, acct: AcmeAccount, order_id: str) -> Reply:
-        with self.app.db.sessions() as db:
+        with self.app.db.read() as db:  # Core, one snapshot: every order poll runs this
             found = db.execute(queries.ORDER_BY_ID, {"b_id": order_id}).first()
             if found is None or found.account_id != acct.id:
                 raise AcmeProblem("malformed", "no such order", status=404)
