@@ -46,6 +46,14 @@ _MOVE_HEAD = (update(_HEADS)
               .where(_HEADS.c.node_id == bindparam("b_node"), _HEADS.c.seq == bindparam("b_seq"),
                      _HEADS.c.hash == bindparam("b_hash"))
               .values(seq=bindparam("n_seq"), hash=bindparam("n_hash")))
+_CHECKPOINTS = cast(Table, AuditCheckpoint.__table__)
+# Whether a checkpoint is due is asked on every append: the node's last checkpoint, and
+# (before its first one) the time of its first record.
+_LAST_CHECKPOINT = (select(_CHECKPOINTS.c.seq, _CHECKPOINTS.c.time)
+                    .where(_CHECKPOINTS.c.node_id == bindparam("b_node"))
+                    .order_by(_CHECKPOINTS.c.seq.desc()).limit(1))
+_FIRST_EVENT_TIME = select(_EVENTS.c.time).where(_EVENTS.c.node_id == bindparam("b_node"),
+                                                 _EVENTS.c.seq == 1)
 
 
 @dataclass(frozen=True)
@@ -181,20 +189,14 @@ class AuditLog:
             session.expire(cached)
 
     def _checkpoint_due(self, session: Session, seq: int) -> bool:
-        last = session.execute(
-            select(AuditCheckpoint.seq, AuditCheckpoint.time)
-            .where(AuditCheckpoint.node_id == self.node_id)
-            .order_by(AuditCheckpoint.seq.desc()).limit(1)
-        ).first()
+        params = {"b_node": self.node_id}
+        last = session.execute(_LAST_CHECKPOINT, params).first()
         last_seq = last[0] if last else 0
         if self.checkpoint_every and seq - last_seq >= self.checkpoint_every:
             return True
         if self.checkpoint_interval_seconds:
             # before the first checkpoint, the unsigned stretch starts at the node's first record
-            since = last[1] if last is not None else session.scalar(
-                select(AuditEvent.time)
-                .where(AuditEvent.node_id == self.node_id, AuditEvent.seq == 1)
-            )
+            since = last[1] if last is not None else session.scalar(_FIRST_EVENT_TIME, params)
             if since is not None:
                 age = _time.time() - datetime.strptime(since, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
                 return age >= self.checkpoint_interval_seconds
