@@ -3,9 +3,9 @@ web layer turns into HTTP, the directory, the account lookup behind every ``kid`
 
 Provisioner and account are read on every request (Core, the few columns needed), so a
 changed or removed provisioner and a deactivated account or changed key take effect at once
-in every worker; only the parsing of a stored key is cached, by its text. The account is
-read in the transaction that spends the request's nonce (``read_account``), so a request
-costs one transaction for both.
+in every worker; only the parsing of a stored key is cached, by its text. A signed request
+reads both in the transaction that spends its nonce (``read_context``, ``read_account``):
+one transaction for the three.
 """
 
 from __future__ import annotations
@@ -79,7 +79,13 @@ def retry_after(app: Appliance) -> dict[str, str]:
 
 def context(app: Appliance, name: str, base: str) -> Ctx:
     with app.db.read() as db:
-        row = db.execute(_PROVISIONER_BY_NAME, {"b_name": name}).first()
+        return read_context(db, app, name, base)
+
+
+def read_context(db: Connection, app: Appliance, name: str, base: str) -> Ctx:
+    """The request's provisioner, read on ``db`` (a signed request reads it in the
+    transaction that spends its nonce); refused if it is not an enabled ACME one."""
+    row = db.execute(_PROVISIONER_BY_NAME, {"b_name": name}).first()
     if row is None or row.type != "acme":
         raise AcmeProblem("malformed", f"no ACME provisioner named {name!r}", status=404)
     settings = settings_of(row.config)

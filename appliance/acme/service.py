@@ -58,12 +58,16 @@ class AcmeService:
                     row: Any = NOT_READ) -> tuple[AcmeAccount, JWK]:
         return context.account_key(self.app, ctx, kid, row)
 
-    def redeem_and_read_account(self, ctx: Ctx, nonce: str, kid: str,
-                                found: dict[str, Any]) -> bool:
-        """Spend the nonce and read the account ``kid`` names in one transaction (the
-        row goes into ``found["row"]``); whether the nonce was good."""
+    def redeem(self, name: str, base: str, nonce: str, kid: str | None,
+               found: dict[str, Any]) -> bool:
+        """Spend a signed request's nonce and, in the same transaction, read its provisioner
+        (``found["ctx"]``, refused there if it is not an enabled ACME one: then the nonce
+        is not spent) and the account ``kid`` names (``found["row"]``, judged later by
+        ``account_key``); whether the nonce was good."""
         def read(db: Connection) -> None:
-            found["row"] = context.read_account(db, ctx, kid)
+            found["ctx"] = ctx = context.read_context(db, self.app, name, base)
+            if kid is not None:
+                found["row"] = context.read_account(db, ctx, kid)
         return self.nonces.redeem(nonce, also=read)
 
     def revoke_cert(self, ctx: Ctx, req: jws.Verified, acct: AcmeAccount | None) -> Reply:

@@ -179,9 +179,10 @@ def _acme_change(data_dir: Path, tmp_path: Path) -> None:
 
 
 def _acme_account_changes(data_dir: Path, tmp_path: Path) -> None:
-    """Each worker reads the account with the request's nonce, in one transaction, and
-    keeps only the parsing of its key: a nonce, a key rollover and a deactivation made
-    through one worker count on the very next request in the other."""
+    """Each worker reads the provisioner and the account with the request's nonce, in one
+    transaction, and keeps only the parsing of the key: a nonce, a key rollover, a disabled
+    provisioner and a deactivation made through one worker (or the CLI) count on the very
+    next request in the other."""
     a, b = (Client(f"{BASE}/acme/acme/directory", data_dir,  # type: ignore[arg-type]
                    session=FlaskSession(c)) for _, c in _workers(data_dir))
     assert a.register().status_code == 201
@@ -211,6 +212,22 @@ def _acme_account_changes(data_dir: Path, tmp_path: Path) -> None:
     a.key = b.key = new_key
     for c in (a, b):
         assert order(c).status_code == 201
+    # the provisioner (read with the nonce) disabled: both refuse at once, spending nothing
+    nonce = a.new_nonce()
+    _cli(data_dir, "provisioner", "update", "acme", "--disable")
+    try:
+        for c in (a, b):
+            r = order(c, nonce=nonce)
+            assert r.status_code == 403 and "disabled" in r.json()["detail"], r.json()
+            r = c.session.post(c.dir["newOrder"], data="{}",  # refused before any nonce
+                               headers={"Content-Type": "application/jose+json"})
+            assert r.status_code == 403 and "disabled" in r.json()["detail"], r.json()
+    finally:
+        _cli(data_dir, "provisioner", "update", "acme", "--enable")
+    assert order(b, nonce=nonce).status_code == 201  # the refused requests did not spend it
+    r = a.session.post(f"{BASE}/acme/nope/new-order", data="{}",
+                       headers={"Content-Type": "application/jose+json"})
+    assert r.status_code == 404 and "no ACME provisioner" in r.json()["detail"], r.json()
     # deactivated through a: refused on the very next request in b (and in a)
     r = a.post(a.kid or "", {"status": "deactivated"})
     assert r.status_code == 200 and r.json()["status"] == "deactivated"
@@ -506,7 +523,7 @@ def test_acme_provisioner_change_counts_at_once_in_every_worker(
     _run("acme", data_dir, tmp_path)
 
 
-def test_acme_nonce_key_change_and_deactivation_count_at_once_in_every_worker(
+def test_acme_nonce_key_change_disable_and_deactivation_count_at_once_in_every_worker(
         data_dir: Path, tmp_path: Path) -> None:
     _run("acme-account", data_dir, tmp_path)
 
