@@ -106,3 +106,31 @@ class Client:
 
     def key_authorization(self, token: str) -> str:
         return f"{token}.{thumbprint(self.key)}"
+
+
+class FlaskResponse:
+    """What ``Client`` reads of a response, from a Flask test response."""
+
+    def __init__(self, resp: Any) -> None:
+        self.status_code, self.headers, self.content = resp.status_code, resp.headers, resp.data
+        self.text = resp.get_data(as_text=True)
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class FlaskSession:
+    """The ``requests.Session`` calls ``Client`` makes, answered by a Flask app in process
+    (``app.test_client()``): one such session per app stands for one worker."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def get(self, url: str, **_: Any) -> FlaskResponse:
+        return FlaskResponse(self.client.get(url))
+
+    def head(self, url: str, **_: Any) -> FlaskResponse:
+        return FlaskResponse(self.client.head(url))
+
+    def post(self, url: str, data: str, headers: dict[str, str], **_: Any) -> FlaskResponse:
+        return FlaskResponse(self.client.post(url, data=data, headers=headers))

@@ -3,7 +3,9 @@ web layer turns into HTTP, the directory, the account lookup behind every ``kid`
 
 Provisioner and account are read on every request (Core, the few columns needed), so a
 changed or removed provisioner and a deactivated account or changed key take effect at once
-in every worker; only the parsing of a stored key is cached, by its text.
+in every worker; only the parsing of a stored key is cached, by its text. A signed request
+reads both in the transaction that spends its nonce (``read_context``, ``read_account``):
+one transaction for the three.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from functools import lru_cache
 from typing import Any, cast
 
 from josepy.jwk import JWK
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Connection, Table, bindparam, select
 
 from appliance.acme.problems import AcmeProblem
 from appliance.issuance.request import ProvisionerContext
@@ -32,6 +34,7 @@ _PROVISIONER_BY_NAME = select(*(_PROVISIONERS.c[k] for k in (
     "id", "name", "type", "config", "authority_id"))).where(
     _PROVISIONERS.c.name == bindparam("b_name"))
 _ACCOUNT_BY_ID = select(_ACCOUNTS).where(_ACCOUNTS.c.id == bindparam("b_id"))
+NOT_READ: Any = object()  # account_key: the row was not read with the nonce
 
 
 @dataclass
@@ -76,7 +79,13 @@ def retry_after(app: Appliance) -> dict[str, str]:
 
 def context(app: Appliance, name: str, base: str) -> Ctx:
     with app.db.read() as db:
-        row = db.execute(_PROVISIONER_BY_NAME, {"b_name": name}).first()
+        return read_context(db, app, name, base)
+
+
+def read_context(db: Connection, app: Appliance, name: str, base: str) -> Ctx:
+    """The request's provisioner, read on ``db`` (a signed request reads it in the
+    transaction that spends its nonce); refused if it is not an enabled ACME one."""
+    row = db.execute(_PROVISIONER_BY_NAME, {"b_name": name}).first()
     if row is None or row.type != "acme":
         raise AcmeProblem("malformed", f"no ACME provisioner named {name!r}", status=404)
     settings = settings_of(row.config)
@@ -97,13 +106,30 @@ def directory(ctx: Ctx, caa_identities: tuple[str, ...]) -> Reply:
     })
 
 
-def account_key(app: Appliance, ctx: Ctx, kid: str) -> tuple[AcmeAccount, JWK]:
-    """The valid account a ``kid`` names in this directory, and its key."""
+def account_id_of(ctx: Ctx, kid: str) -> str | None:
+    """The account id a ``kid`` names in this directory (None: not one of its URLs)."""
     prefix = ctx.url("account", "")
-    if not kid.startswith(prefix):
+    return kid[len(prefix):] if kid.startswith(prefix) else None
+
+
+def read_account(db: Connection, ctx: Ctx, kid: str) -> Any:
+    """The account row a ``kid`` names (None: none), read on ``db``: the web layer reads it
+    in the transaction that spends the request's nonce, one transaction for both."""
+    account_id = account_id_of(ctx, kid)
+    if account_id is None:
+        return None
+    return db.execute(_ACCOUNT_BY_ID, {"b_id": account_id}).first()
+
+
+def account_key(app: Appliance, ctx: Ctx, kid: str,
+                row: Any = NOT_READ) -> tuple[AcmeAccount, JWK]:
+    """The valid account a ``kid`` names in this directory, and its key; ``row`` is what
+    ``read_account`` read on this request, if it was (otherwise it is read here)."""
+    if account_id_of(ctx, kid) is None:
         raise AcmeProblem("accountDoesNotExist", "kid is not an account of this directory")
-    with app.db.read() as db:
-        row = db.execute(_ACCOUNT_BY_ID, {"b_id": kid[len(prefix):]}).first()
+    if row is NOT_READ:
+        with app.db.read() as db:
+            row = read_account(db, ctx, kid)
     if row is None or row.provisioner_id != ctx.prov.id:
         raise AcmeProblem("accountDoesNotExist", "no such account")
     acct = AcmeAccount(**row._asdict())  # transient: never added to a session

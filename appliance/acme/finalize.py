@@ -82,7 +82,7 @@ class Finalizer:
         except InputError as exc:
             raise AcmeProblem("badCSR", str(exc)) from None
         check_identifier_kinds(csr)
-        with self.app.db.transaction() as db:
+        with self.app.db.write() as db:  # Core: a read and a conditional update, no ORM
             found = db.execute(queries.ORDER_BY_ID, {"b_id": order_id}).first()
             if found is None or found.account_id != acct.id:
                 raise AcmeProblem("malformed", "no such order", status=404)
@@ -92,7 +92,7 @@ class Finalizer:
             idents = [Identifier(i["type"], i["value"]) for i in json.loads(found.identifiers)]
             # ready -> processing exactly once, whichever database and however many workers
             claimed = db.execute(_CLAIM_ORDER, {"b_id": order_id})
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            if claimed.rowcount != 1:
                 raise AcmeProblem("orderNotReady", "the order is being finalized already")
             not_before, not_after = found.not_before, found.not_after
         request = sign_request(self.app, ctx.prov, acct, order_id, csr, idents, not_before,

@@ -15,9 +15,9 @@ import json
 import secrets
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 
 from appliance import policy, rfc3339
 from appliance.acme import ari, jws, queries
@@ -30,6 +30,9 @@ from appliance.rfc3339 import format_z, to_utc
 from appliance.runtime import Appliance
 from appliance.store.models import AcmeAccount, AcmeEabKey, AcmeOrder
 from appliance.x509.path import PathError
+
+_EAB_KEYS = cast(Table, AcmeEabKey.__table__)
+_EAB_POLICY = select(_EAB_KEYS.c.policy).where(_EAB_KEYS.c.key_id == bindparam("b_key"))
 
 
 class Orders:
@@ -127,7 +130,7 @@ class Orders:
                               "order")
 
     def get_order(self, ctx: Ctx, acct: AcmeAccount, order_id: str) -> Reply:
-        with self.app.db.sessions() as db:
+        with self.app.db.read() as db:  # Core, one snapshot: every order poll runs this
             found = db.execute(queries.ORDER_BY_ID, {"b_id": order_id}).first()
             if found is None or found.account_id != acct.id:
                 raise AcmeProblem("malformed", "no such order", status=404)
@@ -141,9 +144,8 @@ def eab_level(app: Appliance, acct: AcmeAccount) -> tuple[str, policy.Policy | N
     """The policy level of the account's EAB key (none without one), checked first."""
     if not acct.eab_key_id:
         return ("ACME account", None)
-    with app.db.sessions() as db:
-        text = db.scalar(select(AcmeEabKey.policy).where(
-            AcmeEabKey.key_id == acct.eab_key_id))
+    with app.db.read() as db:  # Core, built once: every newOrder and finalize of the account
+        text = db.execute(_EAB_POLICY, {"b_key": acct.eab_key_id}).scalar()
     return (f"EAB key {acct.eab_key_id}", _parse_policy(text) if text else None)
 
 

@@ -11,14 +11,16 @@ every state change is audited in the transaction that makes it.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from josepy.jwk import JWK
+from sqlalchemy import Connection
 
 from appliance import durations
 from appliance.acme import ari, context, jws, revocation, validation
 from appliance.acme.accounts import Accounts
 from appliance.acme.challenges import Authorizations
-from appliance.acme.context import Ctx, Reply
+from appliance.acme.context import NOT_READ, Ctx, Reply
 from appliance.acme.finalize import Finalizer
 from appliance.acme.nonces import Nonces
 from appliance.acme.orders import Orders
@@ -52,8 +54,21 @@ class AcmeService:
     def directory(self, ctx: Ctx) -> Reply:
         return context.directory(ctx, self.validation.caa_identities)
 
-    def account_key(self, ctx: Ctx, kid: str) -> tuple[AcmeAccount, JWK]:
-        return context.account_key(self.app, ctx, kid)
+    def account_key(self, ctx: Ctx, kid: str,
+                    row: Any = NOT_READ) -> tuple[AcmeAccount, JWK]:
+        return context.account_key(self.app, ctx, kid, row)
+
+    def redeem(self, name: str, base: str, nonce: str, kid: str | None,
+               found: dict[str, Any]) -> bool:
+        """Spend a signed request's nonce and, in the same transaction, read its provisioner
+        (``found["ctx"]``, refused there if it is not an enabled ACME one: then the nonce
+        is not spent) and the account ``kid`` names (``found["row"]``, judged later by
+        ``account_key``); whether the nonce was good."""
+        def read(db: Connection) -> None:
+            found["ctx"] = ctx = context.read_context(db, self.app, name, base)
+            if kid is not None:
+                found["row"] = context.read_account(db, ctx, kid)
+        return self.nonces.redeem(nonce, also=read)
 
     def revoke_cert(self, ctx: Ctx, req: jws.Verified, acct: AcmeAccount | None) -> Reply:
         return revocation.revoke_cert(self.app, ctx, req, acct)

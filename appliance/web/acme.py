@@ -30,7 +30,9 @@ def service() -> AcmeService:
 
 
 def ctx() -> Ctx:
-    c: Ctx = g.acme_ctx
+    c: Ctx | None = g.get("acme_ctx")
+    if c is None:  # a signed request refused before its nonce was spent: read it now
+        c = g.acme_ctx = service().context(g.acme_provisioner, g.acme_base)
     return c
 
 
@@ -57,7 +59,9 @@ def _context() -> None:
             raise AcmeProblem("rateLimited", "too many requests; slow down",
                               headers={"Retry-After": "10"})
     # From the configuration, never from Host (hostcheck refused any other Host already).
-    g.acme_ctx = service().context(name, f"{_external_url()}/acme/{name}")
+    g.acme_base = f"{_external_url()}/acme/{name}"
+    # Every POST is a signed request: its provisioner is read with its nonce (_verified).
+    g.acme_ctx = None if request.method == "POST" else service().context(name, g.acme_base)
 
 
 def _external_url() -> str:
@@ -112,19 +116,43 @@ def _reply(r: Reply) -> Response:
 
 
 def _verified(want: str = "kid") -> tuple[jws.Verified, AcmeAccount | None]:
+    try:
+        return _verify(want)
+    except AcmeProblem:
+        # Refused before the provisioner was read (content type, envelope, url, kid/jwk,
+        # nonce): an unknown or disabled provisioner is still what the client is told.
+        if g.get("acme_ctx") is None:
+            ctx()
+        raise
+
+
+def _verify(want: str) -> tuple[jws.Verified, AcmeAccount | None]:
     if request.mimetype != "application/jose+json":
         raise AcmeProblem("malformed", "Content-Type must be application/jose+json", status=415)
     env = jws.parse(jws.read_body(request.get_data(cache=False)))
-    found: dict[str, AcmeAccount] = {}
+    found: dict[str, Any] = {}
+    kid = env.protected.get("kid")
+    if not isinstance(kid, str) or len(kid) > 512:
+        kid = None  # jws.verify refuses it (or it signs with a jwk)
 
-    def account_key(kid: str) -> Any:
-        acct, key = service().account_key(ctx(), kid)
+    def redeem(nonce: str) -> bool:
+        # jws.verify asks for the account (kid) right after the nonce: the provisioner,
+        # the nonce and the account in one transaction; account_key still judges the row.
+        ok = service().redeem(g.acme_provisioner, g.acme_base, nonce, kid, found)
+        if ok:
+            g.acme_ctx = found["ctx"]
+        return ok
+
+    def account_key(signer: str) -> Any:
+        if signer == kid and "row" in found:
+            acct, key = service().account_key(ctx(), signer, found["row"])
+        else:
+            acct, key = service().account_key(ctx(), signer)
         found["acct"] = acct
         return key
 
     verified = jws.verify(env, url=_external_url() + request.path,
-                          redeem_nonce=service().nonces.redeem, account_key=account_key,
-                          want=want)
+                          redeem_nonce=redeem, account_key=account_key, want=want)
     return verified, found.get("acct")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -24,7 +23,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from flask.testing import FlaskClient
 from sqlalchemy import update
 
 from appliance import config
@@ -36,7 +34,7 @@ from appliance.provisioners.settings import sign_audience
 from appliance.runtime import Appliance
 from appliance.store.models import AcmeAuthorization, AcmeOrder
 from appliance.web.app import create_app
-from tests.acme_client import Client
+from tests.acme_client import Client, FlaskResponse, FlaskSession
 from tests.conftest import run_cli
 from tests.service_helpers import configure, make_csr, provisioner_key
 
@@ -51,32 +49,6 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_cli("quickstart", "--dir", str(d), check=True)
     configure(d, "service", rate_limit_per_minute=0)
     return d
-
-
-class _Response:
-    """What tests.acme_client reads of a response, from a Flask test response."""
-
-    def __init__(self, resp: Any) -> None:
-        self.status_code, self.headers, self.content = resp.status_code, resp.headers, resp.data
-
-    def json(self) -> Any:
-        return json.loads(self.content)
-
-
-class _Session:
-    """The requests.Session calls tests.acme_client makes, answered by the app in process."""
-
-    def __init__(self, client: FlaskClient) -> None:
-        self.client = client
-
-    def get(self, url: str, **_: Any) -> _Response:
-        return _Response(self.client.get(url))
-
-    def head(self, url: str, **_: Any) -> _Response:
-        return _Response(self.client.head(url))
-
-    def post(self, url: str, data: str, headers: dict[str, str], **_: Any) -> _Response:
-        return _Response(self.client.post(url, data=data, headers=headers))
 
 
 @contextlib.contextmanager
@@ -124,7 +96,7 @@ def _ready_order(app: Appliance, acme: Client, name: str) -> tuple[str, str]:
     return url, finalize
 
 
-def _assert_ours(r: _Response) -> None:
+def _assert_ours(r: FlaskResponse) -> None:
     problem = r.json()
     assert r.status_code == 503 and problem["type"] == SERVER_INTERNAL, problem
     assert "Retry-After" in r.headers and "injected" not in problem["detail"]
@@ -133,7 +105,7 @@ def _assert_ours(r: _Response) -> None:
 def _acme_faults(data_dir: Path, tmp_path: Path) -> None:
     app = Appliance(config.load(data_dir / "appliance.yaml"))
     acme = Client(f"{BASE}/acme/acme/directory", data_dir,
-                  session=_Session(create_app(app).test_client()))  # type: ignore[arg-type]
+                  session=FlaskSession(create_app(app).test_client()))  # type: ignore[arg-type]
     assert acme.register().status_code == 201
     url, finalize = _ready_order(app, acme, "fault.test")
     with _token_gone():

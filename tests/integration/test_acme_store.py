@@ -10,7 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
 from appliance.acme import eab
@@ -57,6 +57,26 @@ def test_nonces_single_use_across_instances(db: Database, tmp_path: Path) -> Non
     tampered = n[:-2] + ("AA" if n[-2:] != "AA" else "BB")
     assert not one.redeem(tampered)
     assert not one.redeem("x" * 48) and not one.redeem("")
+
+
+def test_nonce_and_the_reads_with_it_are_one_transaction(db: Database, tmp_path: Path) -> None:
+    """A signed request reads its provisioner and account in the transaction that spends
+    its nonce: a refusal there spends nothing, and a refused nonce reads nothing."""
+    nonces = Nonces(_app(db, tmp_path))  # type: ignore[arg-type]
+    n = nonces.new()
+    seen: list[str] = []
+
+    def refuse(conn: Connection) -> None:
+        seen.append(conn.execute(select(AcmeSecret.name)).scalar_one())  # same transaction
+        raise AcmeProblem("unauthorized", "provisioner disabled")
+
+    with pytest.raises(AcmeProblem):
+        nonces.redeem(n, also=refuse)
+    assert seen == ["nonce-mac"]
+    assert nonces.redeem(n, also=lambda conn: seen.append("read"))  # not spent by the refusal
+    assert seen == ["nonce-mac", "read"]
+    assert not nonces.redeem(n, also=lambda conn: seen.append("replay"))  # spent now
+    assert seen == ["nonce-mac", "read"]
 
 
 def test_eab_sealing_and_one_account_per_key(db: Database, tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from appliance.provisioners.settings import sign_audience
 from appliance.runtime import Appliance
 from appliance.templates.shipped import builtin_templates
 from appliance.web.app import create_app
+from tests.acme_client import Client, FlaskSession, jwk_of, sign
 from tests.conftest import run_cli
 from tests.service_helpers import make_csr, provisioner_key
 
@@ -175,6 +176,64 @@ def _acme_change(data_dir: Path, tmp_path: Path) -> None:
     finally:
         _cli(data_dir, "provisioner", "update", "acme", "--no-require-eab")
     assert [meta(c) for _, c in workers] == [False, False]
+
+
+def _acme_account_changes(data_dir: Path, tmp_path: Path) -> None:
+    """Each worker reads the provisioner and the account with the request's nonce, in one
+    transaction, and keeps only the parsing of the key: a nonce, a key rollover, a disabled
+    provisioner and a deactivation made through one worker (or the CLI) count on the very
+    next request in the other."""
+    a, b = (Client(f"{BASE}/acme/acme/directory", data_dir,  # type: ignore[arg-type]
+                   session=FlaskSession(c)) for _, c in _workers(data_dir))
+    assert a.register().status_code == 201
+    b.key, b.kid = a.key, a.kid
+    names = iter(f"n{i}.example.com" for i in range(100))
+
+    def order(c: Client, **kw: Any) -> Any:
+        return c.post(c.dir["newOrder"], {"identifiers": [
+            {"type": "dns", "value": next(names)}]}, **kw)
+
+    for c in (a, b):  # both have read the account and parsed its key
+        assert order(c).status_code == 201
+    # a nonce made by one worker, spent in the other, is refused again in both
+    nonce = a.new_nonce()
+    assert order(b, nonce=nonce).status_code == 201
+    for c in (a, b):
+        r = order(c, nonce=nonce)
+        assert r.status_code == 400 and r.json()["type"].endswith(":badNonce"), r.json()
+    # key rollover through b: at once in a, the old key is refused and the new one accepted
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    inner = sign(new_key, {"alg": "ES256", "url": b.dir["keyChange"], "jwk": jwk_of(new_key)},
+                 {"account": b.kid, "oldKey": jwk_of(b.key)})
+    assert b.post(b.dir["keyChange"], inner).status_code == 200
+    for c in (a, b):
+        r = order(c)
+        assert r.status_code == 403 and r.json()["type"].endswith(":unauthorized"), r.json()
+    a.key = b.key = new_key
+    for c in (a, b):
+        assert order(c).status_code == 201
+    # the provisioner (read with the nonce) disabled: both refuse at once, spending nothing
+    nonce = a.new_nonce()
+    _cli(data_dir, "provisioner", "update", "acme", "--disable")
+    try:
+        for c in (a, b):
+            r = order(c, nonce=nonce)
+            assert r.status_code == 403 and "disabled" in r.json()["detail"], r.json()
+            r = c.session.post(c.dir["newOrder"], data="{}",  # refused before any nonce
+                               headers={"Content-Type": "application/jose+json"})
+            assert r.status_code == 403 and "disabled" in r.json()["detail"], r.json()
+    finally:
+        _cli(data_dir, "provisioner", "update", "acme", "--enable")
+    assert order(b, nonce=nonce).status_code == 201  # the refused requests did not spend it
+    r = a.session.post(f"{BASE}/acme/nope/new-order", data="{}",
+                       headers={"Content-Type": "application/jose+json"})
+    assert r.status_code == 404 and "no ACME provisioner" in r.json()["detail"], r.json()
+    # deactivated through a: refused on the very next request in b (and in a)
+    r = a.post(a.kid or "", {"status": "deactivated"})
+    assert r.status_code == 200 and r.json()["status"] == "deactivated"
+    for c in (b, a):
+        r = order(c)
+        assert r.status_code == 403 and "deactivated" in r.json()["detail"], r.json()
 
 
 def _template_change(data_dir: Path, tmp_path: Path) -> None:
@@ -442,6 +501,7 @@ def _postgresql_changes(data_dir: Path, tmp_path: Path) -> None:
 
 SCENARIOS: dict[str, Callable[[Path, Path], None]] = {
     "claims": _claims_change, "policy": _policy_change, "acme": _acme_change,
+    "acme-account": _acme_account_changes,
     "replay": _token_replay, "stored": _stored_with_ocsp, "template": _template_change,
     "inventory": _inventory_change, "authority": _authority_change,
     "provisioner-sql": _provisioner_sql_change, "refusal": _refusal_spends,
@@ -461,6 +521,11 @@ def test_policy_change_counts_at_once_in_every_worker(data_dir: Path, tmp_path: 
 def test_acme_provisioner_change_counts_at_once_in_every_worker(
         data_dir: Path, tmp_path: Path) -> None:
     _run("acme", data_dir, tmp_path)
+
+
+def test_acme_nonce_key_change_disable_and_deactivation_count_at_once_in_every_worker(
+        data_dir: Path, tmp_path: Path) -> None:
+    _run("acme-account", data_dir, tmp_path)
 
 
 def test_replayed_token_refused_by_the_other_worker(data_dir: Path, tmp_path: Path) -> None:
