@@ -32,6 +32,7 @@ from appliance.ca import authorities as authz
 from appliance.errors import ApplianceError, DatabaseError, ServerFault
 from appliance.inventory import match as inventory
 from appliance.issuance import pipeline
+from appliance.issuance import spend as spending
 from appliance.issuance.csr import load_csr
 from appliance.issuance.pipeline import IssuanceError, Issued
 from appliance.issuance.request import MAX_CERT_LIFETIME, ProvisionerContext, SignRequest
@@ -178,6 +179,12 @@ class Forwarder:
     def issue(self, req: SignRequest) -> Issued:
         actor = Actor(req.requester, "service")
         node = self.node
+        if req.token_spend is not None:
+            # The request's one-time token, spent before anything is decided or forwarded
+            # (in a transaction of its own: this node reserves no serial to spend it with):
+            # a replay is refused here, in every worker of the node.
+            with spending.replay_refused(), self.app.db.write() as db:
+                spending.spend(db, req.token_spend)
         renewal = isinstance(req.csr, x509.Certificate)
         op = "renew" if renewal else "sign"
         der = req.csr.public_bytes(serialization.Encoding.DER)

@@ -117,6 +117,21 @@ def test_sign_through_the_ra_is_the_cas_certificate(pair: Pair) -> None:
     assert hops[0]["details"]["decision"] == "forwarded"
 
 
+def test_a_one_time_token_is_spent_at_the_ra(pair: Pair) -> None:
+    """The RA spends the token it authenticated: a replay, with the same CSR or another,
+    is refused there (401) and nothing more is issued at the CA."""
+    ra = pair.ra
+    token = ra.token("once.example.test")
+    csr = make_csr(pair.tmp, "DNS:once.example.test", cn="once.example.test")
+    assert ra.sign(csr, token).status_code == 201
+    before = pair.ca.issued_count()
+    for again in (csr, make_csr(pair.tmp, "DNS:once.example.test", cn="once.example.test")):
+        resp = ra.sign(again, token)
+        assert resp.status_code == 401, resp.text
+        assert "token already used" in resp.json()["message"]
+    assert pair.ca.issued_count() == before
+
+
 def test_a_chained_ra_forwards_through_its_parent(pair: Pair) -> None:
     e2, ra, ca = pair.edge2, pair.ra, pair.ca
     csr = make_csr(pair.tmp, "DNS:deep.example.test", cn="deep.example.test")
