@@ -19,17 +19,17 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from appliance import rfc3339
 from appliance.errors import ApplianceError
-from appliance.issuance.request import ProvisionerContext, SignRequest
+from appliance.issuance import spend as spending
+from appliance.issuance.request import ProvisionerContext, SignRequest, TokenSpend
 from appliance.provisioners.authorize import audit_failure, context, settings_of
 from appliance.provisioners.settings import sign_audience
 from appliance.provisioners.tokens import LEEWAY, TokenError, check_times
 from appliance.provisioners.x5c import header_chain
 from appliance.runtime import Appliance
-from appliance.store.models import Certificate, Provisioner, UsedToken
+from appliance.store.models import Certificate, Provisioner
 from appliance.x509 import algorithms
 
 MAX_TOKEN_LIFETIME = 3600
@@ -132,13 +132,12 @@ def _authenticate(app: Appliance, *, peer_der: bytes | None, bearer: str | None
                 f"the certificate expired at {not_after:%Y-%m-%dT%H:%M:%SZ}, more than "
                 f"{grace}s ago (provisioner {ctx.name}'s renewal grace)")
     if jti is not None:
-        try:
-            with app.db.transaction() as db:
-                # kept until the token itself has expired (see authorize.prune_spent)
-                db.add(UsedToken(jti=f"renew:{serial}:{jti}", provisioner_id=ctx.id,
-                                 expires_at=token_expires, used_at=now))
-        except IntegrityError:
-            raise TokenError("token already used") from None
+        assert ctx.id is not None
+        # Spent now (a renewal may be forwarded by an RA, which reserves nothing); kept until
+        # the token itself has expired (see authorize.prune_spent).
+        with spending.replay_refused(), app.db.write() as db:
+            spending.spend(db, TokenSpend(jti=f"renew:{serial}:{jti}", provisioner_id=ctx.id,
+                                          expires_at=token_expires))
     # Keep the lifetime it was issued with (from issuance, not from the backdated notBefore),
     # within the provisioner's current limits.
     lifetime = round((cert.not_valid_after_utc - issued_at).total_seconds())
