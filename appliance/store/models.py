@@ -77,7 +77,8 @@ class Crl(Base):
     """Every CRL an authority signed; ``number`` strictly increases per authority."""
 
     __tablename__ = "crls"
-    __table_args__ = (UniqueConstraint("authority_id", "number", name="uq_crls_authority_number"),)
+    __table_args__ = (UniqueConstraint("authority_id", "number", name="uq_crls_authority_number"),
+                      Index("ix_crls_authority_shard_number", "authority_id", "shard", "number"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"))
@@ -87,6 +88,8 @@ class Crl(Base):
     entries: Mapped[int] = mapped_column(Integer)
     der: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The shard it covers (``revocation.crl_shards``), NULL for the unsharded CRL (0012).
+    shard: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class AuditEvent(Base):
@@ -204,7 +207,9 @@ class Certificate(Base):
     """Every certificate the CA issues. The row (and its serial) exists before signing."""
 
     __tablename__ = "certificates"
-    __table_args__ = (Index("ix_certificates_authority_status", "authority_id", "status"),)
+    __table_args__ = (Index("ix_certificates_authority_status", "authority_id", "status"),
+                      Index("ix_certificates_authority_status_shard", "authority_id", "status",
+                            "crl_shard"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     serial_hex: Mapped[str] = mapped_column(String(42), unique=True)
@@ -236,6 +241,9 @@ class Certificate(Base):
     # The registration authorities it came through, bottom hop first (JSON list of names),
     # or NULL when asked for at this node directly (migration 0009).
     ra_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The CRL shard its CRL DP names (serial mod revocation.crl_shards at issuance), NULL
+    # when it names the authority's unsharded CRL (migration 0012).
+    crl_shard: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class RaContact(Base):
@@ -458,3 +466,23 @@ class IssuanceEpoch(Base):
 
     scope: Mapped[str] = mapped_column(String(16), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
+
+
+class ClusterNode(Base):
+    """A node of the cluster as its own heartbeat last wrote it (migration 0012)."""
+
+    __tablename__ = "cluster_nodes"
+
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str] = mapped_column(String(32))
+    schema_revision: Mapped[str] = mapped_column(String(32))
+    role: Mapped[str] = mapped_column(String(16))
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    api_listen: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    http_listen: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_heartbeat: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    token_ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    selftests_passed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    details: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
