@@ -296,15 +296,18 @@ class RedisLayer:
             raise
 
     def epoch(self, slot: int) -> int | None:
-        """The slot's counter; None (so: re-read the database) if Redis is down or the key
-        is gone (evicted, flushed), in which case it is started again from the clock."""
+        """The slot's counter; None (so: re-read the database) if Redis is down. A key that
+        is gone (evicted, flushed, a new prefix) is started again from the clock, never a
+        value seen before, and that value is returned."""
         if not self.up:
             return None
         key = f"{self.prefix}epoch:{slot}"
         try:
             value = self.client.get(key)
-            if value is None:
+            if value is None:  # started again from the clock, then read back: this very
+                # read already has an epoch (another process may have won the SET NX)
                 self.client.set(key, time.time_ns(), nx=True)
+                value = self.client.get(key)
         except Exception as exc:
             self._fault(exc, "epoch")
             return None
@@ -423,8 +426,9 @@ class ResponseStore:
         self.revalidate = float(cfg.revalidate_seconds)
         self.grace = float(durations.parse(cfg.expired_grace))
         self.memory: OrderedDict[str, Entry] = OrderedDict()
-        self.hits = {"memory": 0, "redis": 0, "database": 0}
+        self.hits = {"memory": 0, "redis": 0, "database": 0, "database_down": 0}
         self._lock = threading.Lock()
+        self._down_logged = -1e9
         _stores.add(self)
 
     def _valid(self, e: Entry, now: float, current: int | None) -> bool:
@@ -434,6 +438,18 @@ class ResponseStore:
             return True
         return current is not None and e.epoch == current and now - e.checked < self.revalidate
 
+    def _usable_if_database_down(self, e: Entry | None, now: float, current: int | None
+                                 ) -> bool:
+        """A "good" that is only past its revalidation age: servable while the database
+        cannot be read. No revocation can commit while the database is down, and one that
+        committed before was announced by bumping its slot's epoch, which this entry would
+        then not match. (A revoking process that died between its commit and the bump is
+        the one case revalidation bounds, and an outage stretches that bound up to the
+        response's nextUpdate; docs/CLUSTER.md says so.) Without an epoch (another database
+        and no Redis) there is no announcement to trust: nothing is served from cache."""
+        return (e is not None and e.status == "good" and now < e.next_update
+                and current is not None and e.epoch == current)
+
     def lookup(self, serial_hex: str, authority_ids: frozenset[int] | set[int]
                ) -> Entry | str:
         now = time.time()
@@ -441,6 +457,7 @@ class ResponseStore:
         current: int | None = None
         read_epoch = False
         e = self.memory.get(serial_hex)
+        fallback: Entry | None = None  # served only if the database cannot be read
         if e is not None:
             if e.status != "revoked":
                 current, read_epoch = self.epoch.current(slot), True
@@ -454,6 +471,8 @@ class ResponseStore:
                     pass
                 return e
             self.memory.pop(serial_hex, None)
+            if self._usable_if_database_down(e, now, current):
+                fallback = e
         if not read_epoch:
             current = self.epoch.current(slot)  # before Redis and the database
         if self.redis is not None:
@@ -466,13 +485,29 @@ class ResponseStore:
                     self.hits["redis"] += 1
                     self._remember(e)
                     return e
-        found = self._from_database(serial_hex, authority_ids, now, current)
+                if fallback is None and self._usable_if_database_down(e, now, current):
+                    fallback = e
+        try:
+            found = self._from_database(serial_hex, authority_ids, now, current)
+        except Exception:
+            if fallback is None or fallback.authority_id not in authority_ids:
+                raise
+            self._database_down_notice()
+            self.hits["database_down"] += 1  # cached, served because the database is down
+            return fallback
         if isinstance(found, Entry):
             self.hits["database"] += 1
             self._remember(found)
             if self.redis is not None:
                 self.redis.put(found)
         return found
+
+    def _database_down_notice(self) -> None:
+        now = time.monotonic()
+        if now - self._down_logged >= 30.0:  # once per 30 s, not once per request
+            self._down_logged = now
+            log.warning("database unreadable: serving cached OCSP responses whose slot saw "
+                        "no revocation, until their nextUpdate")
 
     def _remember(self, e: Entry) -> None:
         if self.max_entries <= 0 or (e.status == "good" and not self.has_epoch):

@@ -95,6 +95,60 @@ def test_validity_rules_of_cached_entries() -> None:
     assert not s._valid(_entry(status="revoked", next_update=now - 1), now, 8)
 
 
+def test_what_is_served_while_the_database_is_down() -> None:
+    s = _Store()
+    now = time.time()
+    usable = s._usable_if_database_down
+    assert usable(_entry(checked=now - 3600), now, 7)  # only past its revalidation age
+    assert not usable(_entry(checked=now - 3600), now, 8)  # its slot saw a revocation
+    assert not usable(_entry(), now, None)  # no epoch source: no announcement to trust
+    assert not usable(_entry(next_update=now), now, 7)  # never past nextUpdate
+    assert not usable(_entry(status="revoked"), now, 7)  # a revoked entry is valid anyway
+    assert not usable(None, now, 7)
+
+
+class _DownReader:
+    """The fault: the database cannot be read (what SQLAlchemy raises then)."""
+
+    def row(self, _serial_hex: str) -> object:
+        from sqlalchemy.exc import OperationalError
+        raise OperationalError("SELECT ...", {}, Exception("connection refused"))
+
+
+class _Epoch:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def current(self, _slot: int) -> int:
+        return self.value
+
+
+def test_a_lookup_serves_the_stale_good_only_while_the_database_is_down() -> None:
+    import threading
+    from collections import OrderedDict
+
+    from sqlalchemy.exc import OperationalError
+
+    s = _Store()
+    s.redis, s.epoch, s.has_epoch, s.max_entries = None, _Epoch(7), True, 100
+    s.reader = _DownReader()  # type: ignore[assignment]
+    s.memory, s._lock, s._down_logged = OrderedDict(), threading.Lock(), -1e9
+    s.hits = {"memory": 0, "redis": 0, "database": 0, "database_down": 0}
+    now = time.time()
+    s.memory["abc"] = _entry(checked=now - 3600)
+    found = s.lookup("abc", {3})
+    assert isinstance(found, cache.Entry) and found.status == "good"
+    assert s.hits["database_down"] == 1 and s.hits["memory"] == 0
+    s.memory["abc"] = _entry(checked=now - 3600)
+    with pytest.raises(OperationalError):  # wrong issuer: nothing to fall back on
+        s.lookup("abc", {4})
+    s.memory["abc"] = _entry(checked=now - 3600)
+    s.epoch = _Epoch(8)  # a revocation was announced in its slot
+    with pytest.raises(OperationalError):
+        s.lookup("abc", {3})
+    assert s.hits["database_down"] == 1
+
+
 def test_refresh_rule() -> None:
     h, d = timedelta(hours=1), timedelta(days=1)
     assert refresh_offset(8 * h) == 4 * h  # short: at half
