@@ -91,15 +91,18 @@ def gather(app: Appliance) -> dict[str, Any]:
     now = datetime.now(UTC)
     cfg = app.settings.config
     stale_after = cfg.cluster.stale_after_seconds
+    revision = migrate.current(app.db)
     views = nodes.read_all(app.db, stale_after)
-    ocsp = _ocsp_responses(app, now)
+    # An empty database (not initialised yet) has no CRLs and no responses to count.
+    ocsp = _ocsp_responses(app, now) if revision else {
+        "responses": 0, "earliest_next_update": None, "overdue": False, "by_authority": []}
     ocsp["redis"] = redis_state(cfg.ocsp.redis_url)
     return {
         "now": now.isoformat(),
         "this_node": {"node_id": app.node_id, "version": __version__},
-        "schema": {"database": migrate.current(app.db), "newest": migrate.head()},
+        "schema": {"database": revision, "newest": migrate.head()},
         "stale_after_seconds": stale_after,
         "nodes": [v.as_json() for v in views],
-        "crls": _crls(app, now),
+        "crls": _crls(app, now) if revision else [],
         "ocsp": ocsp,
     }

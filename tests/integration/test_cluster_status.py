@@ -217,6 +217,22 @@ def test_a_node_id_taken_over_from_a_fresh_host_is_recorded(app: Appliance) -> N
     _other(app, "node-a", __version__, STALE + 5)  # a stale holder: an ordinary restart
     heartbeat.beat(app, datetime.now(UTC))
     assert "took_over_from" not in json.loads(_row(app, "node-a").details)
+    _other(app, "node-a", __version__, 0.5)  # taken back by the other host: not ours to end
+    assert not heartbeat.mark_stopped(app)
+    assert nodes.read_all(app.db, STALE)[0].state == "live"
+
+
+def test_status_of_an_empty_database(db_url: str, tmp_path: Path) -> None:
+    from appliance.cluster.status import gather
+
+    empty = Appliance(Settings(ApplianceConfig.model_validate(
+        {"database": {"url": db_url}}), tmp_path))
+    try:
+        doc = gather(empty)
+    finally:
+        empty.close()
+    assert doc["schema"]["database"] is None and doc["nodes"] == doc["crls"] == []
+    assert doc["ocsp"]["responses"] == 0
 
 
 def _audit_count(app: Appliance) -> int:
