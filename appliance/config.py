@@ -352,6 +352,24 @@ class RaConfig(_Strict):
         return self.upstream_url.rstrip("/")
 
 
+class ClusterConfig(_Strict):
+    """Nodes that share one database: their heartbeats (``appliance cluster status``)."""
+
+    # Each serving node writes its heartbeat row (version, schema, token reachable,
+    # self-tests) this often.
+    heartbeat_seconds: int = Field(default=10, ge=1, le=300)
+    # A node whose last heartbeat is older than this shows as stale and no longer holds a
+    # schema upgrade back; more than heartbeat_seconds (clocks of the nodes kept in step).
+    stale_after_seconds: int = Field(default=30, ge=2, le=3600)
+
+    @model_validator(mode="after")
+    def _stale_after_beats(self) -> ClusterConfig:
+        if self.stale_after_seconds <= self.heartbeat_seconds:
+            raise ValueError("cluster.stale_after_seconds must be more than "
+                             "cluster.heartbeat_seconds")
+        return self
+
+
 class ApplianceConfig(_Strict):
     # This node's name in the audit log (each node of a shared database has its own).
     node_id: str = Field(default="node-1", pattern=r"^[A-Za-z0-9._-]{1,64}$")
@@ -370,6 +388,7 @@ class ApplianceConfig(_Strict):
     acme: AcmeConfig = AcmeConfig()
     fips: FipsConfig = FipsConfig()
     ra: RaConfig = RaConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     @model_validator(mode="after")
     def _ra_named(self) -> ApplianceConfig:

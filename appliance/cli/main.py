@@ -39,6 +39,7 @@ _COMMANDS = {
     "cert": ("appliance.cli.certificate", "cert"),
     "acme": ("appliance.cli.acme", "acme"),
     "fips": ("appliance.cli.fips", "fips"),
+    "cluster": ("appliance.cli.cluster", "cluster"),
     "ra": ("appliance.cli.ra_init", "ra"),  # the group of cli/ra.py, with init and import
 }
 

@@ -6,7 +6,8 @@ requests, TLS included, before a thread runs them); the relying-party listener i
 relying-party listener (CRLs, OCSP) must keep answering whatever the API is doing. If
 either group dies, the other is stopped and serve exits non-zero, so a supervisor
 (systemd) restarts the whole appliance. SIGHUP is passed on: each group starts new
-workers and retires the old ones.
+workers and retires the old ones. A thread in this parent writes the node's heartbeat
+(:mod:`appliance.cluster.heartbeat`) and marks it stopped after a clean stop.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from appliance import config
 from appliance.acme.finalize import retry_pending_orders
 from appliance.audit.log import Actor
 from appliance.cli.context import CliContext, location_options, pass_ctx
+from appliance.cluster.heartbeat import Heartbeat
 from appliance.config import ServiceConfig
 from appliance.errors import ConfigError
 from appliance.hsm import selftest
@@ -132,6 +134,9 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
         groups.append(subprocess.Popen(public_command(svc), env=env))
         click.echo(f"serving OCSP/CRLs/CA certificates on http://{svc.http_listen}", err=True)
 
+    # This node's row in cluster_nodes (`appliance cluster status`), beaten from here.
+    heartbeat = Heartbeat(Path(config_path), only=only)
+    heartbeat.start()
     jobs = None
     if is_ra and only != "public":
         # ONE per node: credential renewal and the ACME retrier, in this parent process.
@@ -188,4 +193,5 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
             p.kill()
             rc = p.wait()
         code = code or (rc if rc not in (0, -signal.SIGTERM) else 0)
+    heartbeat.stop()  # the listeners are gone: the row says stopped
     raise SystemExit(code)
