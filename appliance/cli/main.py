@@ -40,6 +40,7 @@ _COMMANDS = {
     "acme": ("appliance.cli.acme", "acme"),
     "fips": ("appliance.cli.fips", "fips"),
     "ra": ("appliance.cli.ra_init", "ra"),  # the group of cli/ra.py, with init and import
+    "cluster": ("appliance.cli.cluster_add", "cluster"),
 }
 
 
