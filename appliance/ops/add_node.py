@@ -100,6 +100,7 @@ def add_node(app: Appliance, target: Path, node_id: str, actor: Actor, *,
     source_profile = load_profile(app.settings.hsm_profile_path)
     with app.db.sessions() as s:
         _require_unused(s, node_id)
+    made_wrap_key = not eab.wrap_key_path(app.settings.base_dir).exists()
     wrap_key = eab.ensure_wrap_key(app.settings.base_dir)
 
     created = not target.exists()
@@ -125,7 +126,8 @@ def add_node(app: Appliance, target: Path, node_id: str, actor: Actor, *,
                 details={"from_node": cfg.node_id, "data_dir": str(target),
                          "api_listen": api, "http_listen": http,
                          "hsm_profile": source_profile.name,
-                         "secrets_copied": sorted(copied)})
+                         "secrets_copied": sorted(copied),
+                         "eab_wrap_key_made": made_wrap_key})
     except BaseException:
         if created:
             shutil.rmtree(target, ignore_errors=True)

@@ -25,6 +25,7 @@ import jwt
 import pytest
 import redis
 import requests
+import yaml
 from sqlalchemy import Engine, create_engine, text
 
 from appliance.provisioners import tokens
@@ -217,6 +218,11 @@ def test_the_new_node_holds_only_what_it_needs(cluster: Cluster) -> None:
     assert all((two / "secrets" / n).stat().st_mode & 0o777 == 0o600 for n in secret_files)
     assert (two / "secrets" / "acme-eab-wrap.key").read_bytes() == \
         (one / "secrets" / "acme-eab-wrap.key").read_bytes()
+    # The same token: A's SoftHSM configuration and start-up lock, by absolute path.
+    profile = yaml.safe_load((two / "hsm.yaml").read_text())
+    assert profile["module_env"]["SOFTHSM2_CONF"] == str(one / "softhsm" / "softhsm2.conf")
+    assert profile["startup_lock"] == str(one / "softhsm" / "startup.lock")
+    assert profile["pin"] == {"file": "secrets/user.pin"}
     # Its own API TLS key and certificate, issued by its own serve (none were copied).
     mine = {p.name: p.read_bytes() for p in (two / "tls").iterdir() if p.suffix != ".pem"}
     theirs = {p.name: p.read_bytes() for p in (one / "tls").iterdir() if p.suffix != ".pem"}
