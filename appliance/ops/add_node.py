@@ -96,6 +96,9 @@ def add_node(app: Appliance, target: Path, node_id: str, actor: Actor, *,
     http = _listener("--http-listen", http_listen, cfg.service.http_listen)
     if api == http:
         raise NodeError(f"the API and the public listener cannot both be {api}")
+    for mine, theirs in ((api, cfg.service.http_listen), (http, cfg.service.api_listen)):
+        if mine == theirs and mine.rsplit(":", 1)[0] not in _WILDCARD_HOSTS:
+            raise NodeError(f"{mine} is one of node A's listeners: give the new node its own")
     new_cfg = _node_config(cfg, node_id, api, http)
     source_profile = load_profile(app.settings.hsm_profile_path)
     with app.db.sessions() as s:

@@ -188,6 +188,8 @@ def test_add_node_refuses_what_would_collide(cluster: Cluster) -> None:
         (["--node-id", "node-3"], "give the new node its own --api-listen"),
         (["--node-id", "node-3", "--api-listen", cluster.one.api.removeprefix("https://"),
           "--http-listen", f"127.0.0.1:{free_port()}"], "node A's listener"),
+        (["--node-id", "node-3", "--api-listen", cluster.one.http.removeprefix("http://"),
+          "--http-listen", f"127.0.0.1:{free_port()}"], "one of node A's listeners"),
     ]
     for extra, message in cases:
         target = cluster.work / f"refused-{secrets.token_hex(3)}"
