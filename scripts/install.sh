@@ -12,6 +12,8 @@ command -v openssl      >/dev/null 2>&1 || need_pkgs+=(openssl)
 command -v git          >/dev/null 2>&1 || need_pkgs+=(git)
 command -v pg_isready   >/dev/null 2>&1 || need_pkgs+=(postgresql-client)
 command -v redis-cli    >/dev/null 2>&1 || need_pkgs+=(redis-tools)
+# The cluster tests start (and stop) a Redis server of their own on a free port.
+command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
 command -v jq           >/dev/null 2>&1 || need_pkgs+=(jq)
 command -v curl         >/dev/null 2>&1 || need_pkgs+=(curl)
 # ACME clients the tests run against the server (Debian's certbot 2.1 and lego 4.9).

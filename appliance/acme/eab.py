@@ -30,6 +30,13 @@ def wrap_key_path(base_dir: Path) -> Path:
     return base_dir / "secrets" / WRAP_KEY_NAME
 
 
+def ensure_wrap_key(base_dir: Path) -> Path:
+    """The wrapping key's file, made now if there is none yet: nodes of one cluster must
+    all hold the same one (an EAB key sealed on one node is unsealed on any)."""
+    _wrap_key(base_dir, True)
+    return wrap_key_path(base_dir)
+
+
 def _wrap_key(base_dir: Path, create: bool) -> bytes:
     path = wrap_key_path(base_dir)
     if create and not path.exists():

@@ -11,13 +11,17 @@ from typing import Any
 
 import click
 
+from appliance.cli.cluster_add import add_node_cmd
 from appliance.cli.context import CliContext, emit_json, fields, location_options, pass_ctx, table
 from appliance.cluster import status as cluster_status
 
 
 @click.group()
 def cluster() -> None:
-    """Several nodes on one database: their state, CRLs and OCSP."""
+    """Several nodes on one database: their state, CRLs and OCSP; making a node."""
+
+
+cluster.add_command(add_node_cmd)
 
 
 def _age(seconds: float) -> str:

@@ -62,10 +62,15 @@ ORG = "Signing Appliance"
               help="A node in the FIPS-style mode (recorded at init, irreversible), with "
                    "trial crypto officers (secrets in DIR/secrets/) and a sealed manifest "
                    "of the installed code.")
+@click.option("--database-url", default=None, metavar="URL",
+              help="Database URL (default: SQLite in the data directory); a PostgreSQL one "
+                   "(postgresql+psycopg://USER@HOST/DB) for a node that others can join "
+                   "(`appliance cluster add-node`).")
 @location_options
 @pass_ctx
 def quickstart_cmd(ctx: CliContext, script: Path | None, public_base_url: str | None,
-                   offline_root: bool, offline_dir: Path | None, fips: bool) -> None:
+                   offline_root: bool, offline_dir: Path | None, fips: bool,
+                   database_url: str | None) -> None:
     """init + audit key + quickstart ceremony (P-256 root, issuing CA, OCSP signer)."""
     if ctx.data_dir is None:
         raise click.UsageError("quickstart needs --dir DIR")
@@ -89,7 +94,7 @@ def quickstart_cmd(ctx: CliContext, script: Path | None, public_base_url: str | 
     settings: dict[str, Any] = {"service": {"public_base_url": base}}
     if offline_root:
         settings["hsm"] = {"root_offline": True}
-    path = init(data, actor, settings=settings, fips=fips)
+    path = init(data, actor, database_url=database_url, settings=settings, fips=fips)
     click.echo(f"initialised {path.parent}{' (FIPS mode)' if fips else ''}")
     app = Appliance(config.load(path))
     # FIPS mode: the integrity self-test needs a seal, the seal needs the audit key; this

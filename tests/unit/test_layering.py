@@ -38,6 +38,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("layer 10 (credentials)", ("provisioners",)),
     ("layer 9 (pipeline, revocation, ceremonies)", ("issuance", "revocation", "ceremony")),
     ("layer 8 (core rules)", ("ocsp", "templates", "policy", "inventory")),
+    ("layer 7.5 (cluster state: heartbeats, status)", ("cluster",)),
     ("layer 7 (CA registry)", ("ca",)),
     ("layer 6 (runtime)", ("runtime",)),
     ("layer 5.5 (FIPS-style mode, self-tests)", ("fips",)),
