@@ -34,8 +34,8 @@ from appliance.provisioners import sealed, tokens
 from appliance.provisioners.settings import (
     Claims,
     ProvisionerSettings,
+    accepted_audiences,
     check_effective,
-    sign_audience,
 )
 
 
@@ -426,8 +426,10 @@ def token_cmd(ctx: CliContext, name: str, sans: tuple[str, ...], common_name: st
             _check_at_ca(base, root, name, key)
     else:
         svc = ctx.app().settings.config.service
-        audience = sign_audience(svc.api_hostname, svc.api_listen,
-                                 "/1.0/revoke" if revoke_serial is not None else "/1.0/sign")
+        # The external URL when there is one (what clients reach, e.g. a load balancer in
+        # front of several nodes), else this node's own API URL.
+        audience = accepted_audiences(
+            svc, "/1.0/revoke" if revoke_serial is not None else "/1.0/sign")[0]
     if revoke_serial is not None:
         token = tokens.mint(key, provisioner=name, audience=audience, sans=[revoke_serial],
                             lifetime=lifetime)

@@ -17,7 +17,7 @@ from appliance.audit.log import Actor
 from appliance.issuance import spend as spending
 from appliance.issuance.request import ProvisionerContext, TokenSpend
 from appliance.provisioners import tokens, x5c
-from appliance.provisioners.settings import ProvisionerSettings, effective, sign_audience
+from appliance.provisioners.settings import ProvisionerSettings, accepted_audiences, effective
 from appliance.runtime import Appliance
 from appliance.store import epochs as store_epochs
 from appliance.store.models import Provisioner
@@ -148,7 +148,7 @@ def _verify(app: Appliance, ott: str, path: str) -> Verified:
     ctx = context_of(app, row.id, row.name, row.type, row.config, row.authority_id)
     credential = row.credential
     svc = app.settings.config.service
-    audience = sign_audience(svc.api_hostname, svc.api_listen, path)
+    audience = accepted_audiences(svc, path)
     if ctx.type == "jwk":
         claims = tokens.verify(ott, json.loads(credential), provisioner=name, audience=audience)
     else:

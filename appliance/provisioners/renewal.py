@@ -12,6 +12,7 @@ only where the provisioner allows it, within its grace period.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,7 +26,7 @@ from appliance.errors import ApplianceError
 from appliance.issuance import spend as spending
 from appliance.issuance.request import ProvisionerContext, SignRequest, TokenSpend
 from appliance.provisioners.authorize import audit_failure, context, settings_of
-from appliance.provisioners.settings import sign_audience
+from appliance.provisioners.settings import accepted_audiences
 from appliance.provisioners.tokens import LEEWAY, TokenError, check_times
 from appliance.provisioners.x5c import header_chain
 from appliance.runtime import Appliance
@@ -54,10 +55,10 @@ def _certificate_from_token(app: Appliance, token: str
                             ) -> tuple[x509.Certificate, str, datetime]:
     svc = app.settings.config.service
     return certificate_from_token(
-        token, sign_audience(svc.api_hostname, svc.api_listen, "/1.0/renew"))
+        token, accepted_audiences(svc, "/1.0/renew"))
 
 
-def certificate_from_token(token: str, audience: str
+def certificate_from_token(token: str, audience: str | Sequence[str]
                            ) -> tuple[x509.Certificate, str, datetime]:
     """The certificate in the token's x5c, the token id, and when the token expires (the
     token checked against that certificate's key; whether we issued it is checked later)."""

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appliance import durations
-from appliance.config import ClaimsConfig
+from appliance.config import ClaimsConfig, ServiceConfig
 from appliance.issuance.request import EffectiveClaims
 
 ProvisionerType = Literal["jwk", "x5c", "acme", "ra"]
@@ -96,3 +96,14 @@ def sign_audience(api_hostname: str, api_listen: str, path: str = "/1.0/sign") -
     port = api_listen.rsplit(":", 1)[1]
     host = f"[{api_hostname}]" if ":" in api_hostname else api_hostname
     return f"https://{host}:{port}{path}"
+
+
+def accepted_audiences(svc: ServiceConfig, path: str = "/1.0/sign") -> list[str]:
+    """Every ``aud`` this node takes for ``path``: its own API URL and, when
+    ``service.external_url`` is set, that one (a load balancer's name in front of several
+    nodes: a token minted for it is good at whichever node the balancer picks, once)."""
+    own = sign_audience(svc.api_hostname, svc.api_listen, path)
+    if svc.external_url is None:
+        return [own]
+    external = svc.external_base_url() + path
+    return [own] if external == own else [external, own]

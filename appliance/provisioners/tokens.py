@@ -17,6 +17,7 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -178,7 +179,9 @@ def invalid(token: str, exc: jwt.PyJWTError, purpose: algorithms.JwsPurpose) -> 
     return TokenError(f"invalid token: {exc}")
 
 
-def verify(token: str, jwk: dict[str, Any], *, provisioner: str, audience: str) -> TokenClaims:
+def verify(token: str, jwk: dict[str, Any], *, provisioner: str,
+           audience: str | Sequence[str]) -> TokenClaims:
+    """``audience``: the ``aud`` values taken (one of them must be in the token's)."""
     if len(token) > MAX_TOKEN_BYTES:
         raise TokenError("token too large")
     try:

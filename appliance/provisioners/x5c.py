@@ -7,6 +7,7 @@ validity, CA constraints, clientAuth on the leaf.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import jwt
@@ -54,7 +55,8 @@ def header_chain(token: str) -> list[x509.Certificate]:
     return certs
 
 
-def verify(token: str, roots_pem: str, *, provisioner: str, audience: str) -> TokenClaims:
+def verify(token: str, roots_pem: str, *, provisioner: str,
+           audience: str | Sequence[str]) -> TokenClaims:
     certs = header_chain(token)
     roots = x509.load_pem_x509_certificates(roots_pem.encode())
     verifier = (verification.PolicyBuilder().store(verification.Store(roots))

@@ -11,6 +11,7 @@ import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
+import jwt
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -164,3 +165,29 @@ def test_the_jws_url_is_checked_against_the_external_url(configured: Server) -> 
     created = post(f"{EXTERNAL}/acme/acme/new-account")
     assert created.status_code == 201, created.text
     assert created.headers["Location"].startswith(f"{EXTERNAL}/acme/acme/account/")
+
+
+def test_a_token_for_the_external_url_is_good_at_this_node(configured: Server,
+                                                           tmp_path: Path) -> None:
+    """Behind a load balancer (external_url), a one-time token names the balancer's URL and
+    is good at whichever node it reaches, once; this node's own URL stays good; any other
+    audience is refused and nothing is issued for it."""
+    before = configured.issued_count()
+    for i, audience in enumerate((EXTERNAL + "/1.0/sign", configured.audience)):
+        name = f"aud{i}.example.com"
+        token = configured.token(name, audience=audience)
+        r = configured.sign(make_csr(tmp_path, f"DNS:{name}", cn=name), token)
+        assert r.status_code == 201, r.text
+        again = configured.sign(make_csr(tmp_path, f"DNS:{name}", cn=name), token)
+        assert again.status_code == 401, again.text  # spent
+    for audience in ("https://other.example.com:9443/1.0/sign", EXTERNAL + "/1.0/revoke"):
+        name = "aud-wrong.example.com"
+        r = configured.sign(make_csr(tmp_path, f"DNS:{name}", cn=name),
+                            configured.token(name, audience=audience))
+        assert r.status_code == 401, r.text
+    assert configured.issued_count() == before + 2
+    # `appliance token` mints for the URL clients reach: the external one.
+    minted = configured.cli("token", "admin", "--san", "aud-cli.example.com",
+                            "--password-file", configured.password_file()).stdout.strip()
+    assert jwt.decode(minted, options={"verify_signature": False})["aud"] == \
+        EXTERNAL + "/1.0/sign"
