@@ -112,7 +112,7 @@ def _shards(data: str, out: Any) -> None:
     from appliance.audit.log import Actor
     from appliance.revocation import crl
     from appliance.runtime import Appliance
-    from appliance.store.models import Crl
+    from appliance.store.models import Authority, Crl
 
     app = Appliance(config.load(Path(data) / "appliance.yaml"))
     app.signing_pool()  # self-tests and login are not what we measure
@@ -122,12 +122,16 @@ def _shards(data: str, out: Any) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     numbers = [p.number for p in published]
     with app.db.sessions() as db:
+        ca_id = db.scalar(select(Authority.id).where(Authority.name == "issuing"))
         sizes = {shard: size for shard, size in db.execute(
-            select(Crl.shard, func.length(Crl.der)).where(Crl.number.in_(numbers),
-                                                          Crl.authority_id == db.scalar(
-                select(Crl.authority_id).where(Crl.number == numbers[0]).limit(1))))}
+            select(Crl.shard, func.length(Crl.der)).where(
+                Crl.authority_id == ca_id, Crl.number.in_(numbers)))}
     shard_sizes = [v for k, v in sizes.items() if k is not None]
-    out.send({"seconds": elapsed, "peak_rss_mib": peak, "crls": len(published),
+    t1 = time.perf_counter()
+    left = crl.due(app, settle_seconds=0)  # what the node's timer costs when nothing is due
+    due_seconds = time.perf_counter() - t1
+    out.send({"due_seconds": due_seconds, "due_after": sum(map(len, left.values())),
+              "seconds": elapsed, "peak_rss_mib": peak, "crls": len(published),
               "entries": sum(p.entries for p in published),
               "largest_shard_bytes": max(shard_sizes, default=0),
               "smallest_shard_bytes": min(shard_sizes, default=0),
@@ -217,6 +221,8 @@ def main() -> None:
           f"{sharded['largest_shard_bytes']:,} bytes, {sharded['largest_shard_entries']:,} "
           f"entries (goal < 10 MB: {'met' if ok_s else 'NOT met'}); the single unsharded CRL "
           f"would be {base['bytes']:,} bytes")
+    print(f"crl.due afterwards (the timer's check): {sharded['due_seconds']:.2f} s, "
+          f"{sharded['due_after']} CRLs due (the root's, when it has none yet)")
 
 
 if __name__ == "__main__":

@@ -276,6 +276,37 @@ def test_concurrent_publishers_get_distinct_increasing_numbers_on_sqlite(
     _check_race(apps[0], got)
 
 
+def test_large_shards_are_sample_linted_and_complete(
+        server: Server, leaves: list[x509.Certificate], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards above crl.SAMPLE entries: the first linted with the full sample, the next
+    with the small one (crl.SHARD_SAMPLE); every entry is on its shard, none elsewhere."""
+    per_shard = crl.SAMPLE + 300
+    now = datetime.now(UTC).replace(microsecond=0)
+    with server.db(readonly=False) as conn:
+        (ca_id,) = conn.execute("SELECT id FROM authorities WHERE name = 'issuing'").fetchone()
+        later, stamp = (now.replace(year=now.year + 1)).isoformat(sep=" "), now.isoformat(sep=" ")
+        conn.executemany(
+            "INSERT INTO certificates (serial_hex, authority_id, provisioner_name, requester, "
+            "template, status, subject, sans, not_before, not_after, reserved_at, revoked_at, "
+            "revocation_reason, request_context, crl_shard) "
+            "VALUES (?, ?, 'bulk', 'bulk', 'tls-server', 'revoked', '', '[]', ?, ?, ?, ?, ?, "
+            "'{}', ?)",
+            [(f"{(7 << 120) + i:x}", ca_id, stamp, later, stamp, stamp,
+              ("keyCompromise", "superseded")[i % 2], ((7 << 120) + i) % SHARDS)
+             for i in range(SHARDS * per_shard)])
+    app = _app(server, monkeypatch)
+    done = crl.publish_scopes(app, "issuing", ACTOR)
+    assert [p.shard for p in done] == [None, *range(SHARDS)]
+    for p in done[1:]:
+        assert p.entries >= per_shard
+        got = _fetch(f"{server.http}/crl/issuing/{p.shard}.crl")
+        assert len(got) == p.entries
+        serials = {e.serial_number for e in got}
+        assert all(s % SHARDS == p.shard for s in serials)
+        lint.require_clean(lint.lint_crl(got.public_bytes(serialization.Encoding.DER)),
+                           f"shard {p.shard}")
+
+
 def _publisher_process(data_dir: str, index: int, rounds: int, start_at: float) -> None:
     """Run in a child process: wait for the common start, publish, print the numbers."""
     app = Appliance(config.load(Path(data_dir) / "appliance.yaml"))
