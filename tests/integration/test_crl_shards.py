@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import requests
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from sqlalchemy import select, update
 
 from appliance import config, lint
@@ -227,6 +229,29 @@ def test_republish_due_publishes_what_is_due_and_nothing_else(
     assert bad.returncode == 2 and "--shard" in bad.stderr
 
 
+def test_a_renewed_certificate_names_its_own_shard(server: Server, tmp_path: Path) -> None:
+    """Renewal (mTLS, ``appliance renew``) goes through the same pipeline."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = "renew.example.com"
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), False)
+           .sign(key, hashes.SHA256()))
+    resp = server.sign(csr.public_bytes(serialization.Encoding.PEM).decode(), server.token(name))
+    assert resp.status_code == 201, resp.text
+    crt, pem_key, out = tmp_path / "c.crt", tmp_path / "c.key", tmp_path / "new.crt"
+    crt.write_text("".join(resp.json()["certChain"][:-1]))
+    pem_key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    run_cli("renew", str(crt), str(pem_key), "--ca-url", server.api, "--root",
+            str(server.roots), "--out", str(out), check=True)
+    new = x509.load_pem_x509_certificates(out.read_bytes())[0]
+    shard = new.serial_number % SHARDS
+    assert _dp(new) == f"{server.http}/crl/issuing/{shard}.crl"
+    assert server.certificate_rows()[f"{new.serial_number:x}"]["crl_shard"] == shard
+
+
 # -- concurrent publishing ------------------------------------------------------------
 
 
@@ -266,6 +291,8 @@ def _check_race(app: Appliance, got: list[int]) -> None:
                                  .where(Crl.authority_id == ca_id).order_by(Crl.id)))
     numbers = [n for _, n, _ in stored]
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)  # in commit order
+    # and without a gap: a number is stored only right after the one before it
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
     assert set(got) <= set(numbers)
 
 
