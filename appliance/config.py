@@ -233,11 +233,22 @@ class RevocationConfig(_Strict):
     crl_validity: Duration = "7d"
     # Above this many entries only a sample is linted (pkilint's cost grows with entries).
     crl_full_lint_max_entries: int = Field(default=10_000, ge=0, le=10_000_000)
+    # Sharded CRLs: 0 = off (one CRL per authority). N > 0: a new leaf certificate's CRL DP
+    # names /crl/<authority>/<serial mod N>.crl, each shard a complete CRL of its own.
+    # Changing N later leaves issued certificates on the shard (or unsharded CRL) they name.
+    crl_shards: int = Field(default=0, ge=0, le=4096)
+    # Every CRL (each shard too) is republished when it is this old, and at once when a
+    # revocation in its scope is newer than it.
+    crl_republish: Duration = "1d"
 
     @model_validator(mode="after")
     def _bounded(self) -> RevocationConfig:
         if durations.parse(self.crl_validity) > 10 * 86400:
             raise ValueError("revocation.crl_validity must be at most 10 days")
+        if durations.parse(self.crl_republish) < 60:
+            raise ValueError("revocation.crl_republish must be at least 1m")
+        if durations.parse(self.crl_republish) >= durations.parse(self.crl_validity):
+            raise ValueError("revocation.crl_republish must be shorter than crl_validity")
         return self
 
 

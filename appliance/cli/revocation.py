@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from appliance.ca import crl_points
 from appliance.cli.certificate import serial_callback
 from appliance.cli.context import (
     CliContext,
@@ -46,35 +47,58 @@ def crl_group() -> None:
 
 
 @crl_group.command("publish")
+@click.argument("authority_arg", metavar="[AUTHORITY]", required=False)
 @click.option("--authority", default=None, help="Only this CA (default: every CA).")
+@click.option("--shard", type=click.IntRange(0, crl_points.MAX_SHARD), default=None,
+              help="Only this shard of the CA's sharded CRLs (revocation.crl_shards).")
+@click.option("--due", is_flag=True,
+              help="Only the CRLs that are due: missing, older than "
+                   "revocation.crl_republish, or older than a revocation in them.")
 @click.option("--json", "as_json", is_flag=True)
 @progress_option
 @operator_option
 @location_options
 @pass_ctx
-def publish_cmd(ctx: CliContext, authority: str | None, as_json: bool,
-                progress: bool | None, operator_spec: str | None) -> None:
-    """Sign and publish a new full CRL (also run on revocation and by the timer).
+def publish_cmd(ctx: CliContext, authority_arg: str | None, authority: str | None,
+                shard: int | None, due: bool, as_json: bool, progress: bool | None,
+                operator_spec: str | None) -> None:
+    """Sign and publish new full CRLs (also run on revocation and by the timer).
 
-    Each step (reading, linting, signing, storing) is reported on stderr when it is a
-    terminal (or with --progress); a summary line ends the output."""
+    Without AUTHORITY: every CA, each shard of an issuing CA too; with it: that CA's
+    CRLs (all its shards), with --shard only that shard's. Each step (reading, linting,
+    signing, storing) is reported on stderr when it is a terminal (or with --progress);
+    a summary line ends the output."""
+    if authority_arg and authority and authority_arg != authority:
+        raise click.UsageError("AUTHORITY and --authority name different CAs")
+    authority = authority or authority_arg
+    if shard is not None and not authority:
+        raise click.UsageError("--shard needs the AUTHORITY it is a shard of")
+    if due and (authority or shard is not None):
+        raise click.UsageError("--due looks at every CA; it takes no AUTHORITY or --shard")
     actor = fips_ops.require_operator(ctx.app(), "crl publish", operator_spec)
     app = ctx.app()
     report = make_progress(progress)
     started = time.monotonic()
     try:
-        done = ([crl.publish(app, authority, actor, progress=report.step)] if authority
-                else crl.publish_all(app, actor, progress=report.step))
+        if due:
+            done = crl.republish_due(app, actor, progress=report.step)
+        elif authority and shard is not None:
+            done = [crl.publish(app, authority, actor, shard=shard, progress=report.step)]
+        elif authority:
+            done = crl.publish_scopes(app, authority, actor, progress=report.step)
+        else:
+            done = crl.publish_all(app, actor, progress=report.step)
     finally:
         report.close()
     if as_json:
-        emit_json([{"authority": p.authority, "number": p.number, "entries": p.entries,
-                    "this_update": p.this_update.isoformat(),
+        emit_json([{"authority": p.authority, "shard": p.shard, "number": p.number,
+                    "entries": p.entries, "this_update": p.this_update.isoformat(),
                     "next_update": p.next_update.isoformat(), "sha256": p.sha256}
                    for p in done])
         return
     for p in done:
-        click.echo(f"{p.authority}: CRL #{p.number}, {p.entries} entries, next update "
+        where = p.authority if p.shard is None else f"{p.authority} shard {p.shard}"
+        click.echo(f"{where}: CRL #{p.number}, {p.entries} entries, next update "
                    f"{p.next_update:%Y-%m-%dT%H:%M:%SZ}")
     click.echo(f"published {len(done)} CRL{'' if len(done) == 1 else 's'} "
                f"({sum(p.entries for p in done)} entries) in {time.monotonic() - started:.2f}s")

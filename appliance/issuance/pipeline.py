@@ -47,6 +47,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from appliance import lint, logs, policy
 from appliance.audit.log import Actor
 from appliance.ca import authorities as authz
+from appliance.ca import crl_points
 from appliance.config import ApplianceConfig
 from appliance.errors import ApplianceError, DatabaseError, ServerFault, SignatureCheckError
 from appliance.hsm import keys, rng
@@ -250,11 +251,12 @@ class Issuer:
                 validity={"not_before": start.isoformat(), "not_after": end.isoformat()},
             ))
         base = self.app.settings.config.service.public_base_url.rstrip("/")
+        serial = rng.random_serial(self.app.pool)
+        shard = crl_points.shard_of(serial, signer.authority, self.app.settings.config)
         desc = template_build.with_default_urls(
-            desc, crl_urls=[f"{base}/crl/{signer.authority.name}.crl"],
+            desc, crl_urls=[crl_points.url(base, signer.authority.name, shard)],
             ocsp_urls=[f"{base}/ocsp"],
             ca_issuers_urls=[f"{base}/ca/{signer.authority.name}.crt"])
-        serial = rng.random_serial(self.app.pool)
         builder = template_build.to_builder(
             desc, public_key=csr.public_key(), issuer=signer.cert, serial=serial,
             not_before=start, not_after=end)
@@ -277,7 +279,7 @@ class Issuer:
         lint.require_clean(
             findings, f"certificate for {trial.subject.rfc4514_string() or 'an empty subject'}")
         serial_hex = f"{serial:x}"
-        row_id = self._reserve(req, signer, serial_hex, template_name, inventory_id)
+        row_id = self._reserve(req, signer, serial_hex, template_name, inventory_id, shard)
         try:
             # The token signs the trial's very TBS bytes (not a second encoding of them).
             cert = signing.sign_as_trial(trial, signer.key, _hash(signer))
@@ -495,7 +497,7 @@ class Issuer:
         return start.replace(microsecond=0), end.replace(microsecond=0)
 
     def _reserve(self, req: SignRequest, signer: _Signer, serial_hex: str, template: str,
-                 inventory_id: int | None) -> int:
+                 inventory_id: int | None, crl_shard: int | None) -> int:
         # Committed before the token signs (Core: an INSERT or two, no unit of work), with
         # the one-time token's spend: a replay raises here and reserves nothing.
         with replay_refused(), self.app.db.write() as db:
@@ -507,6 +509,7 @@ class Issuer:
                 requester=req.requester[:256], template=template,
                 inventory_record_id=inventory_id, status="reserved",
                 renewed_from=req.renewal_of, reserved_at=datetime.now(UTC),
+                crl_shard=crl_shard,
                 ra_path=json.dumps(req.ra_path) if req.ra_path is not None else None,
                 request_context=json.dumps({"token": req.token_claims,
                                             "data": req.template_data or {}}, default=str)))

@@ -40,7 +40,8 @@ MAX_ENTRIES = 2048
 MAX_BODY_BYTES = 1 << 20  # a CRL larger than this is not passed on by an RA
 MAX_REQUEST_BYTES = 8192
 TIMEOUT_SECONDS = 5.0
-_BASE = re.compile(r"^(https?://[^/?#\s]+(?:/[^?#\s]*)?)/(?:crl|ca)/[^/]+$")
+# .../crl/<ca>.crl, .../crl/<ca>/<shard>.crl (sharded CRLs) or .../ca/<ca>.crt
+_BASE = re.compile(r"^(https?://[^/?#\s]+(?:/[^?#\s]*?)?)/(?:crl|ca)/[^/]+(?:/\d{1,4}\.crl)?$")
 _PASSED_HEADERS = ("Content-Type", "Cache-Control", "Expires", "Last-Modified", "ETag")
 
 

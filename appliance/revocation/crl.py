@@ -13,14 +13,22 @@
 - The whole list goes to the builder's constructor at once (adding entries one
   by one is quadratic), and the CRL is linted on a trial signature first; above
   ``crl_full_lint_max_entries`` a representative sample is linted instead.
+- Sharded CRLs (``revocation.crl_shards``): shard k covers the certificates with
+  ``crl_shard = k``, its IDP names ``/crl/<ca>/<k>.crl``; the unsharded CRL covers
+  those with no shard (issued before sharding) and the revoked subordinate CAs. All
+  scopes of a CA share its one number sequence. :func:`publish_scopes` reads the
+  revoked rows of every scope in one streamed pass; :func:`republish_due` is the
+  timer's entry point.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import random
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,6 +40,7 @@ from sqlalchemy.exc import IntegrityError
 from appliance import durations, lint, logs
 from appliance.audit.log import Actor
 from appliance.ca import authorities as authz
+from appliance.ca import crl_points
 from appliance.errors import ApplianceError, SignatureCheckError
 from appliance.hsm import keys
 from appliance.hsm.signer import token_private_key
@@ -42,6 +51,14 @@ from appliance.x509 import algorithms, signing
 
 log = logs.get("revocation.crl")
 SAMPLE = 1000
+SHARD_SAMPLE = 50
+"""The lint of the further shards of one :func:`publish_scopes` run: once one shard of
+more than :data:`SAMPLE` entries was linted (in full, or its SAMPLE), every further shard
+above SAMPLE entries is linted on a trial with every reason it holds and its first 50
+entries. They differ from the first only in their IDP URL, number and entries (same
+issuer, extensions and entry code). Why: pkilint takes ~0.5 s for 1,000 entries and
+~5 s for 15,000, so 64 shards of 1,000,000 entries cost 30 s of lint with a full sample
+each, and 256 shards of 4,000 entries linted in full over 5 minutes; with this, ~2 s."""
 
 
 class CrlError(ApplianceError):
@@ -56,17 +73,19 @@ class Published:
     this_update: datetime
     next_update: datetime
     sha256: str
+    shard: int | None = None
 
 
-def crl_url(app: Appliance, authority: str) -> str:
-    """Where the pipeline points leaf certificates of ``authority`` (their CRL DP)."""
-    return f"{app.settings.config.service.public_base_url.rstrip('/')}/crl/{authority}.crl"
+def crl_url(app: Appliance, authority: str, shard: int | None = None) -> str:
+    """Where the pipeline points leaf certificates of ``authority`` (their CRL DP): the
+    unsharded CRL, or with ``shard`` that shard's (``revocation.crl_shards``)."""
+    return crl_points.url(app.settings.config.service.public_base_url, authority, shard)
 
 
-def _scope_url(app: Appliance, db: Any, ca: Authority) -> str:
+def _scope_url(app: Appliance, db: Any, ca: Authority, shard: int | None) -> str:
     """The URL the IDP must name: exactly the CRL DP the covered certificates carry. A
     root's are CA certificates made at ceremonies, so their own CRL DP is authoritative."""
-    if ca.kind == "root":
+    if ca.kind == "root" and shard is None:
         for der in db.scalars(select(Authority.certificate_der).where(
                 Authority.parent_id == ca.id).order_by(Authority.id)):
             try:
@@ -78,7 +97,7 @@ def _scope_url(app: Appliance, db: Any, ca: Authority) -> str:
                 for name in point.full_name or []:
                     if isinstance(name, x509.UniformResourceIdentifier):
                         return str(name.value)
-    return crl_url(app, ca.name)
+    return crl_url(app, ca.name, shard)
 
 
 @dataclass
@@ -87,6 +106,10 @@ class _Entries:
 
     revoked: list[x509.RevokedCertificate]
     sample: list[x509.RevokedCertificate]
+    reasons: list[x509.RevokedCertificate] = field(default_factory=list)  # one per reason
+
+    def small_sample(self, size: int) -> list[x509.RevokedCertificate]:
+        return self.reasons + self.revoked[:size]
 
 
 def _reason_extensions() -> dict[str | None, list[x509.Extension[x509.ExtensionType]]]:
@@ -112,8 +135,29 @@ def _naive_utc(value: Any, default: datetime) -> datetime:
     return when
 
 
-def _entries(db: Any, ca: Authority, now: datetime) -> _Entries:
-    """Why not the ORM and the builder's setters: at 1,000,000 entries the ORM's
+ALL = "all"
+"""``_entries``' scope for every shard at once (bucketed by ``crl_shard``)."""
+
+
+class _Bucket:
+    """The entries of one CRL scope as they stream in."""
+
+    def __init__(self) -> None:
+        self.revoked: list[x509.RevokedCertificate] = []
+        self.first_of: dict[str | None, x509.RevokedCertificate] = {}
+
+    def done(self) -> _Entries:
+        reasons = list(self.first_of.values())
+        return _Entries(self.revoked, reasons + self.revoked[:SAMPLE], reasons)
+
+
+def _entries(db: Any, ca: Authority, now: datetime, shard: int | str | None = None
+             ) -> dict[int | None, _Entries]:
+    """The entries of ``ca``'s CRL scope ``shard`` (None: the unsharded CRL, i.e. the
+    certificates with no shard and the revoked subordinate CAs; an int: that shard; ALL:
+    every scope, bucketed, from ONE streamed query - not one query per shard).
+
+    Why not the ORM and the builder's setters: at 1,000,000 entries the ORM's
     timestamp parsing, three builder copies per entry and an extension object per entry
     were most of the publish time and memory. Rows are streamed (never all held), the
     timestamp is read as text and parsed in C, each entry is built from the
@@ -121,23 +165,30 @@ def _entries(db: Any, ca: Authority, now: datetime) -> _Entries:
     would make (serial positive and under 160 bits, a known reason) are made here."""
     exts = _reason_extensions()
     naive_now = now.astimezone(UTC).replace(tzinfo=None)
-    rows = db.connection().execute(  # Core, not the ORM's row loading
+    query = (
         select(Certificate.serial_hex, type_coerce(Certificate.revoked_at, String),
-               Certificate.revocation_reason)
+               Certificate.revocation_reason, Certificate.crl_shard)
         .where(Certificate.authority_id == ca.id, Certificate.status == "revoked",
                Certificate.not_after > now)
-        .order_by(Certificate.id)
-    )
-    subs = db.execute(
-        select(Authority.serial_hex, Authority.created_at)
-        .where(Authority.parent_id == ca.id, Authority.status == "revoked",
-               Authority.not_after > now)
-    ).all()
+        .order_by(Certificate.id))
+    if shard is None:
+        query = query.where(Certificate.crl_shard.is_(None))
+    elif shard != ALL:
+        query = query.where(Certificate.crl_shard == shard)
+    rows = db.connection().execute(query)  # Core, not the ORM's row loading
+    subs: list[Any] = []
+    if shard is None or shard == ALL:
+        subs = db.execute(
+            select(Authority.serial_hex, Authority.created_at)
+            .where(Authority.parent_id == ca.id, Authority.status == "revoked",
+                   Authority.not_after > now)
+        ).all()
     build = x509.RevokedCertificateBuilder
-    revoked: list[x509.RevokedCertificate] = []
-    first_of: dict[str | None, x509.RevokedCertificate] = {}
-    for serial_hex, revoked_at, reason in itertools.chain(
-            rows, ((s, c, "cessationOfOperation") for s, c in subs)):
+    buckets: dict[int | None, _Bucket] = {}
+    if shard != ALL:
+        buckets[shard if isinstance(shard, int) else None] = _Bucket()
+    for serial_hex, revoked_at, reason, in_shard in itertools.chain(
+            rows, ((s, c, "cessationOfOperation", None) for s, c in subs)):
         serial = int(serial_hex, 16)
         if serial <= 0 or serial.bit_length() >= 160:
             raise CrlError(f"serial {serial_hex} cannot be a CRL entry")
@@ -145,11 +196,13 @@ def _entries(db: Any, ca: Authority, now: datetime) -> _Entries:
         if ext is None:
             raise CrlError(f"unknown revocation reason {reason!r} for serial {serial_hex}")
         entry = build(serial, _naive_utc(revoked_at, naive_now), ext).build()
-        revoked.append(entry)
-        if reason not in first_of:
-            first_of[reason] = entry
-    sample = list(first_of.values()) + revoked[:SAMPLE]
-    return _Entries(revoked, sample)
+        bucket = buckets.get(in_shard)
+        if bucket is None:
+            bucket = buckets[in_shard] = _Bucket()
+        bucket.revoked.append(entry)
+        if reason not in bucket.first_of:
+            bucket.first_of[reason] = entry
+    return {k: v.done() for k, v in buckets.items()}
 
 
 def _builder(ca: Authority, cert: x509.Certificate, url: str, number: int, now: datetime,
@@ -178,12 +231,18 @@ def _quiet(_step: str) -> None:
     pass
 
 
-def publish(app: Appliance, authority: str, actor: Actor, *,
-            progress: Progress = _quiet) -> Published:
-    """Build, lint, sign, store and audit a new full CRL of ``authority``."""
-    progress(f"{authority}: reading revoked certificates")
-    cfg = app.settings.config.revocation
-    validity = timedelta(seconds=durations.parse(cfg.crl_validity))
+@dataclass
+class _Authority:
+    """One CA as a publication needs it: read once, whatever number of shards follows."""
+
+    ca: Authority
+    cert: x509.Certificate
+    signer: Any
+    public: Any
+    algo: Any
+
+
+def _load(app: Appliance, authority: str) -> _Authority:
     with app.db.sessions() as db:
         ca = authz.get(db, authority)
         if ca.key_id is None or ca.kind not in ("root", "intermediate"):
@@ -191,52 +250,113 @@ def publish(app: Appliance, authority: str, actor: Actor, *,
         key_row = db.get(HsmKey, ca.key_id)
         assert key_row is not None
         cert = authz.certificate(ca)
-        now = datetime.now(UTC).replace(microsecond=0)
-        found = _entries(db, ca, now)
-        entries = found.revoked
-        url = _scope_url(app, db, ca)
         db.expunge(ca)
     pool = app.signing_pool()
     public = signing.ca_public_key(cert)
     signer = token_private_key(pool, keys.find_key(pool, key_row.label, public))
-    algo = algorithms.ca_signature_hash(public)
-    next_update = min(now + validity, cert.not_valid_after_utc)
-    for attempt in range(5):
+    return _Authority(ca, cert, signer, public, algorithms.ca_signature_hash(public))
+
+
+def _check_shard(app: Appliance, ca: Authority, shard: int | None) -> None:
+    if shard is None:
+        return
+    if ca.kind == "root":
+        raise CrlError(f"{ca.name} is a root: its CRL is not sharded")
+    if not 0 <= shard <= crl_points.MAX_SHARD:
+        raise CrlError(f"shard {shard} is out of range (0..{crl_points.MAX_SHARD})")
+
+
+def _next_number(app: Appliance, ca_id: int) -> int:
+    with app.db.sessions() as db:
+        return int(db.scalar(select(func.max(Crl.number)).where(
+            Crl.authority_id == ca_id)) or 0) + 1
+
+
+def publish(app: Appliance, authority: str, actor: Actor, *, shard: int | None = None,
+            progress: Progress = _quiet) -> Published:
+    """Build, lint, sign, store and audit a new full CRL of ``authority`` (of one of its
+    shards with ``shard``).
+
+    The CRL number is read BEFORE the entries: whoever stores number n+1 read the
+    entries after number n was stored, hence after that CRL read its own, so a higher
+    number never lists less than a lower one of the same scope. Two publishers that read
+    the same number collide on the ``(authority, number)`` constraint; the loser starts
+    over (number, entries, signature), a little later."""
+    auth = _load(app, authority)
+    _check_shard(app, auth.ca, shard)
+    for attempt in range(MAX_ATTEMPTS):
+        number = _next_number(app, auth.ca.id)
+        now = datetime.now(UTC).replace(microsecond=0)
+        progress(f"{_label(authority, shard)}: reading revoked certificates")
         with app.db.sessions() as db:
-            number = int(db.scalar(select(func.max(Crl.number)).where(
-                Crl.authority_id == ca.id)) or 0) + 1
-        builder = _builder(ca, cert, url, number, now, next_update, entries)
-        if len(entries) <= cfg.crl_full_lint_max_entries:
-            progress(f"{authority}: building, linting and signing CRL #{number} "
-                     f"({len(entries)} entries)")
-            crl = signing.sign_crl(builder, signer, algo, None, public, [], f"CRL of {authority}")
-        else:
-            progress(f"{authority}: linting a sample of CRL #{number}")
-            _lint_sample(ca, cert, url, number, now, next_update, found.sample, public, algo)
-            progress(f"{authority}: building and signing CRL #{number} "
-                     f"({len(entries)} entries)")
-            crl = builder.sign(signer, algo)
-            if not crl.is_signature_valid(public):
-                raise SignatureCheckError(f"CRL of {authority}: signature does not verify")
-        der = crl.public_bytes(serialization.Encoding.DER)
-        digest = hashlib.sha256(der).hexdigest()
-        progress(f"{authority}: storing CRL #{number} ({len(der)} bytes)")
-        try:
-            with app.db.transaction() as db:
-                db.add(Crl(authority_id=ca.id, number=number, this_update=now,
-                           next_update=next_update, entries=len(entries), der=der,
-                           created_at=datetime.now(UTC)))
-                db.flush()
-                app.audit_log().append(db, "crl.signed", actor, object_ids={
-                    "authority": authority, "crl_number": number},
-                    details={"entries": len(entries), "this_update": now.isoformat(),
-                             "next_update": next_update.isoformat(), "sha256": digest})
-        except IntegrityError:
-            log.info("CRL number taken by another node; retrying",
-                     extra={"authority": authority, "attempt": attempt + 1})
-            continue
-        return Published(authority, number, len(entries), now, next_update, digest)
-    raise CrlError(f"could not allocate a CRL number for {authority} after 5 attempts")
+            found = _entries(db, auth.ca, now, shard)[shard]
+            url = _scope_url(app, db, auth.ca, shard)
+        done = _sign_and_store(app, auth, actor, shard, url, number, now, found, progress)
+        if done is not None:
+            return done
+        log.info("CRL number taken by another node; retrying",
+                 extra={"authority": authority, "shard": shard, "attempt": attempt + 1})
+        time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))  # noqa: S311 (a backoff jitter)
+    raise CrlError(f"could not allocate a CRL number for {authority} after "
+                   f"{MAX_ATTEMPTS} attempts")
+
+
+MAX_ATTEMPTS = 10
+
+
+def _label(authority: str, shard: int | None) -> str:
+    return authority if shard is None else f"{authority}/{shard}"
+
+
+def _sign_and_store(app: Appliance, auth: _Authority, actor: Actor, shard: int | None,
+                    url: str, number: int, now: datetime, found: _Entries,
+                    progress: Progress, sample: int = SAMPLE,
+                    full_lint_max: int | None = None) -> Published | None:
+    """Sign CRL ``number`` of one scope and store it; None when the number was taken."""
+    cfg = app.settings.config.revocation
+    if full_lint_max is None:
+        full_lint_max = cfg.crl_full_lint_max_entries
+    validity = timedelta(seconds=durations.parse(cfg.crl_validity))
+    ca, cert, entries = auth.ca, auth.cert, found.revoked
+    label = _label(ca.name, shard)
+    next_update = min(now + validity, cert.not_valid_after_utc)
+    builder = _builder(ca, cert, url, number, now, next_update, entries)
+    if len(entries) <= full_lint_max:
+        progress(f"{label}: building, linting and signing CRL #{number} "
+                 f"({len(entries)} entries)")
+        crl = signing.sign_crl(builder, auth.signer, auth.algo, None, auth.public, [],
+                               f"CRL of {label}")
+    else:
+        progress(f"{label}: linting a sample of CRL #{number}")
+        _lint_sample(ca, cert, url, number, now, next_update,
+                     found.sample if sample >= SAMPLE else found.small_sample(sample),
+                     auth.public, auth.algo)
+        progress(f"{label}: building and signing CRL #{number} ({len(entries)} entries)")
+        crl = builder.sign(auth.signer, auth.algo)
+        if not crl.is_signature_valid(auth.public):
+            raise SignatureCheckError(f"CRL of {label}: signature does not verify")
+    der = crl.public_bytes(serialization.Encoding.DER)
+    digest = hashlib.sha256(der).hexdigest()
+    progress(f"{label}: storing CRL #{number} ({len(der)} bytes)")
+    try:
+        with app.db.transaction() as db:
+            # Numbers are stored in order, each one only right after number - 1: a
+            # publisher whose number another one overtook starts over (see publish).
+            if int(db.scalar(select(func.max(Crl.number)).where(
+                    Crl.authority_id == ca.id)) or 0) != number - 1:
+                return None
+            db.add(Crl(authority_id=ca.id, number=number, this_update=now,
+                       next_update=next_update, entries=len(entries), der=der,
+                       created_at=datetime.now(UTC), shard=shard))
+            db.flush()
+            app.audit_log().append(db, "crl.signed", actor, object_ids={
+                "authority": ca.name, "crl_number": number},
+                details={"entries": len(entries), "this_update": now.isoformat(),
+                         "next_update": next_update.isoformat(), "sha256": digest,
+                         "shard": shard, "url": url})
+    except IntegrityError:
+        return None
+    return Published(ca.name, number, len(entries), now, next_update, digest, shard)
 
 
 def _lint_sample(ca: Authority, cert: x509.Certificate, url: str, number: int, now: datetime,
@@ -299,16 +419,131 @@ def import_signed(app: Appliance, authority: str, data: bytes, actor: Actor) -> 
                      digest)
 
 
+def scopes(app: Appliance, db: Any, ca: Authority) -> list[int | None]:
+    """The CRLs ``ca`` publishes: the unsharded one and, for an issuing CA, shards
+    0..N-1 of ``revocation.crl_shards`` plus every shard it ever published (certificates
+    issued under a larger N still name theirs)."""
+    out: list[int | None] = [None]
+    if ca.kind == "root":
+        return out
+    shards = set(range(app.settings.config.revocation.crl_shards))
+    shards.update(k for k in db.scalars(select(Crl.shard).where(
+        Crl.authority_id == ca.id, Crl.shard.is_not(None)).distinct()) if k is not None)
+    return out + sorted(shards)
+
+
+def publish_scopes(app: Appliance, authority: str, actor: Actor,
+                   wanted: list[int | None] | None = None, *,
+                   progress: Progress = _quiet) -> list[Published]:
+    """New CRLs for several scopes of ``authority`` (default: all of :func:`scopes`) from
+    ONE streamed read of its revoked certificates, bucketed by shard: with 1,000,000
+    revoked in 64 shards that is one pass, not 64. The numbers are read first (one block,
+    in ``wanted``'s order); a scope whose number another publisher overtook is published
+    again on its own (:func:`publish`)."""
+    auth = _load(app, authority)
+    with app.db.sessions() as db:
+        wanted = scopes(app, db, auth.ca) if wanted is None else wanted
+    for shard in wanted:
+        _check_shard(app, auth.ca, shard)
+    if len(wanted) == 1:
+        return [publish(app, authority, actor, shard=wanted[0], progress=progress)]
+    first = _next_number(app, auth.ca.id)
+    now = datetime.now(UTC).replace(microsecond=0)
+    progress(f"{authority}: reading revoked certificates ({len(wanted)} CRLs)")
+    with app.db.sessions() as db:
+        buckets = _entries(db, auth.ca, now, ALL)
+        urls = {shard: _scope_url(app, db, auth.ca, shard) for shard in wanted}
+    done: list[Published] = []
+    overtaken = False
+    sample, full_lint_max = SAMPLE, None
+    for i, shard in enumerate(wanted):
+        found = buckets.pop(shard, None) or _Entries([], [])  # popped: freed once signed
+        result = None if overtaken else _sign_and_store(
+            app, auth, actor, shard, urls[shard], first + i, now, found, progress, sample,
+            full_lint_max)
+        if shard is not None and len(found.revoked) > SAMPLE:
+            # One shard of this run was linted with SAMPLE entries or more: the further
+            # shards above SAMPLE entries get the small sample (SHARD_SAMPLE).
+            sample = SHARD_SAMPLE
+            full_lint_max = min(SAMPLE, app.settings.config.revocation.crl_full_lint_max_entries)
+        if result is None:
+            overtaken = True  # the block is gone: each remaining scope reads afresh
+            result = publish(app, authority, actor, shard=shard, progress=progress)
+        done.append(result)
+    return done
+
+
 def publish_all(app: Appliance, actor: Actor, *, progress: Progress = _quiet
                 ) -> list[Published]:
-    """A new CRL for every active CA with a key (roots and intermediates)."""
+    """A new CRL for every active CA with a key (roots and intermediates), every shard
+    of each issuing CA too."""
     with app.db.sessions() as db:
         names = list(db.scalars(select(Authority.name).where(
             Authority.kind.in_(("root", "intermediate")), Authority.key_id.is_not(None),
             Authority.status == "active").order_by(Authority.id)))
-    done = []
+    done: list[Published] = []
     for i, name in enumerate(names, 1):
         def step(text: str, i: int = i) -> None:
             progress(f"[{i}/{len(names)}] {text}")
-        done.append(publish(app, name, actor, progress=step))
+        done += publish_scopes(app, name, actor, progress=step)
+    return done
+
+
+def _aware(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+SETTLE_SECONDS = 10.0
+"""A revocation this close before a CRL's thisUpdate may still have been committing when
+that CRL read its entries (both times are whole seconds, taken before the commit and the
+read): such a CRL stays due until one made later than that covers it."""
+
+
+def due(app: Appliance, max_age_seconds: float | None = None, *,
+        settle_seconds: float = SETTLE_SECONDS) -> dict[str, list[int | None]]:
+    """Which CRLs are due, per authority: missing, older than ``max_age_seconds``
+    (default ``revocation.crl_republish``), or not surely newer than a revocation in
+    their scope (:data:`SETTLE_SECONDS`)."""
+    if max_age_seconds is None:
+        max_age_seconds = durations.parse(app.settings.config.revocation.crl_republish)
+    cutoff = datetime.now(UTC) - timedelta(seconds=max_age_seconds)
+    settle = timedelta(seconds=settle_seconds)
+    out: dict[str, list[int | None]] = {}
+    with app.db.sessions() as db:
+        cas = list(db.scalars(select(Authority).where(
+            Authority.kind.in_(("root", "intermediate")), Authority.key_id.is_not(None),
+            Authority.status == "active").order_by(Authority.id)))
+        for ca in cas:
+            newest_n = (select(Crl.shard, func.max(Crl.number).label("n"))
+                        .where(Crl.authority_id == ca.id).group_by(Crl.shard).subquery())
+            newest = {shard: _aware(when) for shard, when in db.execute(
+                select(Crl.shard, Crl.this_update).join(
+                    newest_n, (Crl.number == newest_n.c.n) & (Crl.authority_id == ca.id)))}
+            latest = {shard: _aware(when) for shard, when in db.execute(
+                select(Certificate.crl_shard, func.max(Certificate.revoked_at))
+                .where(Certificate.authority_id == ca.id, Certificate.status == "revoked")
+                .group_by(Certificate.crl_shard))}
+            wanted = []
+            for shard in scopes(app, db, ca):
+                made, revoked = newest.get(shard), latest.get(shard)
+                if made is None or made <= cutoff or (
+                        revoked is not None and revoked > made - settle):
+                    wanted.append(shard)
+            if wanted:
+                out[ca.name] = wanted
+    return out
+
+
+def republish_due(app: Appliance, actor: Actor, max_age_seconds: float | None = None, *,
+                  settle_seconds: float = SETTLE_SECONDS,
+                  progress: Progress = _quiet) -> list[Published]:
+    """Publish every CRL that is :func:`due` (the node's CRL timer calls this every
+    minute or so): a revocation is on its shard's CRL within a tick even when the
+    revocation's own republication failed, and every CRL is renewed on schedule."""
+    done: list[Published] = []
+    for name, wanted in due(app, max_age_seconds, settle_seconds=settle_seconds).items():
+        done += publish_scopes(app, name, actor, wanted, progress=progress)
     return done

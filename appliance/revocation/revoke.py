@@ -91,11 +91,12 @@ def revoke(app: Appliance, serial: str | int, reason: str | int, actor: Actor, *
         row.status = "revoked"
         row.revoked_at = now
         row.revocation_reason = reason_name
-        cert_id, authority = row.id, ca.name
+        cert_id, authority, shard = row.id, ca.name, row.crl_shard
         app.audit_log().append(db, "certificate.revoked", actor, object_ids={
             "serial": serial_hex, "authority": authority},
             details={"reason": reason_name, "revoked_at": now.isoformat(),
-                     "subject": row.subject, "provisioner": row.provisioner_name})
+                     "subject": row.subject, "provisioner": row.provisioner_name,
+                     "crl_shard": row.crl_shard})
     ocsp_cache.revocation_happened(app, serial_hex)
     resigned = False
     try:
@@ -107,8 +108,9 @@ def revoke(app: Appliance, serial: str | int, reason: str | int, actor: Actor, *
                       extra={"serial": serial_hex})
     number = None
     try:
-        number = crl.publish(app, authority, actor).number
+        # Only the CRL whose scope the certificate is in (its shard's, when sharded).
+        number = crl.publish(app, authority, actor, shard=shard).number
     except Exception:
         log.exception("publishing the CRL after a revocation failed; the CRL timer will retry",
-                      extra={"serial": serial_hex, "authority": authority})
+                      extra={"serial": serial_hex, "authority": authority, "shard": shard})
     return Revoked(serial_hex, authority, reason_name, now, resigned, number)

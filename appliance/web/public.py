@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from appliance.ca import crl_points
 from appliance.ocsp.responder import Responder
 from appliance.ra.proxy import PublicProxy
 from appliance.runtime import Appliance
@@ -23,6 +24,8 @@ from appliance.store.models import Authority, Crl
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 _CA = re.compile(r"^/ca/([A-Za-z0-9][A-Za-z0-9._-]{0,63})\.(crt|pem)$")
 _CRL = re.compile(r"^/crl/([A-Za-z0-9][A-Za-z0-9._-]{0,63})\.crl$")
+# A shard of a sharded CRL (revocation.crl_shards): digits only, at most 4 of them.
+_CRL_SHARD = re.compile(r"^/crl/([A-Za-z0-9][A-Za-z0-9._-]{0,63})/(0|[1-9][0-9]{0,3})\.crl$")
 MAX_PROXIED_REQUEST = 8192
 _REASONS = {200: "OK", 304: "Not Modified", 400: "Bad Request", 404: "Not Found",
             405: "Method Not Allowed", 413: "Content Too Large", 502: "Bad Gateway",
@@ -69,20 +72,31 @@ def make_app(appliance: Appliance, ocsp: Responder | None = None
                 pem = f"-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n"
                 return _send(start_response, "200 OK", pem.encode(), "application/x-pem-file")
             return _send(start_response, "200 OK", der, "application/pkix-cert")
-        m = _CRL.match(path)
+        m = _CRL.match(path) or _CRL_SHARD.match(path)
         if m:
-            with appliance.db.sessions() as db:
-                ca = db.scalars(select(Authority).where(Authority.name == m.group(1))).first()
-                crl = None if ca is None else db.scalars(
-                    select(Crl).where(Crl.authority_id == ca.id).order_by(Crl.number.desc())
-                    .limit(1)).first()
-                data = crl.der if crl is not None else None
+            shard = int(m.group(2)) if m.re is _CRL_SHARD else None
+            if shard is not None and shard > crl_points.MAX_SHARD:
+                return _send(start_response, "404 Not Found", b"", "text/plain")
+            data = _newest_crl(appliance, m.group(1), shard)
             if data is None:
                 return _send(start_response, "404 Not Found", b"", "text/plain")
             return _send(start_response, "200 OK", data, "application/pkix-crl")
         return _send(start_response, "404 Not Found", b"", "text/plain")
 
     return app
+
+
+def _newest_crl(appliance: Appliance, authority: str, shard: int | None) -> bytes | None:
+    """The newest CRL of that scope: ``/crl/<ca>.crl`` is only ever the unsharded CRL
+    (shard NULL), ``/crl/<ca>/<k>.crl`` only shard k's."""
+    with appliance.db.sessions() as db:
+        ca_id = db.scalars(select(Authority.id).where(Authority.name == authority)).first()
+        if ca_id is None:
+            return None
+        scope = Crl.shard.is_(None) if shard is None else Crl.shard == shard
+        der = db.scalars(select(Crl.der).where(Crl.authority_id == ca_id, scope)
+                         .order_by(Crl.number.desc()).limit(1)).first()
+        return bytes(der) if der is not None else None
 
 
 def is_ocsp(path: str) -> bool:

@@ -46,6 +46,9 @@ def test_the_defaults_document_has_every_section_and_setting_and_loads_back() ->
     assert "  workers: 2  # 1..64\n" in text
     assert "  http_server: httptools  # one of: httptools, uvicorn, gthread\n" in text
     assert "  crl_validity: 7d  # a duration" in text
+    assert "  # Sharded CRLs: 0 = off" in text
+    assert "  crl_shards: 0  # 0..4096\n" in text
+    assert "  crl_republish: 1d  # a duration" in text
 
 
 def test_changed_values_load_back_unchanged() -> None:
@@ -60,6 +63,7 @@ def test_changed_values_load_back_unchanged() -> None:
         "acme": {"resolvers": ["192.0.2.53", "[2001:db8::53]:5353"],
                  "caa_identities": ["ca.example"], "validation_wait_seconds": 0.5},
         "logging": {"level": "debug"},
+        "revocation": {"crl_shards": 64, "crl_republish": "6h"},
     })
     assert _load(config_doc.document(changed)) == changed
 
@@ -84,3 +88,11 @@ def test_a_section_given_twice_is_refused_not_silently_replaced() -> None:
     # a key that overrides one brought in by a YAML merge is not a duplicate
     merged = _load("service: {<<: {workers: 2, threads: 2}, workers: 3}\n")
     assert (merged.service.workers, merged.service.threads) == (3, 2)
+
+
+@pytest.mark.parametrize("revocation", [{"crl_shards": -1}, {"crl_shards": 4097},
+                                        {"crl_republish": "30s"},
+                                        {"crl_republish": "7d", "crl_validity": "7d"}])
+def test_crl_shard_settings_out_of_bounds_are_refused(revocation: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="crl_"):
+        ApplianceConfig.model_validate({"revocation": revocation})
