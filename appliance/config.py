@@ -240,6 +240,9 @@ class RevocationConfig(_Strict):
     # Every CRL (each shard too) is republished when it is this old, and at once when a
     # revocation in its scope is newer than it.
     crl_republish: Duration = "1d"
+    # `appliance serve` checks this often which CRLs are due (`crl publish --due`) and
+    # publishes them; 0 = never (an appliance-crl.timer of systemd does it instead).
+    crl_check_seconds: int = Field(default=300, ge=0, le=86_400)
 
     @model_validator(mode="after")
     def _bounded(self) -> RevocationConfig:

@@ -36,6 +36,7 @@ from appliance.ops import provisioners as prov_ops
 from appliance.ra import credential
 from appliance.ra.jobs import NodeJobs
 from appliance.ra.node import Forwarder
+from appliance.revocation.timer import CrlTimer
 from appliance.runtime import Appliance
 from appliance.web import tls
 
@@ -137,6 +138,11 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
     # This node's row in cluster_nodes (`appliance cluster status`), beaten from here.
     heartbeat = Heartbeat(Path(config_path), only=only)
     heartbeat.start()
+    # CRLs due (missing, old, or behind a revocation) published every crl_check_seconds:
+    # by the API unit when the listeners run as two units, not by an RA (it holds no CA key).
+    crl_timer = CrlTimer(Path(config_path)) if not is_ra and only != "public" else None
+    if crl_timer is not None:
+        crl_timer.start()
     jobs = None
     if is_ra and only != "public":
         # ONE per node: credential renewal and the ACME retrier, in this parent process.
@@ -146,6 +152,8 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
     def stop(_sig: int, _frame: FrameType | None) -> None:
         if jobs is not None:
             jobs.request_stop()
+        if crl_timer is not None:
+            crl_timer.request_stop()
         for p in groups:
             if p.poll() is None:
                 p.terminate()
@@ -186,6 +194,8 @@ def serve_cmd(ctx: CliContext, only: str | None) -> None:
     stop(signal.SIGTERM, None)
     if jobs is not None:
         jobs.stop()
+    if crl_timer is not None:
+        crl_timer.stop()
     for p in groups:
         try:
             rc = p.wait(timeout=15)
