@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -40,8 +41,25 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     d = tmp_path_factory.mktemp("shards") / "data"
     run_cli("quickstart", "--dir", str(d), check=True)
     configure(d, "revocation", crl_shards=SHARDS)
+    _private_module(d)
     with serving(d) as s:
         yield s
+
+
+def _private_module(data: Path) -> None:
+    """The data directory's profile names a private copy of the SoftHSM module: the tests
+    here open this data directory's token in the pytest process itself (``_app``), and a
+    PKCS#11 module is initialised once per process with the store its SOFTHSM2_CONF names
+    then. Under its own path it is a library instance of its own, so the session's test
+    token (the same module file under its usual path) stays visible to the other modules
+    that run in this process afterwards."""
+    profile = data / "hsm.yaml"
+    text = profile.read_text()
+    module = next(line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("module:"))
+    copy = data / "softhsm" / "libsofthsm2-private.so"
+    shutil.copyfile(module, copy)
+    profile.write_text(text.replace(f"module: {module}", f"module: {copy}", 1))
 
 
 @pytest.fixture(scope="module")
@@ -359,6 +377,7 @@ def test_concurrent_publishers_get_distinct_increasing_numbers_on_postgresql(
         d = tmp_path / "data"
         run_cli("quickstart", "--dir", str(d), check=True)
         configure(d, "revocation", crl_shards=SHARDS)
+        _private_module(d)  # _check_race below opens this data directory in this process
         env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
         start_at = time.time() + 6
         code = ("import sys; import tests.integration.test_crl_shards as t; "
