@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from appliance import __version__, config, logs
+from appliance.background import ParentThread
 from appliance.cluster import nodes
 from appliance.runtime import Appliance
 from appliance.store import migrate
@@ -146,33 +147,20 @@ def mark_stopped(app: Appliance) -> bool:
     return bool(getattr(done, "rowcount", 0))
 
 
-class Heartbeat:
+class Heartbeat(ParentThread):
     """The thread in ``serve``'s parent: an appliance of its own (the parent closes the
     one it started with), a beat every ``cluster.heartbeat_seconds``, the row marked
     stopped at :meth:`stop`. A failing beat is logged once per outage and tried again at
     the next period; nothing here can stop the service."""
 
+    name = "heartbeat"
+
     def __init__(self, config_path: Path, *, only: str | None = None) -> None:
+        super().__init__()
         self.config_path = config_path
         self.only = only
         self.started_at = datetime.now(UTC)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._failing = False
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
-        self._thread.start()
-
-    def request_stop(self) -> None:
-        """From a signal handler: ask, do not wait."""
-        self._stop.set()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop beating and mark the row stopped (waits at most ``timeout``)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         app: Appliance | None = None

@@ -11,13 +11,13 @@ service.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from appliance import config, logs
 from appliance.audit.log import Actor
+from appliance.background import ParentThread
 from appliance.ra import credential, node
 from appliance.runtime import Appliance
 
@@ -26,27 +26,15 @@ ACTOR = Actor("appliance:ra", "system")
 Job = Callable[[Appliance], object]
 
 
-class NodeJobs:
+class NodeJobs(ParentThread):
+    name = "ra-jobs"
+
     def __init__(self, config_path: Path, jobs: list[tuple[str, Job]] | None = None) -> None:
+        super().__init__()
         self.config_path = config_path
         self.jobs: list[tuple[str, Job]] = [("credential renewal", renew_if_due),
                                             *(jobs or [])]
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._failing: set[str] = set()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="ra-jobs", daemon=True)
-        self._thread.start()
-
-    def request_stop(self) -> None:
-        """From a signal handler: ask, do not wait."""
-        self._stop.set()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         app: Appliance | None = None

@@ -10,11 +10,11 @@ republish."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from appliance import config, logs
 from appliance.audit.log import Actor
+from appliance.background import ParentThread
 from appliance.revocation import crl
 from appliance.runtime import Appliance
 
@@ -22,26 +22,13 @@ log = logs.get("revocation.timer")
 ACTOR = Actor("appliance:crl-timer", "system")
 
 
-class CrlTimer:
+class CrlTimer(ParentThread):
+    name = "crl-timer"
+
     def __init__(self, config_path: Path) -> None:
+        super().__init__()
         self.config_path = config_path
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._failing = False
-        self.runs = 0
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="crl-timer", daemon=True)
-        self._thread.start()
-
-    def request_stop(self) -> None:
-        """From a signal handler: ask, do not wait."""
-        self._stop.set()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         app: Appliance | None = None
@@ -54,7 +41,6 @@ class CrlTimer:
                     if app is None:
                         app = Appliance(config.load(self.config_path))
                     done = crl.republish_due(app, ACTOR)
-                    self.runs += 1
                 except Exception as exc:
                     if not self._failing:
                         log.warning("CRL timer: publishing the due CRLs failed; retrying "

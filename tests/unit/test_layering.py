@@ -52,7 +52,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     )),
     ("layer 0 (ground floor)", (
         "__init__",  # appliance/__init__.py itself: only __version__
-        "errors", "logs", "rfc3339", "deadline", "secretfile", "metrics",
+        "errors", "logs", "rfc3339", "deadline", "secretfile", "metrics", "background",
     )),
 )
 
