@@ -6,9 +6,10 @@ return soon after ``self._stop`` is set."""
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 
 
-class ParentThread:
+class ParentThread(ABC):
     name = "background"
 
     def __init__(self) -> None:
@@ -28,5 +29,6 @@ class ParentThread:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """The thread's work; returns soon after ``self._stop`` is set."""

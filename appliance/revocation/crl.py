@@ -257,7 +257,7 @@ def _load(app: Appliance, authority: str) -> _Authority:
     return _Authority(ca, cert, signer, public, algorithms.ca_signature_hash(public))
 
 
-def _check_shard(app: Appliance, ca: Authority, shard: int | None) -> None:
+def _check_shard(ca: Authority, shard: int | None) -> None:
     if shard is None:
         return
     if ca.kind == "root":
@@ -283,7 +283,7 @@ def publish(app: Appliance, authority: str, actor: Actor, *, shard: int | None =
     the same number collide on the ``(authority, number)`` constraint; the loser starts
     over (number, entries, signature), a little later."""
     auth = _load(app, authority)
-    _check_shard(app, auth.ca, shard)
+    _check_shard(auth.ca, shard)
     for attempt in range(MAX_ATTEMPTS):
         number = _next_number(app, auth.ca.id)
         now = datetime.now(UTC).replace(microsecond=0)
@@ -444,7 +444,7 @@ def publish_scopes(app: Appliance, authority: str, actor: Actor,
     with app.db.sessions() as db:
         wanted = scopes(app, db, auth.ca) if wanted is None else wanted
     for shard in wanted:
-        _check_shard(app, auth.ca, shard)
+        _check_shard(auth.ca, shard)
     if len(wanted) == 1:
         return [publish(app, authority, actor, shard=wanted[0], progress=progress)]
     first = _next_number(app, auth.ca.id)

@@ -5,8 +5,8 @@ hand (the README's set-up, a container) has no systemd timer, and its CRLs must 
 renewed on schedule and cover a revocation whose own republication failed. Several nodes
 may each run it: a CRL is due on all of them at once, and the numbering (stored only as
 the next number, overtaken publishers start over) keeps that correct; the cost is a
-spare CRL now and then. The first check waits one period, so a restart loop does not
-republish."""
+spare CRL now and then. The first check waits one period: start-up (the workers booting,
+their self-tests) has the token and the database to itself."""
 
 from __future__ import annotations
 
